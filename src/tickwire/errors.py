@@ -1,0 +1,86 @@
+"""The tickwire exception tree.
+
+Imports: stdlib only. Every error a peer can provoke is a :class:`RemoteProtocolError`
+carrying the WebSocket close code that docs/PROTOCOL.md §6 assigns to it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConnectionClosed",
+    "DecodeError",
+    "LocalProtocolError",
+    "MessageTooBig",
+    "NegotiationError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "SlowConsumer",
+    "TickwireError",
+    "UnknownDictionary",
+]
+
+
+class TickwireError(Exception):
+    """Base class of every exception tickwire raises on purpose."""
+
+
+class ProtocolError(TickwireError):
+    """Raised by the sans-I/O core when a message breaks the tickwire/1 protocol."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This side asked for something the protocol does not allow (a bug on this side)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something illegal.
+
+    Attributes:
+        close_code: the WebSocket close code to send before closing (PROTOCOL.md §6).
+    """
+
+    default_close_code: int = 1002
+
+    def __init__(self, message: str, *, close_code: int | None = None) -> None:
+        super().__init__(message)
+        self.close_code: int = self.default_close_code if close_code is None else close_code
+
+
+class DecodeError(RemoteProtocolError):
+    """Malformed envelope, zstd frame, msgpack, JSON or message shape (close 1007)."""
+
+    default_close_code = 1007
+
+
+class MessageTooBig(RemoteProtocolError):
+    """A size limit was exceeded; raised before the memory is allocated (close 1009)."""
+
+    default_close_code = 1009
+
+
+class UnknownDictionary(RemoteProtocolError):
+    """A compressed message named a dictionary id that was never offered (close 4002)."""
+
+    default_close_code = 4002
+
+
+class NegotiationError(TickwireError):
+    """Client and server share no tickwire subprotocol (close 4004 on the wire)."""
+
+
+class ConnectionClosed(TickwireError):
+    """The connection is closed; raised on use after close.
+
+    Attributes:
+        code: the WebSocket close code (1006 when the connection was lost without one).
+        reason: the close reason, possibly empty.
+    """
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"connection closed: {code} {reason}".rstrip())
+        self.code = code
+        self.reason = reason
+
+
+class SlowConsumer(TickwireError):
+    """The hub dropped this subscriber because its outbox overflowed (close 4000)."""

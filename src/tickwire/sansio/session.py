@@ -1,0 +1,158 @@
+"""One side of a tickwire/1 connection: whole messages in, events out, and back (§3-§5).
+
+Imports: attrs, tickwire.config, tickwire.errors, tickwire.sansio modules.
+
+Theory of operation: the trio layer hands :meth:`Session.receive_message` each complete
+WebSocket message (``bytes`` for binary frames, ``str`` for text) and then reads
+:meth:`Session.events_received`. The checks run cheapest first: frame type (1003), size
+(1009), envelope (1002/1007), compression allowed at all (1002), dictionary offered (4002),
+zstd frame within limits (1007/1009), msgpack structure within limits (1007/1009), message
+shape (1007), kind known and sent by the right side (1002). Any failure raises a
+:class:`~tickwire.errors.RemoteProtocolError` whose ``close_code`` the trio layer closes
+with. :meth:`Session.send` turns an event into the message to write; the module function
+:func:`encode_message` does the same without a session, for the broadcast fast path.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from tickwire.config import Limits
+from tickwire.errors import LocalProtocolError, MessageTooBig, RemoteProtocolError
+from tickwire.sansio import codec, envelope
+from tickwire.sansio.compression import (
+    CompressionConfig,
+    Compressor,
+    DictionaryRegistry,
+    decompress,
+)
+from tickwire.sansio.events import CLIENT_KINDS, KIND_OF, SERVER_KINDS, Event, Ignored
+from tickwire.sansio.negotiation import Codec, Negotiated
+
+__all__ = ["Role", "Session", "decode_message", "encode_message"]
+
+
+class Role(enum.Enum):
+    """Which end of the connection a session is."""
+
+    CLIENT = "client"
+    SERVER = "server"
+
+
+def encode_message(
+    event: Event, *, codec_: Codec = Codec.MSGPACK, compressor: Compressor | None = None
+) -> bytes | str:
+    """The wire message for *event*: envelope + (compressed) msgpack, or JSON text.
+
+    Pass the same *compressor* for every receiver of one variant and reuse the result: that
+    is how one broadcast is encoded and compressed once for all its subscribers.
+    """
+    if codec_ is Codec.JSON:
+        return codec.encode_json(event)
+    body = codec.encode_body(event)
+    if compressor is None:
+        return envelope.PLAIN + body
+    return compressor.pack(body)
+
+
+def decode_message(
+    message: bytes | str,
+    *,
+    negotiated: Negotiated,
+    limits: Limits,
+    dictionaries: DictionaryRegistry | None = None,
+) -> Event:
+    """Decode one received WebSocket message under *negotiated* and *limits*.
+
+    Raises:
+        RemoteProtocolError: with the close code §6 assigns (see the module docstring).
+    """
+    if negotiated.codec is Codec.JSON:
+        if not isinstance(message, str):
+            raise RemoteProtocolError("binary frame on tickwire.v1.json", close_code=1003)
+        if len(message) > limits.max_message_bytes:  # a cheap bound before encoding
+            raise MessageTooBig(f"message exceeds {limits.max_message_bytes} bytes")
+        return codec.decode_json(message, limits)
+    if not isinstance(message, bytes | bytearray):
+        raise RemoteProtocolError(f"text frame on {negotiated.subprotocol}", close_code=1003)
+    if len(message) > limits.max_message_bytes:
+        raise MessageTooBig(f"message of {len(message)} bytes exceeds {limits.max_message_bytes}")
+    compressed, dict_id, body = envelope.split(message)
+    if compressed:
+        if not negotiated.compression:
+            raise RemoteProtocolError(
+                f"compressed message on {negotiated.subprotocol}", close_code=1002
+            )
+        dictionary = None
+        if dict_id:
+            dictionary = (dictionaries or DictionaryRegistry()).get(dict_id)
+        return codec.decode_body(
+            decompress(body, limit=limits.max_decompressed_bytes, dictionary=dictionary), limits
+        )
+    return codec.decode_body(body, limits)
+
+
+@attrs.define(eq=False)
+class Session:
+    """The protocol state of one connection end, free of I/O.
+
+    Attributes:
+        role: which end this is; a message of a kind the other end may not send is a 1002.
+        negotiated: the result of the handshake (:mod:`tickwire.sansio.negotiation`).
+        limits: applied to every received message.
+        compression: how :meth:`send` compresses, when the subprotocol allows it.
+        dictionaries: the dictionaries this end may decode with (and, for a server, rotate).
+    """
+
+    role: Role
+    negotiated: Negotiated
+    limits: Limits = attrs.field(factory=Limits)
+    compression: CompressionConfig = attrs.field(factory=CompressionConfig)
+    dictionaries: DictionaryRegistry = attrs.field(factory=DictionaryRegistry)
+    _compressor: Compressor | None = attrs.field(init=False, default=None)
+    _events: list[Event] = attrs.field(init=False, factory=list)
+
+    def __attrs_post_init__(self) -> None:
+        if self.negotiated.compression:
+            self._compressor = Compressor(self.compression)
+
+    def receive_message(self, message: bytes | str) -> None:
+        """Decode one whole received message; read the result with :meth:`events_received`.
+
+        Extension kinds (64-127) are dropped, as §4.1 requires.
+
+        Raises:
+            RemoteProtocolError: carrying the close code to use (§6).
+        """
+        event = decode_message(
+            message,
+            negotiated=self.negotiated,
+            limits=self.limits,
+            dictionaries=self.dictionaries,
+        )
+        if isinstance(event, Ignored):
+            return
+        allowed = CLIENT_KINDS if self.role is Role.SERVER else SERVER_KINDS
+        kind = KIND_OF[type(event)]
+        if kind not in allowed:
+            sender = "client" if self.role is Role.SERVER else "server"
+            raise RemoteProtocolError(f"a {sender} may not send {kind.name}", close_code=1002)
+        self._events.append(event)
+
+    def events_received(self) -> list[Event]:
+        """The events decoded since the last call, oldest first."""
+        events, self._events = self._events, []
+        return events
+
+    def send(self, event: Event) -> bytes | str:
+        """The wire message for *event*, compressed when negotiated and worthwhile.
+
+        Raises:
+            LocalProtocolError: this end may not send that kind.
+        """
+        allowed = SERVER_KINDS if self.role is Role.SERVER else CLIENT_KINDS
+        if KIND_OF.get(type(event)) not in allowed:
+            raise LocalProtocolError(f"a {self.role.value} may not send {type(event).__name__}")
+        return encode_message(event, codec_=self.negotiated.codec, compressor=self._compressor)
