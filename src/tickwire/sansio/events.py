@@ -50,6 +50,10 @@ def _infos(infos: Iterable[DictionaryInfo]) -> tuple[DictionaryInfo, ...]:
     return tuple(infos)
 
 
+def _payloads(payloads: Iterable[Any]) -> tuple[Any, ...]:
+    return tuple(payloads)
+
+
 class Kind(enum.IntEnum):
     """The first element of every message (§4.1)."""
 
@@ -189,7 +193,7 @@ class Batch:
 
     topic_id: int
     first_offset: int
-    payloads: tuple[Any, ...] = attrs.field(converter=tuple)
+    payloads: tuple[Any, ...] = attrs.field(converter=_payloads)
 
 
 @attrs.frozen

@@ -75,6 +75,10 @@ _TOKENS: Final[dict[str, tuple[Codec, bool]]] = {
 }
 
 
+def _tokens(tokens: Iterable[str]) -> tuple[str, ...]:
+    return tuple(tokens)
+
+
 @attrs.frozen(kw_only=True)
 class NegotiationPolicy:
     """The server's side of negotiation.
@@ -86,7 +90,7 @@ class NegotiationPolicy:
     """
 
     preference: tuple[str, ...] = attrs.field(
-        default=(MSGPACK_ZSTD, MSGPACK, JSON), converter=tuple
+        default=(MSGPACK_ZSTD, MSGPACK, JSON), converter=_tokens
     )
     compression: bool = True
     json: bool = True
