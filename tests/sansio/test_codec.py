@@ -248,3 +248,32 @@ def test_arbitrary_arrays_raise_only_protocol_errors(values: list[Any]) -> None:
 def test_kind_numbers_are_stable() -> None:
     # Changing any of these changes the wire: a new subprotocol (§8).
     assert [k.value for k in Kind] == list(range(1, 18))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x94\x07\x01\x01\xd6\xff\x00\x00\x00\x01",  # a timestamp ext
+        b"\x94\x07\x01\x01\xc1",
+        b"\x94\x07\x01\x01",
+        b"\x94\x07\x01\x01\xc0\xc0",
+        b"\x94\x07\x01\x01\xdd\xff\xff\xff\xff",  # a lying array header
+        b"\x94\x07\x01\x01" + b"\x91" * 1100 + b"\x01",  # past msgpack's own stack
+    ],
+)
+def test_7_2_malformed_bodies_of_every_size_are_decode_errors(body: bytes) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_body(body, LIMITS)
+    assert info.value.close_code in {1007, 1009}
+
+
+def test_7_2_structure_limits_apply_above_256_bytes() -> None:
+    limits = Limits(max_depth=8, max_containers=100)
+    deep = [7, 1, 1, [[[[[[[["x" * 300]]]]]]]]]
+    with pytest.raises(MessageTooBig, match="nesting deeper than 8"):
+        decode_body(msgpack.packb(deep), limits)
+    many = [7, 1, 1, [[] for _ in range(200)] + ["x" * 100]]
+    with pytest.raises(MessageTooBig, match="more than 100 arrays"):
+        decode_body(msgpack.packb(many), limits)
+    # A small body is bounded by its size alone: at most 256 objects.
+    assert decode_body(msgpack.packb([7, 1, 1, [[] for _ in range(200)]]), limits).offset == 1

@@ -53,6 +53,10 @@ from tickwire.sansio.scan import scan
 __all__ = ["decode_body", "decode_json", "encode_body", "encode_json", "from_fields", "to_fields"]
 
 MAX_UINT: Final = 2**64 - 1
+# §7.2: bodies up to this size are decoded without the structural pre-scan. At most 256
+# objects fit in them, so they cost at most about 16 KiB once decoded, and msgpack's own
+# per-container limits (capped at the body's size) bound what a lying header preallocates.
+SCAN_MIN_BYTES: Final = 256
 
 # -- event <-> positional fields ---------------------------------------------------------
 
@@ -295,6 +299,19 @@ def from_fields(values: Any) -> Event:
     if type(values) is not list or not values:
         raise DecodeError("a message must be a non-empty array")
     raw_kind = values[0]
+    # The hot kinds, checked inline: DATA [7, uint, uint, any], BATCH [8, uint, uint, list].
+    if (
+        (raw_kind == 7 or raw_kind == 8)
+        and len(values) >= 4
+        and type(values[1]) is int
+        and type(values[2]) is int
+        and values[1] >= 0
+        and values[2] >= 0
+    ):
+        if raw_kind == 7:
+            return Data(values[1], values[2], values[3])
+        if type(values[3]) is list:
+            return Batch(values[1], values[2], values[3])
     if type(raw_kind) is not int:
         raise DecodeError("the message kind must be an integer")
     try:
@@ -331,13 +348,6 @@ def encode_body(event: Event) -> bytes:
         raise
 
 
-def _pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
-    try:
-        return dict(pairs)
-    except TypeError as exc:  # an array or map used as a key
-        raise DecodeError(f"invalid msgpack map key: {exc}") from exc
-
-
 def decode_body(body: bytes | memoryview, limits: Limits) -> Event:
     """Decode one msgpack message body within *limits* (§4, §7).
 
@@ -348,23 +358,29 @@ def decode_body(body: bytes | memoryview, limits: Limits) -> Event:
     """
     if len(body) > limits.max_decompressed_bytes:
         raise MessageTooBig(f"body of {len(body)} bytes exceeds {limits.max_decompressed_bytes}")
-    scan(body, limits)
+    size = len(body)
+    if size > SCAN_MIN_BYTES:
+        scan(body, limits)
+    # Below SCAN_MIN_BYTES the size itself bounds the cost (§7.2); msgpack's per-container
+    # limits, capped by the size, keep any one preallocation small.
+    items = min(limits.max_container_items, size)
     try:
         values = msgpack.unpackb(
             body,
             raw=False,
             strict_map_key=False,
-            object_pairs_hook=_pairs,
             max_str_len=limits.max_decompressed_bytes,
             max_bin_len=limits.max_decompressed_bytes,
-            max_array_len=limits.max_container_items,
-            max_map_len=limits.max_container_items,
+            max_array_len=items,
+            max_map_len=items,
             max_ext_len=0,
         )
     except UnicodeDecodeError as exc:
         raise DecodeError(f"invalid UTF-8 in a msgpack string: {exc.reason}") from exc
-    except (ValueError, msgpack.UnpackException) as exc:  # pragma: no cover - scan() first
-        raise DecodeError(f"invalid msgpack: {exc}") from exc
+    except TypeError as exc:  # an array or map used as a map key: "unhashable type"
+        raise DecodeError(f"invalid msgpack map key: {exc}") from exc
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise DecodeError(f"invalid msgpack: {exc or type(exc).__name__}") from exc
     return from_fields(values)
 
 

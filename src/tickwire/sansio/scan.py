@@ -89,49 +89,62 @@ def scan(body: bytes | memoryview, limits: Limits) -> None:
     max_items = limits.max_container_items
     containers_left = limits.max_containers
     max_depth = limits.max_depth
-    # pending[i]: elements still to read in the container at depth i; a map counts 2 per entry.
-    pending = [1]
+    # left: elements still to read in the current container (a map counts 2 per entry);
+    # parents: the same for each enclosing container. The root is a container of one.
+    left = 1
+    parents: list[int] = []
     pos = 0
-    while pending:
-        if pending[-1] == 0:
-            pending.pop()
-            continue
-        pending[-1] -= 1
-        if pos >= end:
-            raise DecodeError("truncated msgpack")
-        b = data[pos]
-        kind, n = table[b]
-        if kind == _SCALAR:
-            pos += n
-            continue
-        if kind == _LEN:
-            length = int.from_bytes(data[pos + 1 : pos + 1 + n], "big")
-            pos += 1 + n + length
-            continue
-        if kind == _BAD:
-            what = "ext types are not allowed" if b != 0xC1 else "byte 0xc1 is never valid"
-            raise DecodeError(f"msgpack {what} (at offset {pos})")
-        if kind in (_FIXARRAY, _FIXMAP):
-            count = n
-            pos += 1
-        else:
-            count = int.from_bytes(data[pos + 1 : pos + 1 + n], "big")
-            pos += 1 + n
-        if count > max_items:
-            raise MessageTooBig(f"container of {count} items exceeds {max_items}")
-        containers_left -= 1
-        if containers_left < 0:
-            raise MessageTooBig(f"more than {limits.max_containers} arrays and maps")
-        if kind in (_MAP, _FIXMAP):
-            count *= 2
-        # Every element takes at least one byte: a larger count is a lie or a truncation.
-        if count > end - pos:
-            raise DecodeError(f"container declares {count} elements, {end - pos} bytes remain")
-        if count:
-            # pending holds the root slot plus one entry per enclosing container.
-            if len(pending) > max_depth:
-                raise MessageTooBig(f"nesting deeper than {max_depth}")
-            pending.append(count)
+    try:
+        while True:
+            if not left:
+                if not parents:
+                    break
+                left = parents.pop()
+                continue
+            left -= 1
+            b = data[pos]
+            # The common cases first: positive fixint, fixstr, float64, negative fixint.
+            if b < 0x80:
+                pos += 1
+                continue
+            if 0xA0 <= b <= 0xBF:
+                pos += 1 + (b & 0x1F)
+                continue
+            kind, n = table[b]
+            if kind == _SCALAR:
+                pos += n
+                continue
+            if kind == _LEN:
+                pos += 1 + n + int.from_bytes(data[pos + 1 : pos + 1 + n], "big")
+                continue
+            if kind == _BAD:
+                what = "ext types are not allowed" if b != 0xC1 else "byte 0xc1 is never valid"
+                raise DecodeError(f"msgpack {what} (at offset {pos})")
+            if kind == _FIXARRAY or kind == _FIXMAP:
+                count = n
+                pos += 1
+            else:
+                count = int.from_bytes(data[pos + 1 : pos + 1 + n], "big")
+                pos += 1 + n
+            if count > max_items:
+                raise MessageTooBig(f"container of {count} items exceeds {max_items}")
+            containers_left -= 1
+            if containers_left < 0:
+                raise MessageTooBig(f"more than {limits.max_containers} arrays and maps")
+            if kind == _MAP or kind == _FIXMAP:
+                count *= 2
+            # Every element takes at least one byte: a larger count is a lie or a truncation.
+            if count > end - pos:
+                raise DecodeError(
+                    f"container declares {count} elements, {max(0, end - pos)} bytes remain"
+                )
+            if count:
+                if len(parents) >= max_depth:  # the root slot is not in parents
+                    raise MessageTooBig(f"nesting deeper than {max_depth}")
+                parents.append(left)
+                left = count
+    except IndexError:
+        raise DecodeError("truncated msgpack") from None
     if pos != end:
         if pos > end:
             raise DecodeError("truncated msgpack")
