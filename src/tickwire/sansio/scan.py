@@ -120,7 +120,7 @@ def scan(body: bytes | memoryview, limits: Limits) -> None:
             if kind == _BAD:
                 what = "ext types are not allowed" if b != 0xC1 else "byte 0xc1 is never valid"
                 raise DecodeError(f"msgpack {what} (at offset {pos})")
-            if kind == _FIXARRAY or kind == _FIXMAP:
+            if kind in (_FIXARRAY, _FIXMAP):
                 count = n
                 pos += 1
             else:
@@ -131,7 +131,7 @@ def scan(body: bytes | memoryview, limits: Limits) -> None:
             containers_left -= 1
             if containers_left < 0:
                 raise MessageTooBig(f"more than {limits.max_containers} arrays and maps")
-            if kind == _MAP or kind == _FIXMAP:
+            if kind in (_MAP, _FIXMAP):
                 count *= 2
             # Every element takes at least one byte: a larger count is a lie or a truncation.
             if count > end - pos:
