@@ -150,18 +150,15 @@ class Compressor:
 
 
 def _window_cap(limit: int) -> int:
-    cap = MIN_WINDOW
-    while cap < limit:
-        cap <<= 1
-    return cap
+    """The largest window accepted: *limit* rounded up to a power of two, at least 1 KiB."""
+    return max(MIN_WINDOW, 1 << (limit - 1).bit_length())
 
 
 _plain_dctx: dict[int, zstandard.ZstdDecompressor] = {}
 _dict_dctx: dict[tuple[int, int], zstandard.ZstdDecompressor] = {}
 
 
-def _decompressor(limit: int, dictionary: Dictionary | None) -> zstandard.ZstdDecompressor:
-    cap = _window_cap(limit)
+def _decompressor(cap: int, dictionary: Dictionary | None) -> zstandard.ZstdDecompressor:
     if dictionary is None:
         dctx = _plain_dctx.get(cap)
         if dctx is None:
@@ -201,12 +198,13 @@ def decompress(
         raise DecodeError("zstd frame does not declare its content size")
     if size > limit:
         raise MessageTooBig(f"zstd frame declares {size} bytes, limit is {limit}")
-    if params.window_size > _window_cap(limit):
+    cap = _window_cap(limit)
+    if params.window_size > cap:
         raise MessageTooBig(f"zstd window of {params.window_size} bytes exceeds the limit")
     if params.dict_id:
         raise DecodeError("zstd frame names a dictionary; the header's id is used instead")
     try:
-        out = _decompressor(limit, dictionary).decompress(frame, allow_extra_data=False)
+        out = _decompressor(cap, dictionary).decompress(frame, allow_extra_data=False)
     except zstandard.ZstdError as exc:
         raise DecodeError(f"invalid zstd frame: {exc}") from exc
     if len(out) != size:  # pragma: no cover - zstd itself enforces the declared size
