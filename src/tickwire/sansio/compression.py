@@ -57,6 +57,8 @@ class Dictionary:
     data: bytes = attrs.field(repr=lambda d: f"<{len(d)} bytes>")
     sha256: bytes = attrs.field(repr=lambda h: h.hex()[:16])
     _zdict: zstandard.ZstdCompressionDict = attrs.field(repr=False)
+    # Decompressors by window cap, made on first use.
+    _dctx: dict[int, zstandard.ZstdDecompressor] = attrs.field(init=False, factory=dict, repr=False)
 
     @classmethod
     def from_bytes(cls, data: bytes, *, dict_id: int) -> Dictionary:
@@ -155,23 +157,15 @@ def _window_cap(limit: int) -> int:
 
 
 _plain_dctx: dict[int, zstandard.ZstdDecompressor] = {}
-_dict_dctx: dict[tuple[int, int], zstandard.ZstdDecompressor] = {}
+_UNKNOWN: Final = zstandard.CONTENTSIZE_UNKNOWN
 
 
 def _decompressor(cap: int, dictionary: Dictionary | None) -> zstandard.ZstdDecompressor:
-    if dictionary is None:
-        dctx = _plain_dctx.get(cap)
-        if dctx is None:
-            dctx = _plain_dctx[cap] = zstandard.ZstdDecompressor(max_window_size=cap)
-        return dctx
-    key = (id(dictionary._zdict), cap)
-    dctx = _dict_dctx.get(key)
+    cache = _plain_dctx if dictionary is None else dictionary._dctx
+    dctx = cache.get(cap)
     if dctx is None:
-        if len(_dict_dctx) > 64:  # rotated-out dictionaries: forget them
-            _dict_dctx.clear()
-        dctx = _dict_dctx[key] = zstandard.ZstdDecompressor(
-            dict_data=dictionary._zdict, max_window_size=cap
-        )
+        zdict = None if dictionary is None else dictionary._zdict
+        dctx = cache[cap] = zstandard.ZstdDecompressor(dict_data=zdict, max_window_size=cap)
     return dctx
 
 
@@ -194,7 +188,7 @@ def decompress(
     except zstandard.ZstdError as exc:
         raise DecodeError(f"invalid zstd frame header: {exc}") from exc
     size = params.content_size
-    if size == zstandard.CONTENTSIZE_UNKNOWN:
+    if size == _UNKNOWN:
         raise DecodeError("zstd frame does not declare its content size")
     if size > limit:
         raise MessageTooBig(f"zstd frame declares {size} bytes, limit is {limit}")
