@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Final
 
 import attrs
-from attrs.validators import ge, instance_of, le
+from attrs.validators import ge, gt, instance_of, le
 
-__all__ = ["KiB", "Limits", "MiB"]
+__all__ = ["KiB", "Limits", "MiB", "ServerConfig"]
 
 KiB: Final = 1024
 MiB: Final = 1024 * KiB
@@ -53,3 +53,70 @@ class Limits:
             max_container_items=max(16, min(64 * KiB, decompressed // 16)),
             max_containers=max(16, min(64 * KiB, decompressed // 16)),
         )
+
+
+def _optional_positive(_: object, attribute: attrs.Attribute[float | None], value: object) -> None:
+    if value is not None and (not isinstance(value, int | float) or value <= 0):
+        raise ValueError(f"{attribute.name} must be a positive number of seconds or None")
+
+
+@attrs.frozen(kw_only=True)
+class ServerConfig:
+    """Everything a tickwire server enforces, with production defaults (docs/server.md).
+
+    Attributes:
+        limits: applied to every message a client sends (§7); 64 KiB by default.
+        max_fragments: most WebSocket frames in one message (wsproto spends about 7 µs a
+            frame, so 1-byte fragments are a cheap attack).
+        max_subscriptions: most subscriptions one connection may hold.
+        heartbeat_interval: seconds between pings.
+        heartbeat_timeout: seconds a pong may take before the peer is dropped (4007).
+        send_timeout: seconds one write may block before the peer is dropped: a client
+            that stops reading is found instead of blocking its writer forever.
+        handshake_timeout: seconds to complete the HTTP upgrade (slowloris).
+        auth_timeout: seconds to send AUTH when the handshake carried no token (4005).
+        idle_timeout: seconds without any message from the client before closing (4006),
+            or None.
+        shutdown_timeout: seconds that a graceful shutdown lets writers drain.
+        max_connections: open connections in all.
+        max_connections_per_address: open connections from one client address.
+        max_new_connections_per_second: accepted handshakes a second, in all.
+        retry_after: seconds advertised in ``Retry-After`` when refusing with 503.
+        messages_per_second, bytes_per_second: per-connection rate limits on what a client
+            sends, with *rate_burst_seconds* of allowance; over them an ERROR 429, then a
+            1008 close if it goes on.
+        outbox_max_bytes, outbox_max_messages: bound each connection's queue of outgoing
+            messages; beyond them the connection is a slow consumer (4000).
+        allowed_origins: the Origin allowlist (exact or ``https://*.example.com``), or None
+            to accept any origin.
+        allow_missing_origin: accept handshakes without an Origin header (non-browser
+            clients).
+    """
+
+    limits: Limits = attrs.field(factory=lambda: Limits.for_message_bytes(64 * KiB))
+    max_fragments: int = attrs.field(default=64, validator=_POSITIVE_INT)
+    max_subscriptions: int = attrs.field(default=256, validator=_POSITIVE_INT)
+    heartbeat_interval: float = attrs.field(default=20.0, validator=gt(0))
+    heartbeat_timeout: float = attrs.field(default=10.0, validator=gt(0))
+    send_timeout: float = attrs.field(default=10.0, validator=gt(0))
+    handshake_timeout: float = attrs.field(default=10.0, validator=gt(0))
+    auth_timeout: float = attrs.field(default=10.0, validator=gt(0))
+    idle_timeout: float | None = attrs.field(default=None, validator=_optional_positive)
+    shutdown_timeout: float = attrs.field(default=5.0, validator=gt(0))
+    max_connections: int = attrs.field(default=10_000, validator=_POSITIVE_INT)
+    max_connections_per_address: int = attrs.field(default=256, validator=_POSITIVE_INT)
+    max_new_connections_per_second: float = attrs.field(default=500.0, validator=gt(0))
+    retry_after: float = attrs.field(default=1.0, validator=ge(0))
+    messages_per_second: float = attrs.field(default=200.0, validator=gt(0))
+    bytes_per_second: float = attrs.field(default=1.0 * MiB, validator=gt(0))
+    rate_burst_seconds: float = attrs.field(default=2.0, validator=gt(0))
+    outbox_max_bytes: int = attrs.field(default=4 * MiB, validator=_POSITIVE_INT)
+    outbox_max_messages: int = attrs.field(default=8192, validator=_POSITIVE_INT)
+    allowed_origins: tuple[str, ...] | None = attrs.field(
+        default=None, converter=attrs.converters.optional(tuple)
+    )
+    allow_missing_origin: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if self.heartbeat_timeout >= self.heartbeat_interval:
+            raise ValueError("heartbeat_timeout must be shorter than heartbeat_interval")

@@ -380,7 +380,7 @@ def decode_body(body: bytes | memoryview, limits: Limits) -> Event:
     except TypeError as exc:  # an array or map used as a map key: "unhashable type"
         raise DecodeError(f"invalid msgpack map key: {exc}") from exc
     except (ValueError, msgpack.UnpackException) as exc:
-        raise DecodeError(f"invalid msgpack: {exc or type(exc).__name__}") from exc
+        raise DecodeError(f"invalid msgpack: {str(exc) or type(exc).__name__}") from exc
     return from_fields(values)
 
 

@@ -1,0 +1,183 @@
+"""The hub: topics and their subscribers, with each update encoded and framed once for all.
+
+Imports: attrs, tickwire.sansio. No trio: publishing never waits, delivery is an offer to
+each subscriber's bounded outbox (the connection's writer drains it).
+
+This is the stream-topic core the server needs; history, recovery, table topics and the
+slow-consumer policies other than disconnect grow here with the broadcast layer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+
+from tickwire.sansio.compression import CompressionConfig, Compressor, DictionaryRegistry
+from tickwire.sansio.events import Data, Event
+from tickwire.sansio.framing import frame
+from tickwire.sansio.negotiation import Codec, Negotiated
+from tickwire.sansio.session import encode_message
+
+__all__ = ["Hub", "Subscriber", "Topic", "pattern_matches", "valid_pattern"]
+
+_SEGMENT = re.compile(r"[A-Za-z0-9_\-:]+")
+
+
+def valid_pattern(pattern: str) -> bool:
+    """Whether *pattern* is a topic name or a pattern (§4.4): dot-separated segments of
+    letters, digits, ``_-:``, where a pattern may use ``*`` for one whole segment."""
+    if not pattern or len(pattern) > 256:
+        return False
+    return all(s == "*" or _SEGMENT.fullmatch(s) for s in pattern.split("."))
+
+
+def pattern_matches(pattern: str, topic: str) -> bool:
+    """Whether topic name *topic* matches *pattern* (``*`` is exactly one segment)."""
+    want, have = pattern.split("."), topic.split(".")
+    return len(want) == len(have) and all(w in ("*", h) for w, h in zip(want, have, strict=True))
+
+
+class Subscriber(Protocol):
+    """What the hub needs of a subscriber (a server connection implements it)."""
+
+    @property
+    def variant(self) -> Negotiated:
+        """The negotiated subprotocol: one encoding per distinct variant per update."""
+
+    def deliver_nowait(self, framed: bytes) -> None:
+        """Offer one framed message to the subscriber's outbox; never blocks."""
+
+    def topic_added(self, topic: Topic, request_id: int) -> None:
+        """A topic matching one of its patterns appeared."""
+
+
+@attrs.define(eq=False)
+class Topic:
+    """A stream topic: every message gets the next offset within the topic's epoch."""
+
+    topic_id: int
+    name: str
+    epoch: int
+    offset: int = 0
+    subscribers: dict[Subscriber, None] = attrs.field(factory=dict)  # ordered set
+
+
+@attrs.define(eq=False)
+class Hub:
+    """Owns the topics. Embedding programs publish with :meth:`publish_nowait`.
+
+    Args:
+        compression: how ``tickwire.v1+zstd`` subscribers' messages are compressed.
+    """
+
+    compression: CompressionConfig = attrs.field(factory=CompressionConfig)
+    dictionaries: DictionaryRegistry = attrs.field(factory=DictionaryRegistry)
+    _topics: dict[str, Topic] = attrs.field(init=False, factory=dict)
+    _patterns: dict[Subscriber, dict[str, int]] = attrs.field(init=False, factory=dict)
+    _ids: Callable[[], int] = attrs.field(init=False, factory=lambda: itertools.count(1).__next__)
+    _compressor: Compressor = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._compressor = Compressor(self.compression)
+
+    def topic(self, name: str) -> Topic:
+        """The topic called *name*, created (and offered to matching patterns) if new.
+
+        Raises:
+            ValueError: *name* is not a valid topic name (§4.4).
+        """
+        topic = self._topics.get(name)
+        if topic is None:
+            if not valid_pattern(name) or "*" in name.split("."):
+                raise ValueError(f"invalid topic name: {name!r}")
+            topic = self._topics[name] = Topic(self._ids(), name, random.getrandbits(31))
+            for subscriber, patterns in self._patterns.items():
+                for pattern, request_id in patterns.items():
+                    if pattern_matches(pattern, name):
+                        topic.subscribers[subscriber] = None
+                        subscriber.topic_added(topic, request_id)
+                        break
+        return topic
+
+    @property
+    def topics(self) -> list[Topic]:
+        """Every topic, oldest first."""
+        return list(self._topics.values())
+
+    def encode(self, event: Event, variant: Negotiated) -> bytes:
+        """One event, encoded, compressed when the variant allows, and framed."""
+        if variant.codec is Codec.JSON:
+            return frame(encode_message(event, codec_=Codec.JSON))
+        compressor = self._compressor if variant.compression else None
+        return frame(encode_message(event, compressor=compressor))
+
+    def publish_nowait(self, topic: str, payload: Any) -> int:
+        """Publish *payload* on *topic* to every subscriber now; return its offset.
+
+        The message is encoded, compressed and framed once per subscriber variant in use
+        (at most three), and the same bytes go to every subscriber.
+
+        Raises:
+            ValueError: an invalid topic name. TypeError: a payload msgpack cannot carry.
+        """
+        t = self.topic(topic)
+        t.offset += 1
+        if t.subscribers:
+            event = Data(t.topic_id, t.offset, payload)
+            framed: dict[Negotiated, bytes] = {}
+            for subscriber in list(t.subscribers):
+                variant = subscriber.variant
+                data = framed.get(variant)
+                if data is None:
+                    data = framed[variant] = self.encode(event, variant)
+                subscriber.deliver_nowait(data)
+        return t.offset
+
+    def subscribe(self, subscriber: Subscriber, pattern: str, request_id: int) -> list[Topic]:
+        """Subscribe to *pattern*; return the topics it matches now.
+
+        Topics that appear later and match call ``subscriber.topic_added``.
+
+        Raises:
+            ValueError: an invalid pattern, or one this subscriber already holds.
+        """
+        if not valid_pattern(pattern):
+            raise ValueError(f"invalid topic pattern: {pattern!r}")
+        patterns = self._patterns.setdefault(subscriber, {})
+        if pattern in patterns:
+            raise ValueError(f"already subscribed to {pattern!r}")
+        patterns[pattern] = request_id
+        if "*" not in pattern.split("."):
+            matched = [self.topic(pattern)]
+        else:
+            matched = [t for t in self._topics.values() if pattern_matches(pattern, t.name)]
+        for topic in matched:
+            topic.subscribers[subscriber] = None
+        return matched
+
+    def unsubscribe(self, subscriber: Subscriber, pattern: str) -> bool:
+        """End the subscription made with *pattern*; return whether there was one."""
+        patterns = self._patterns.get(subscriber, {})
+        if patterns.pop(pattern, None) is None:
+            return False
+        for topic in self._topics.values():
+            if subscriber in topic.subscribers and not any(
+                pattern_matches(p, topic.name) for p in patterns
+            ):
+                del topic.subscribers[subscriber]
+        return True
+
+    def remove(self, subscriber: Subscriber) -> None:
+        """Forget *subscriber* entirely (its connection ended)."""
+        self._patterns.pop(subscriber, None)
+        for topic in self._topics.values():
+            topic.subscribers.pop(subscriber, None)
+
+    def subscriber_count(self) -> int:
+        """Subscribers holding at least one pattern."""
+        return len(self._patterns)

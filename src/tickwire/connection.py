@@ -1,0 +1,377 @@
+"""One server connection: a nursery of reader, writer and heartbeat over trio-websocket.
+
+Imports: trio, trio_websocket, wsproto, tickwire.sansio, tickwire.broadcast, tickwire.config.
+
+Theory of operation. trio-websocket does the handshake, reads frames and answers pings; its
+reader task runs in this connection's nursery. On top of it:
+
+- the **reader** always drains trio-websocket's message queue (a full queue stops its
+  reader, and with it the pongs), applies the rate limits, feeds the sans-I/O
+  :class:`~tickwire.sansio.Session` and acts on the events;
+- the **writer** owns every data message: it takes ready-made frames from the outbox and
+  writes them straight to the byte stream under trio-websocket's own send lock, all that
+  has accumulated in one write, each write bounded by ``send_timeout``. Servers send
+  unmasked frames, so a broadcast frame is the same bytes for every subscriber;
+- the **heartbeat** pings at an interval and drops a peer whose pong is late; it also
+  enforces the idle timeout.
+
+When any of them ends or fails, the others are cancelled, the subscriptions are removed,
+and the connection closes with the code that ended it (bounded in time). A bug in this
+connection closes it with 1011 and never reaches another connection.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from typing import Any
+
+import trio
+import trio_websocket
+import wsproto
+from wsproto.connection import ConnectionState
+from wsproto.events import BytesMessage, CloseConnection, TextMessage
+
+from tickwire.broadcast import Hub, Topic
+from tickwire.config import ServerConfig
+from tickwire.errors import RemoteProtocolError
+from tickwire.sansio.admission import RateLimiter, RateVerdict
+from tickwire.sansio.events import (
+    Ack,
+    Auth,
+    DictData,
+    DictRequest,
+    Error,
+    ErrorCode,
+    Event,
+    Hello,
+    Outcome,
+    Publish,
+    Resync,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
+)
+from tickwire.sansio.framing import frame
+from tickwire.sansio.negotiation import Negotiated
+from tickwire.sansio.session import Role, Session
+
+__all__ = ["ServerConnection", "WebSocket", "wrap_server_stream"]
+
+log = logging.getLogger("tickwire.server")
+
+CLOSE_TIMEOUT = 2.0  # seconds a close handshake may take before the stream is just closed
+
+
+class WebSocket(trio_websocket.WebSocketConnection):
+    """trio-websocket's connection, also limiting the frames one message may take."""
+
+    max_fragments = 64
+    _fragments = 0
+
+    async def _handle_message_event(self, event: BytesMessage | TextMessage) -> None:
+        if event.frame_finished and not event.message_finished:
+            self._fragments += 1
+            if self._fragments > self.max_fragments:
+                reason = f"more than {self.max_fragments} fragments in one message"
+                self._message_size, self._message_parts = 0, []
+                self._close_reason = trio_websocket.CloseReason(1009, reason)
+                await self._send(CloseConnection(code=1009, reason=reason))
+                await self._recv_channel.aclose()
+                self._reader_running = False
+                return
+        elif event.message_finished:
+            self._fragments = 0
+        await super()._handle_message_event(event)
+
+
+async def wrap_server_stream(
+    nursery: trio.Nursery, stream: trio.abc.Stream, config: ServerConfig
+) -> trio_websocket.WebSocketRequest:
+    """Start a server WebSocket on *stream*; return the client's handshake request.
+
+    What ``trio_websocket.wrap_server_stream`` does, with :class:`WebSocket` and the limits
+    of *config*. Its reader task runs in *nursery*.
+    """
+    ws = WebSocket(
+        stream,
+        wsproto.WSConnection(wsproto.ConnectionType.SERVER),
+        message_queue_size=4,
+        max_message_size=config.limits.max_message_bytes,
+    )
+    ws.max_fragments = config.max_fragments
+    nursery.start_soon(ws._reader_task)
+    return await ws._get_request()
+
+
+class ServerConnection:
+    """One accepted client: its session, outbox and tasks. Created by the server."""
+
+    def __init__(
+        self,
+        ws: WebSocket,
+        *,
+        hub: Hub,
+        config: ServerConfig,
+        negotiated: Negotiated,
+        principal: Any = None,
+        authorize: Any = None,
+        remote: str = "",
+    ) -> None:
+        self.id = os.urandom(6).hex()
+        self.ws = ws
+        self.hub = hub
+        self.config = config
+        self.principal = principal
+        self.remote = remote
+        self._authorize = authorize
+        self._variant = negotiated
+        self.session = Session(
+            Role.SERVER,
+            negotiated,
+            limits=config.limits,
+            compression=hub.compression,
+            dictionaries=hub.dictionaries,
+        )
+        self._outbox: collections.deque[bytes] = collections.deque()
+        self._outbox_bytes = 0
+        self._wake = trio.Event()
+        self._overflowed = False
+        self._close: tuple[int, str] | None = None
+        self._going_away: tuple[int, str] | None = None
+        self._rate = RateLimiter(
+            messages_per_second=config.messages_per_second,
+            bytes_per_second=config.bytes_per_second,
+            burst_seconds=config.rate_burst_seconds,
+        )
+        self._subscriptions: dict[str, int] = {}
+        self._last_heard = trio.current_time()
+        self._nursery: trio.Nursery | None = None
+        self.closed = trio.Event()
+        self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
+
+    # -- what the hub calls -------------------------------------------------------------
+
+    @property
+    def variant(self) -> Negotiated:
+        return self._variant
+
+    def deliver_nowait(self, framed: bytes) -> None:
+        """Queue one framed message; past the outbox limits the client is a slow consumer."""
+        if self._overflowed or self._close is not None:
+            return
+        if (
+            self._outbox_bytes + len(framed) > self.config.outbox_max_bytes
+            or len(self._outbox) >= self.config.outbox_max_messages
+        ):
+            self._overflowed = True
+            self._outbox.clear()
+            self._outbox_bytes = 0
+        else:
+            self._outbox.append(framed)
+            self._outbox_bytes += len(framed)
+        self._wake.set()
+
+    def topic_added(self, topic: Topic, request_id: int) -> None:
+        self.send(
+            Subscribed(
+                request_id, topic.topic_id, topic.name, topic.epoch, topic.offset, Outcome.NEW
+            )
+        )
+
+    # -- sending ------------------------------------------------------------------------
+
+    def send(self, event: Event) -> None:
+        """Encode, frame and queue one message for this connection only."""
+        self.deliver_nowait(frame(self.session.send(event)))
+
+    def go_away(self, code: int = 1001, reason: str = "") -> None:
+        """Close after the outbox drains (graceful shutdown)."""
+        if self._going_away is None:
+            self._going_away = (code, reason)
+            self._wake.set()
+
+    def finish(self, code: int, reason: str = "") -> None:
+        """End the connection now with close *code* (the first reason given wins)."""
+        if self._close is None:
+            self._close = (code, reason)
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # -- the tasks ----------------------------------------------------------------------
+
+    async def run(self, hello: Hello) -> None:
+        """Serve the connection until it ends; never raises but Cancelled."""
+        self.send(hello)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._reader)
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._heartbeat)
+        except Exception:  # a bug in this connection: it alone goes
+            log.exception("connection %s failed; closing it with 1011", self.id)
+            self.finish(1011, "internal error")
+        finally:
+            self.hub.remove(self)
+            self._subscriptions.clear()
+            with trio.CancelScope(shield=True):
+                await self._close_websocket()
+            self.closed.set()
+
+    async def _close_websocket(self) -> None:
+        code, reason = self._close or (1000, "")
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            await self.ws.aclose(code, reason[:120])
+        await self.ws._close_stream()
+        log.debug("connection %s closed: %s %s", self.id, code, reason)
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                message = await self.ws.get_message()
+                now = trio.current_time()
+                self._last_heard = now
+                self.messages_in += 1
+                self.bytes_in += len(message)
+                verdict = self._rate.check(now, len(message))
+                if verdict is not RateVerdict.OK:
+                    if verdict is RateVerdict.WARN:
+                        self.send(Error(None, ErrorCode.RATE_LIMITED, "rate limit exceeded"))
+                    elif verdict is RateVerdict.CLOSE:
+                        self.finish(1008, "rate limit exceeded")
+                    continue
+                try:
+                    self.session.receive_message(message)
+                except RemoteProtocolError as exc:
+                    self.finish(exc.close_code, str(exc))
+                    return
+                for event in self.session.events_received():
+                    self._handle(event)
+        except trio_websocket.ConnectionClosed as exc:
+            reason = exc.reason
+            # The peer closed, or trio-websocket closed (1009 on size or fragments).
+            self.finish(reason.code if reason else 1006, (reason.reason or "") if reason else "")
+
+    async def _writer(self) -> None:
+        while True:
+            if not self._outbox and not self._overflowed:
+                if self._going_away is not None:
+                    self.finish(*self._going_away)
+                    return
+                self._wake = trio.Event()
+                await self._wake.wait()
+                continue
+            if self._overflowed:
+                self.finish(4000, "slow consumer: outbox full")
+                return
+            data = b"".join(self._outbox) if len(self._outbox) > 1 else self._outbox[0]
+            self.messages_out += len(self._outbox)
+            self._outbox.clear()
+            self._outbox_bytes = 0
+            await self._write(data)
+
+    async def _write(self, data: bytes) -> None:
+        ws = self.ws
+        if ws._wsproto.state is not ConnectionState.OPEN:
+            self.finish(1000)
+            return
+        with trio.move_on_after(self.config.send_timeout) as scope:
+            async with ws._stream_lock:
+                try:
+                    await ws._stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self.finish(1006, "connection lost")
+                    return
+        if scope.cancelled_caught:
+            # A partial frame may be out: no close frame can follow. Drop the stream.
+            self._close = self._close or (4000, "slow consumer: send timed out")
+            await ws._close_stream()
+            self.finish(*self._close)
+            return
+        self.bytes_out += len(data)
+
+    async def _heartbeat(self) -> None:
+        config = self.config
+        while True:
+            await trio.sleep(config.heartbeat_interval)
+            with trio.move_on_after(config.heartbeat_timeout) as scope:
+                try:
+                    await self.ws.ping()
+                except trio_websocket.ConnectionClosed:
+                    return
+            if scope.cancelled_caught:
+                self.finish(4007, "heartbeat timeout")
+                return
+            idle = config.idle_timeout
+            if idle is not None and trio.current_time() - self._last_heard > idle:
+                self.finish(4006, "idle timeout")
+                return
+
+    # -- requests -----------------------------------------------------------------------
+
+    def _allowed(self, action: str, topic: str) -> bool:
+        return self._authorize is None or bool(self._authorize(self.principal, action, topic))
+
+    def _handle(self, event: Event) -> None:
+        if isinstance(event, Subscribe):
+            self._subscribe(event)
+        elif isinstance(event, Unsubscribe):
+            if self.hub.unsubscribe(self, event.pattern):
+                self._subscriptions.pop(event.pattern, None)
+                self.send(Unsubscribed(event.request_id, event.pattern))
+            else:
+                self.send(Error(event.request_id, ErrorCode.NOT_FOUND, "not subscribed"))
+        elif isinstance(event, Publish):
+            self._publish(event)
+        elif isinstance(event, DictRequest):
+            if self.hub.dictionaries.is_loaded(event.dict_id):
+                data = self.hub.dictionaries.get(event.dict_id).data
+                self.send(DictData(event.dict_id, data))
+            else:
+                self.send(Error(None, ErrorCode.NOT_FOUND, f"no dictionary {event.dict_id}"))
+        elif isinstance(event, Resync):
+            self.send(Error(event.request_id, ErrorCode.NOT_FOUND, "no history to resume from"))
+        elif isinstance(event, Auth):
+            self.send(Ack(event.request_id))
+
+    def _subscribe(self, event: Subscribe) -> None:
+        if event.options:
+            unknown = ", ".join(sorted(event.options))
+            self.send(Error(event.request_id, ErrorCode.BAD_REQUEST, f"unknown options: {unknown}"))
+            return
+        if len(self._subscriptions) >= self.config.max_subscriptions:
+            self.send(Error(event.request_id, ErrorCode.TOO_LARGE, "too many subscriptions"))
+            return
+        if not self._allowed("subscribe", event.pattern):
+            self.send(Error(event.request_id, ErrorCode.FORBIDDEN, f"forbidden: {event.pattern}"))
+            return
+        try:
+            topics = self.hub.subscribe(self, event.pattern, event.request_id)
+        except ValueError as exc:
+            code = ErrorCode.CONFLICT if "already" in str(exc) else ErrorCode.BAD_REQUEST
+            self.send(Error(event.request_id, code, str(exc)))
+            return
+        self._subscriptions[event.pattern] = event.request_id
+        outcome = Outcome.NEW if event.resume is None else Outcome.NOT_RECOVERED
+        for topic in topics:
+            self.send(
+                Subscribed(
+                    event.request_id, topic.topic_id, topic.name, topic.epoch, topic.offset, outcome
+                )
+            )
+        self.send(Ack(event.request_id))  # §4.4: the initial matches are complete
+
+    def _publish(self, event: Publish) -> None:
+        if not self._allowed("publish", event.topic):
+            self.send(Error(event.request_id, ErrorCode.FORBIDDEN, f"forbidden: {event.topic}"))
+            return
+        try:
+            offset = self.hub.publish_nowait(event.topic, event.payload)
+        except ValueError as exc:
+            self.send(Error(event.request_id, ErrorCode.BAD_REQUEST, str(exc)))
+            return
+        if event.request_id is not None:
+            self.send(Ack(event.request_id, self.hub.topic(event.topic).topic_id, offset))

@@ -1,0 +1,199 @@
+"""Admission and rate decisions, as pure logic: token buckets, connection counts, Origin.
+
+Imports: attrs, stdlib. Time is passed in (seconds, any monotonic clock): this module never
+reads a clock, so tests drive it directly and the trio layer passes ``trio.current_time()``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+import attrs
+from attrs.validators import ge, gt, instance_of
+
+__all__ = [
+    "Admission",
+    "AdmissionControl",
+    "RateLimiter",
+    "RateVerdict",
+    "TokenBucket",
+    "origin_allowed",
+]
+
+
+@attrs.define(eq=False)
+class TokenBucket:
+    """*rate* tokens a second, holding at most *burst*; it starts full."""
+
+    rate: float = attrs.field(validator=gt(0))
+    burst: float = attrs.field(validator=gt(0))
+    _tokens: float = attrs.field(init=False)
+    _stamp: float | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        self._tokens = self.burst
+
+    def _refill(self, now: float) -> None:
+        if self._stamp is not None and now > self._stamp:
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now if self._stamp is None else max(self._stamp, now)
+
+    def take(self, now: float, amount: float = 1.0) -> bool:
+        """Take *amount* tokens if there are that many; return whether it did."""
+        self._refill(now)
+        if self._tokens >= amount:
+            self._tokens -= amount
+            return True
+        return False
+
+    def wait_time(self, now: float, amount: float = 1.0) -> float:
+        """Seconds until *amount* tokens will be there (0 if they are now)."""
+        self._refill(now)
+        return max(0.0, (amount - self._tokens) / self.rate)
+
+
+class RateVerdict(enum.Enum):
+    """What to do with a message under a connection's rate limits."""
+
+    OK = "ok"  # process it
+    WARN = "warn"  # drop it and send ERROR 429 (the first excess in a run)
+    DROP = "drop"  # drop it silently (still over, already warned)
+    CLOSE = "close"  # it goes on: close with 1008
+
+
+@attrs.define(eq=False, kw_only=True)
+class RateLimiter:
+    """Per-connection limits on messages and bytes a second, with a burst allowance.
+
+    Over either limit the message is dropped: the first time in a run with a warning, and
+    when a run of excess messages exceeds *max_strikes*, the verdict is to close.
+    """
+
+    messages_per_second: float = attrs.field(validator=gt(0))
+    bytes_per_second: float = attrs.field(validator=gt(0))
+    burst_seconds: float = attrs.field(default=2.0, validator=gt(0))
+    max_strikes: int = attrs.field(default=50, validator=[instance_of(int), ge(1)])
+    _messages: TokenBucket = attrs.field(init=False)
+    _bytes: TokenBucket = attrs.field(init=False)
+    _strikes: int = attrs.field(init=False, default=0)
+
+    def __attrs_post_init__(self) -> None:
+        self._messages = TokenBucket(
+            self.messages_per_second, max(1.0, self.messages_per_second * self.burst_seconds)
+        )
+        self._bytes = TokenBucket(self.bytes_per_second, self.bytes_per_second * self.burst_seconds)
+
+    def check(self, now: float, size: int) -> RateVerdict:
+        """The verdict for one received message of *size* bytes at time *now*."""
+        if self._messages.take(now) and self._bytes.take(now, size):
+            self._strikes = 0
+            return RateVerdict.OK
+        self._strikes += 1
+        if self._strikes == 1:
+            return RateVerdict.WARN
+        if self._strikes > self.max_strikes:
+            return RateVerdict.CLOSE
+        return RateVerdict.DROP
+
+
+@attrs.frozen
+class Admission:
+    """Whether a new connection may proceed; if not, why and when to come back."""
+
+    admitted: bool
+    reason: str = ""
+    retry_after: float = 0.0
+
+
+@attrs.define(eq=False, kw_only=True)
+class AdmissionControl:
+    """Connection limits: in total, per client address, and new connections a second.
+
+    Call :meth:`admit` when a connection arrives and :meth:`release` when an admitted one
+    ends.
+    """
+
+    max_connections: int = attrs.field(validator=[instance_of(int), ge(1)])
+    max_per_address: int = attrs.field(validator=[instance_of(int), ge(1)])
+    new_per_second: float = attrs.field(validator=gt(0))
+    retry_after: float = attrs.field(default=1.0, validator=ge(0))
+    _open: int = attrs.field(init=False, default=0)
+    _by_address: dict[str, int] = attrs.field(init=False, factory=dict)
+    _new: TokenBucket = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._new = TokenBucket(self.new_per_second, max(1.0, self.new_per_second))
+
+    @property
+    def open(self) -> int:
+        """Connections admitted and not yet released."""
+        return self._open
+
+    def admit(self, address: str, now: float) -> Admission:
+        """Decide on a new connection from *address*; an admitted one is counted."""
+        if self._open >= self.max_connections:
+            return Admission(False, "server full", self.retry_after)
+        if self._by_address.get(address, 0) >= self.max_per_address:
+            return Admission(False, "too many connections from this address", self.retry_after)
+        if not self._new.take(now):
+            return Admission(
+                False, "too many new connections", max(self.retry_after, self._new.wait_time(now))
+            )
+        self._open += 1
+        self._by_address[address] = self._by_address.get(address, 0) + 1
+        return Admission(True)
+
+    def release(self, address: str) -> None:
+        """An admitted connection from *address* ended."""
+        self._open -= 1
+        left = self._by_address.get(address, 0) - 1
+        if left > 0:
+            self._by_address[address] = left
+        else:
+            self._by_address.pop(address, None)
+
+
+def _origin_parts(origin: str) -> tuple[str, str, int | None] | None:
+    try:
+        parts = urlsplit(origin.strip().lower())
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.scheme or not parts.hostname:
+        return None
+    return parts.scheme, parts.hostname, port
+
+
+def origin_allowed(
+    origin: str | None, allowed: Sequence[str] | None, *, allow_missing: bool
+) -> bool:
+    """Whether a handshake's ``Origin`` passes the allowlist (cross-site WebSocket hijacking).
+
+    Args:
+        origin: the header's value, or None when absent (non-browser clients send none).
+        allowed: entries like ``https://app.example.com`` (exact: scheme, host and port) or
+            ``https://*.example.com`` (any subdomain, at any depth, not the bare domain);
+            ``*`` allows every origin; None disables the check.
+        allow_missing: whether a handshake without ``Origin`` passes.
+    """
+    if origin is None or origin == "":
+        return allow_missing
+    if allowed is None or "*" in allowed:
+        return True
+    parts = _origin_parts(origin)
+    if parts is None:
+        return False
+    scheme, host, port = parts
+    for entry in allowed:
+        wanted = _origin_parts(entry.replace("*.", "wildcard.", 1))
+        if wanted is None or wanted[0] != scheme or wanted[2] != port:
+            continue
+        if entry.lower().split("://", 1)[-1].startswith("*."):
+            suffix = "." + wanted[1].removeprefix("wildcard.")
+            if host.endswith(suffix) and len(host) > len(suffix):
+                return True
+        elif host == wanted[1]:
+            return True
+    return False

@@ -1,0 +1,396 @@
+"""The tickwire server: accept, admit, check, negotiate, authenticate, then supervise.
+
+Imports: trio, trio_websocket, tickwire.connection, tickwire.broadcast, tickwire.sansio.
+
+Embed it with ``async with open_server(hub, host, port) as server:`` or
+``server = await nursery.start(serve, hub, host, port)``. Every connection runs in its own
+nursery (:class:`~tickwire.connection.ServerConnection`); a failure in one closes that one
+with 1011. Cancelling :func:`serve` shuts down gracefully within ``shutdown_timeout``:
+stop accepting, report not ready, send 1001 with a reconnect hint to every client, let
+writers drain, then cancel what is left.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+import trio_websocket
+
+from tickwire.broadcast import Hub
+from tickwire.config import ServerConfig
+from tickwire.connection import ServerConnection, wrap_server_stream
+from tickwire.errors import NegotiationError
+from tickwire.sansio.admission import AdmissionControl, origin_allowed
+from tickwire.sansio.events import Hello
+from tickwire.sansio.negotiation import (
+    NO_COMMON_SUBPROTOCOL,
+    NegotiationPolicy,
+    select,
+    token_from_offer,
+)
+
+__all__ = [
+    "HandshakeRequest",
+    "Refusal",
+    "Server",
+    "open_server",
+    "serve",
+]
+
+log = logging.getLogger("tickwire.server")
+
+
+@attrs.frozen
+class HandshakeRequest:
+    """What an authenticator sees of a handshake.
+
+    Attributes:
+        path: the request target, for example ``/ws?room=1``.
+        headers: (lower-cased name, value) pairs as received.
+        subprotocols: the offered tokens (credential offers included).
+        remote: the client's address.
+        token: a bearer token from ``Authorization: Bearer ...`` or a ``tickwire.auth.``
+            offer, if any.
+    """
+
+    path: str
+    headers: tuple[tuple[str, str], ...]
+    subprotocols: tuple[str, ...]
+    remote: str
+    token: str | None
+
+    def header(self, name: str) -> str | None:
+        """The first value of header *name* (case-insensitive), or None."""
+        name = name.lower()
+        return next((v for k, v in self.headers if k == name), None)
+
+
+@attrs.frozen
+class Refusal:
+    """An authenticator's no: HTTP *status* (401 or 403) and a short reason."""
+
+    status: int = 401
+    reason: str = "unauthorized"
+
+
+Authenticator = Callable[[HandshakeRequest], Awaitable[Any]]
+"""``async def authenticate(request) -> principal | Refusal``: None refuses with 401."""
+Authorizer = Callable[[Any, str, str], bool]
+"""``authorize(principal, action, topic) -> bool``, *action* is "subscribe" or "publish"."""
+
+
+def _remote(stream: trio.abc.Stream) -> str:
+    inner = getattr(stream, "transport_stream", stream)
+    sock = getattr(inner, "socket", None)
+    if sock is None:
+        return "local"
+    try:
+        return str(sock.getpeername()[0])
+    except OSError:
+        return "unknown"
+
+
+def _bearer(headers: Sequence[tuple[str, str]], subprotocols: Sequence[str]) -> str | None:
+    for name, value in headers:
+        if name == "authorization" and value[:7].lower() == "bearer ":
+            return value[7:].strip() or None
+    return token_from_offer(subprotocols)
+
+
+class Server:
+    """A running tickwire server: its hub, config, connections, and readiness."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        config: ServerConfig | None = None,
+        negotiation: NegotiationPolicy | None = None,
+        authenticate: Authenticator | None = None,
+        authorize: Authorizer | None = None,
+    ) -> None:
+        self.hub = hub
+        self.config = config or ServerConfig()
+        self.negotiation = negotiation or NegotiationPolicy()
+        self._authenticate = authenticate
+        self._authorize = authorize
+        self.admission = AdmissionControl(
+            max_connections=self.config.max_connections,
+            max_per_address=self.config.max_connections_per_address,
+            new_per_second=self.config.max_new_connections_per_second,
+            retry_after=self.config.retry_after,
+        )
+        self.connections: dict[ServerConnection, None] = {}
+        self.ports: list[int] = []
+        self.ready = False
+        self._accepting: trio.CancelScope | None = None
+        self._handler_scope: trio.CancelScope | None = None
+        self._idle = trio.Event()
+        self._idle.set()
+
+    @property
+    def port(self) -> int:
+        """The first listening port (useful with port 0)."""
+        return self.ports[0]
+
+    async def run(
+        self,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on *host*:*port* and serve until cancelled or :meth:`aclose`; then shut
+        down gracefully, within ``config.shutdown_timeout`` plus a close handshake."""
+        listeners: list[trio.abc.Listener[Any]] = list(
+            await trio.open_tcp_listeners(port, host=host)
+        )
+        self.ports = [listener.socket.getsockname()[1] for listener in listeners]  # type: ignore[attr-defined]
+        if ssl_context is not None:
+            listeners = [
+                trio.SSLListener(listener, ssl_context, https_compatible=True)
+                for listener in listeners
+            ]
+        await self.serve_listeners(listeners, task_status=task_status)
+
+    async def serve_listeners(
+        self,
+        listeners: Sequence[trio.abc.Listener[Any]],
+        *,
+        task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve connections from *listeners* (any trio listeners, such as
+        :class:`tickwire.testing.MemoryListener`) until cancelled or :meth:`aclose`."""
+        async with trio.open_nursery() as outer:
+            # Connections live in a shielded nursery: cancelling this starts the graceful
+            # shutdown below instead of killing them all at once.
+            handlers: trio.Nursery = await outer.start(self._host_handlers)
+            try:
+                with trio.CancelScope() as self._accepting:
+                    self.ready = True
+                    task_status.started(self)
+                    log.info("tickwire serving on ports %s", self.ports)
+                    await trio.serve_listeners(
+                        self._handle, list(listeners), handler_nursery=handlers
+                    )
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._shutdown()
+
+    async def _host_handlers(self, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+        with trio.CancelScope(shield=True) as self._handler_scope:
+            async with trio.open_nursery() as handlers:
+                task_status.started(handlers)
+                await trio.sleep_forever()
+
+    async def aclose(self) -> None:
+        """Shut down gracefully, as cancelling :meth:`run` does."""
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self.ready = False
+        if self._accepting is not None:
+            self._accepting.cancel()
+        hint = f"retry-after={self.config.retry_after:g}; server shutting down"
+        for connection in list(self.connections):
+            connection.go_away(1001, hint)
+        with trio.move_on_after(self.config.shutdown_timeout):
+            await self._idle.wait()
+        if self._handler_scope is not None:
+            self._handler_scope.cancel()
+
+    async def _handle(self, stream: trio.abc.Stream) -> None:
+        remote = _remote(stream)
+        admission = self.admission.admit(remote, trio.current_time())
+        try:
+            async with trio.open_nursery() as nursery:
+                await self._handshake(
+                    nursery,
+                    stream,
+                    remote,
+                    admission.admitted,
+                    admission.reason,
+                    admission.retry_after,
+                )
+                nursery.cancel_scope.cancel()  # trio-websocket's reader, if still there
+        except Exception:
+            log.exception("connection from %s failed during the handshake", remote)
+        finally:
+            if admission.admitted:
+                self.admission.release(remote)
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+
+    async def _handshake(
+        self,
+        nursery: trio.Nursery,
+        stream: trio.abc.Stream,
+        remote: str,
+        admitted: bool,
+        refusal: str,
+        retry_after: float,
+    ) -> None:
+        config = self.config
+        ws: trio_websocket.WebSocketConnection | None = None
+        with trio.move_on_after(config.handshake_timeout) as scope:
+            try:
+                request = await wrap_server_stream(nursery, stream, config)
+            except trio_websocket.ConnectionClosed:
+                return
+        if scope.cancelled_caught:
+            log.debug("handshake timeout from %s", remote)
+            return
+        with trio.move_on_after(config.handshake_timeout):
+            if not admitted or not self.ready:
+                why = refusal or "server shutting down"
+                await request.reject(
+                    503,
+                    extra_headers=[(b"Retry-After", f"{max(1, round(retry_after))}".encode())],
+                    body=why.encode(),
+                )
+                return
+            headers = tuple(
+                (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.headers
+            )
+            offered = request.proposed_subprotocols
+            origin = next((v for k, v in headers if k == "origin"), None)
+            if not origin_allowed(
+                origin, config.allowed_origins, allow_missing=config.allow_missing_origin
+            ):
+                await request.reject(403, body=b"origin not allowed")
+                return
+            principal = None
+            if self._authenticate is not None:
+                info = HandshakeRequest(
+                    request.path, headers, offered, remote, _bearer(headers, offered)
+                )
+                principal = await self._authenticate(info)
+                if principal is None or isinstance(principal, Refusal):
+                    refusal_ = principal or Refusal()
+                    await request.reject(refusal_.status, body=refusal_.reason.encode())
+                    return
+            try:
+                negotiated = select(offered, self.negotiation)
+            except NegotiationError as exc:
+                ws = await request.accept()
+                await ws.aclose(NO_COMMON_SUBPROTOCOL, str(exc)[:120])
+                return
+            ws = await request.accept(subprotocol=negotiated.subprotocol)
+        if ws is None:  # the handshake timed out while answering
+            return
+        connection = ServerConnection(
+            ws,  # type: ignore[arg-type]
+            hub=self.hub,
+            config=config,
+            negotiated=negotiated,
+            principal=principal,
+            authorize=self._authorize,
+            remote=remote,
+        )
+        self.connections[connection] = None
+        self._idle = trio.Event() if len(self.connections) == 1 else self._idle
+        log.debug("connection %s from %s: %s", connection.id, remote, negotiated.subprotocol)
+        try:
+            await connection.run(self._hello(negotiated.compression))
+        finally:
+            del self.connections[connection]
+            if not self.connections:
+                self._idle.set()
+
+    def _hello(self, compression: bool) -> Hello:
+        limits, config = self.config.limits, self.config
+        zstd = self.hub.compression
+        return Hello(
+            os.urandom(8).hex(),
+            time.time_ns(),
+            int(config.heartbeat_interval * 1000),
+            limits.max_message_bytes,
+            limits.max_decompressed_bytes,
+            limits.max_container_items,
+            limits.max_containers,
+            limits.max_depth,
+            config.max_subscriptions,
+            zstd.level if compression else None,
+            zstd.min_bytes if compression else 0,
+            self.hub.dictionaries.offer() if compression else (),
+        )
+
+
+async def serve(
+    hub: Hub,
+    host: str,
+    port: int,
+    *,
+    config: ServerConfig | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    negotiation: NegotiationPolicy | None = None,
+    authenticate: Authenticator | None = None,
+    authorize: Authorizer | None = None,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve *hub* on *host*:*port*: ``server = await nursery.start(serve, hub, ...)``.
+
+    Runs until cancelled or until ``server.aclose()``; either shuts down gracefully
+    (bounded by ``config.shutdown_timeout``).
+    """
+    server = Server(
+        hub, config=config, negotiation=negotiation, authenticate=authenticate, authorize=authorize
+    )
+    await server.run(host, port, ssl_context=ssl_context, task_status=task_status)
+
+
+@asynccontextmanager
+async def open_server(
+    hub: Hub,
+    host: str,
+    port: int,
+    *,
+    config: ServerConfig | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    negotiation: NegotiationPolicy | None = None,
+    authenticate: Authenticator | None = None,
+    authorize: Authorizer | None = None,
+) -> AsyncIterator[Server]:
+    """Run a server for the duration of the block; leaving it shuts down gracefully."""
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(
+            _run_server,
+            hub,
+            host,
+            port,
+            config,
+            ssl_context,
+            negotiation,
+            authenticate,
+            authorize,
+        )
+        try:
+            yield server
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def _run_server(
+    hub: Hub,
+    host: str,
+    port: int,
+    config: ServerConfig | None,
+    ssl_context: ssl.SSLContext | None,
+    negotiation: NegotiationPolicy | None,
+    authenticate: Authenticator | None,
+    authorize: Authorizer | None,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    server = Server(
+        hub, config=config, negotiation=negotiation, authenticate=authenticate, authorize=authorize
+    )
+    await server.run(host, port, ssl_context=ssl_context, task_status=task_status)

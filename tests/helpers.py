@@ -1,0 +1,116 @@
+"""Test clients: a trio-websocket client speaking tickwire/1, and a raw wsproto client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+import trio_websocket
+import wsproto
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+
+from tickwire.sansio import Role, Session, client_offer
+from tickwire.sansio.events import Event
+from tickwire.sansio.negotiation import parse_selected
+
+
+class Client:
+    """A minimal tickwire/1 client over trio-websocket, for tests."""
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection, offer: list[str]) -> None:
+        self.ws = ws
+        self.session = Session(Role.CLIENT, parse_selected(ws.subprotocol, offer))
+        self.pending: list[Event] = []
+
+    async def send(self, event: Event) -> None:
+        await self.ws.send_message(self.session.send(event))
+
+    async def receive(self) -> Event:
+        while not self.pending:
+            self.session.receive_message(await self.ws.get_message())
+            self.pending.extend(self.session.events_received())
+        return self.pending.pop(0)
+
+    async def close_code(self) -> int:
+        """Read until the server closes; return its close code."""
+        try:
+            while True:
+                await self.ws.get_message()
+        except trio_websocket.ConnectionClosed as exc:
+            return exc.reason.code if exc.reason is not None else 1006
+
+
+@asynccontextmanager
+async def connect(
+    port: int, *, offer: list[str] | None = None, **kwargs: Any
+) -> AsyncIterator[Client]:
+    offer = client_offer() if offer is None else offer
+    async with trio_websocket.open_websocket(
+        "127.0.0.1", port, "/", use_ssl=False, subprotocols=offer, **kwargs
+    ) as ws:
+        yield Client(ws, offer)
+
+
+class RawClient:
+    """A wsproto client over any trio stream: it reads only when told to."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        self.events: list[Any] = []
+
+    async def handshake(self, subprotocols: list[str] | None = None, **kwargs: Any) -> Any:
+        request = Request(
+            host="localhost", target="/", subprotocols=subprotocols or client_offer(), **kwargs
+        )
+        await self.stream.send_all(self.ws.send(request))
+        while True:
+            event = await self.next_event()
+            if isinstance(event, AcceptConnection | RejectConnection):
+                return event
+
+    async def next_event(self) -> Any:
+        while not self.events:
+            data = await self.stream.receive_some(65536)
+            self.ws.receive_data(bytes(data) or None)
+            self.events.extend(self.ws.events())
+            if not data and not self.events:
+                raise EOFError
+        return self.events.pop(0)
+
+    async def send_bytes(self, data: bytes, *, fragments: int = 1) -> None:
+        step = max(1, len(data) // fragments)
+        chunks = [data[i : i + step] for i in range(0, len(data), step)]
+        for i, chunk in enumerate(chunks):
+            last = i == len(chunks) - 1
+            try:
+                await self.stream.send_all(self.ws.send(BytesMessage(chunk, message_finished=last)))
+            except trio.BrokenResourceError:
+                return  # the server closed mid-message: read its close frame next
+
+    async def close_code(self, *, answer_pings: bool = False) -> int:
+        """Read until a close frame; return its code."""
+        while True:
+            event = await self.next_event()
+            if isinstance(event, CloseConnection):
+                return event.code
+            if answer_pings and isinstance(event, Ping):
+                await self.stream.send_all(self.ws.send(event.response()))
+
+    async def messages(self, count: int) -> list[bytes | str]:
+        out: list[bytes | str] = []
+        while len(out) < count:
+            event = await self.next_event()
+            if isinstance(event, BytesMessage | TextMessage):
+                out.append(event.data if isinstance(event.data, str) else bytes(event.data))
+        return out

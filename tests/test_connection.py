@@ -1,0 +1,229 @@
+"""The server's connection logic over in-memory streams, with trio's autojump clock.
+
+Timeouts here are virtual seconds: nothing sleeps for real.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import trio
+import trio.testing
+from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, RejectConnection
+
+from tests.helpers import RawClient
+from tickwire.broadcast import Hub
+from tickwire.config import ServerConfig
+from tickwire.sansio import Data, Error, Hello, Publish, Role, Session, Subscribe
+from tickwire.sansio.events import Ack
+from tickwire.sansio.negotiation import MSGPACK, Negotiated
+from tickwire.server import Server
+from tickwire.testing import MemoryListener
+
+CLIENT = Session(Role.CLIENT, Negotiated.of(MSGPACK))
+
+
+def encode(event: object) -> bytes:
+    message = CLIENT.send(event)  # type: ignore[arg-type]
+    assert isinstance(message, bytes)
+    return message
+
+
+def decode(message: bytes | str) -> object:
+    CLIENT.receive_message(message)
+    (event,) = CLIENT.events_received()
+    return event
+
+
+async def start(
+    nursery: trio.Nursery, config: ServerConfig | None = None, *, lockstep: bool = False
+) -> tuple[Server, MemoryListener]:
+    listener = MemoryListener(lockstep=lockstep)
+    server = Server(Hub(), config=config)
+    await nursery.start(functools.partial(server.serve_listeners, [listener]))
+    return server, listener
+
+
+async def open_raw(listener: MemoryListener) -> RawClient:
+    raw = RawClient(await listener.connect())
+    accepted = await raw.handshake([MSGPACK])
+    assert isinstance(accepted, AcceptConnection)
+    assert accepted.subprotocol == MSGPACK
+    (hello,) = await raw.messages(1)
+    assert isinstance(decode(hello), Hello)
+    return raw
+
+
+async def test_a_silent_peer_is_dropped_after_interval_plus_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        _, listener = await start(nursery)
+        raw = await open_raw(listener)
+        start_time = trio.current_time()
+        assert await raw.close_code() == 4007  # it never answered the ping
+        assert trio.current_time() - start_time == pytest.approx(30, abs=0.5)  # 20 s + 10 s
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_that_answers_pings_stays(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        _, listener = await start(nursery)
+        raw = await open_raw(listener)
+        with trio.move_on_after(200) as scope:
+            await raw.close_code(answer_pings=True)
+        assert scope.cancelled_caught
+        nursery.cancel_scope.cancel()
+
+
+async def test_idle_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        _, listener = await start(nursery, ServerConfig(idle_timeout=45))
+        raw = await open_raw(listener)
+        assert await raw.close_code(answer_pings=True) == 4006
+        assert trio.current_time() == pytest.approx(60, abs=0.5)  # the heartbeat after 45 s
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_that_stops_reading_is_dropped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    config = ServerConfig(send_timeout=5, outbox_max_bytes=10_000_000)
+    async with trio.open_nursery() as nursery:
+        server, listener = await start(nursery, config, lockstep=True)
+        raw = await open_raw(listener)
+        await raw.send_bytes(encode(Subscribe(1, "feed")))
+        await raw.messages(2)  # SUBSCRIBED, ACK
+        (connection,) = server.connections
+        for i in range(100):
+            server.hub.publish_nowait("feed", "x" * 1000 + str(i))
+        # The client reads nothing more: the writer blocks, then the send times out.
+        with trio.fail_after(10):
+            await connection.closed.wait()
+        assert not server.connections
+        assert server.hub.topic("feed").subscribers == {}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_full_outbox_makes_a_slow_consumer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    config = ServerConfig(outbox_max_messages=10)
+    async with trio.open_nursery() as nursery:
+        server, listener = await start(nursery, config, lockstep=True)
+        raw = await open_raw(listener)
+        await raw.send_bytes(encode(Subscribe(1, "feed")))
+        await raw.messages(2)
+        for i in range(50):  # published all at once: more than the outbox holds
+            server.hub.publish_nowait("feed", i)
+        assert await raw.close_code() == 4000
+        nursery.cancel_scope.cancel()
+
+
+async def test_graceful_shutdown_is_bounded_and_says_1001(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    config = ServerConfig(shutdown_timeout=5, send_timeout=60)
+    async with trio.open_nursery() as nursery:
+        server, listener = await start(nursery, config, lockstep=True)
+        reader = await open_raw(listener)
+        stalled = await open_raw(listener)
+        await stalled.send_bytes(encode(Subscribe(1, "feed")))
+        await stalled.messages(2)
+        for i in range(200):
+            server.hub.publish_nowait("feed", "y" * 500 + str(i))  # stuck in its writer
+        codes: list[int] = []
+        read = trio.Event()
+
+        async def read_close() -> None:
+            codes.append(await reader.close_code(answer_pings=True))
+            read.set()
+
+        nursery.start_soon(read_close)
+        begun = trio.current_time()
+        await server.aclose()
+        took = trio.current_time() - begun
+        assert took <= 5 + 0.1  # the shutdown deadline, not the 60 s send timeout
+        with trio.fail_after(5):
+            await read.wait()
+        assert codes == [1001]
+        assert not server.ready
+        nursery.cancel_scope.cancel()
+
+
+async def test_slowloris_handshake_times_out(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        _, listener = await start(nursery, ServerConfig(handshake_timeout=3))
+        stream = await listener.connect()
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        assert await stream.receive_some(100) == b""
+        assert trio.current_time() == pytest.approx(3, abs=0.1)
+        nursery.cancel_scope.cancel()
+
+
+async def test_flooding_gets_429_then_1008(autojump_clock: trio.testing.MockClock) -> None:
+    config = ServerConfig(messages_per_second=5, rate_burst_seconds=1)
+    async with trio.open_nursery() as nursery:
+        _, listener = await start(nursery, config)
+        raw = await open_raw(listener)
+        for i in range(100):
+            await raw.send_bytes(encode(Publish(i, "chat", "hi")))
+        events = []
+        while True:
+            event = await raw.next_event()
+            if isinstance(event, CloseConnection):
+                break
+            if isinstance(event, BytesMessage):
+                events.append(decode(bytes(event.data)))
+        acks = [e for e in events if isinstance(e, Ack)]
+        errors = [e for e in events if isinstance(e, Error)]
+        assert len(acks) == 5  # the burst
+        assert [(e.request_id, e.code) for e in errors] == [(None, 429)]  # warned once
+        assert event.code == 1008
+        nursery.cancel_scope.cancel()
+
+
+async def test_too_many_fragments_is_1009(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        _, listener = await start(nursery, ServerConfig(max_fragments=8))
+        raw = await open_raw(listener)
+        await raw.send_bytes(encode(Publish(None, "t", "z" * 100)), fragments=50)
+        assert await raw.close_code() == 1009
+        nursery.cancel_scope.cancel()
+
+
+async def test_oversized_message_is_1009(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        _, listener = await start(nursery)
+        raw = await open_raw(listener)
+        await raw.send_bytes(encode(Publish(None, "t", "z" * 70_000)))
+        assert await raw.close_code() == 1009
+        nursery.cancel_scope.cancel()
+
+
+async def test_refused_when_full_with_503_and_retry_after(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        _, listener = await start(nursery, ServerConfig(max_connections=1, retry_after=7))
+        await open_raw(listener)
+        second = RawClient(await listener.connect())
+        refused = await second.handshake()
+        assert isinstance(refused, RejectConnection)
+        assert refused.status_code == 503
+        assert (b"retry-after", b"7") in [(k.lower(), v) for k, v in refused.headers]
+        nursery.cancel_scope.cancel()
+
+
+async def test_data_reaches_a_subscriber(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        server, listener = await start(nursery)
+        raw = await open_raw(listener)
+        await raw.send_bytes(encode(Subscribe(1, "feed.*")))
+        (ack,) = await raw.messages(1)
+        assert decode(ack) == Ack(1)
+        server.hub.publish_nowait("feed.a", {"v": 1})
+        _subscribed, data = await raw.messages(2)
+        assert decode(data) == Data(server.hub.topic("feed.a").topic_id, 1, {"v": 1})
+        nursery.cancel_scope.cancel()
