@@ -20,8 +20,10 @@ from wsproto.events import (
 )
 
 from tickwire.sansio import Role, Session, client_offer
-from tickwire.sansio.events import Event
+from tickwire.sansio.events import Ack, Error, Event, Subscribe
 from tickwire.sansio.negotiation import parse_selected
+
+PROBE = 4_242_424
 
 
 class Client:
@@ -41,6 +43,20 @@ class Client:
             self.pending.extend(self.session.events_received())
         return self.pending.pop(0)
 
+    async def outcome_of(self, message: bytes | str) -> int:
+        """Send *message*, then a probe request: the close code it caused, or 0 when the
+        connection stayed open and answered the probe."""
+        probe = self.session.send(Subscribe(PROBE, "probe"))
+        try:
+            await self.ws.send_message(message)
+            await self.ws.send_message(probe)
+            while True:
+                event = await self.receive()
+                if isinstance(event, Ack | Error) and event.request_id == PROBE:
+                    return 0
+        except trio_websocket.ConnectionClosed as exc:
+            return exc.reason.code if exc.reason is not None else 1006
+
     async def close_code(self) -> int:
         """Read until the server closes; return its close code."""
         try:
@@ -58,7 +74,19 @@ async def connect(
     async with trio_websocket.open_websocket(
         "127.0.0.1", port, "/", use_ssl=False, subprotocols=offer, **kwargs
     ) as ws:
-        yield Client(ws, offer)
+        try:
+            yield Client(ws, offer)
+        finally:
+            # trio-websocket's client leaves its socket open when the server closed first.
+            await trio.aclose_forcefully(ws._stream)
+
+
+async def handshake(
+    port: int, *, subprotocols: list[str] | None = None, headers: list[tuple[bytes, bytes]] = ()
+) -> AcceptConnection | RejectConnection:
+    """One handshake over a TCP stream this test owns; the server's answer."""
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        return await RawClient(stream).handshake(subprotocols, extra_headers=list(headers))  # type: ignore[no-any-return]
 
 
 class RawClient:

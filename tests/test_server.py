@@ -1,0 +1,229 @@
+"""The server end to end on loopback: real sockets, real clients (one not ours)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import msgpack
+import pytest
+import trio
+import trio_websocket
+import websockets.sync.client
+from wsproto.events import RejectConnection
+
+from tests.helpers import Client, connect, handshake
+from tickwire.broadcast import Hub
+from tickwire.config import Limits, ServerConfig
+from tickwire.sansio import Ack, Data, Error, Hello, Publish, Subscribe, Subscribed, client_offer
+from tickwire.sansio.negotiation import JSON, MSGPACK, MSGPACK_ZSTD, Negotiated
+from tickwire.sansio.session import decode_message
+from tickwire.server import HandshakeRequest, Refusal, Server, open_server
+
+
+async def subscribe(client: Client, pattern: str, request_id: int = 1) -> list[Any]:
+    await client.send(Subscribe(request_id, pattern))
+    events = []
+    while not isinstance(event := await client.receive(), Ack):
+        events.append(event)
+    return events
+
+
+async def test_an_independent_client_negotiates_and_reads_hello() -> None:
+    async with open_server(Hub(), "127.0.0.1", 0) as server:
+
+        def with_websockets() -> tuple[str | None, bytes | str]:
+            url = f"ws://127.0.0.1:{server.port}/"
+            with websockets.sync.client.connect(url, subprotocols=[MSGPACK_ZSTD]) as ws:  # type: ignore[list-item]
+                return ws.subprotocol, ws.recv(timeout=5)
+
+        subprotocol, message = await trio.to_thread.run_sync(with_websockets)
+    assert subprotocol == MSGPACK_ZSTD
+    hello = decode_message(message, negotiated=Negotiated.of(MSGPACK_ZSTD), limits=Limits())
+    assert isinstance(hello, Hello)
+    assert hello.heartbeat_interval_ms == 20_000
+    assert hello.compression_level == 3
+
+
+@pytest.mark.parametrize("subprotocol", [MSGPACK_ZSTD, MSGPACK, JSON])
+async def test_subscribe_and_receive_in_every_variant(subprotocol: str) -> None:
+    hub = Hub()
+    async with (
+        open_server(hub, "127.0.0.1", 0) as server,
+        connect(server.port, offer=[subprotocol]) as client,
+    ):
+        assert isinstance(await client.receive(), Hello)
+        assert await subscribe(client, "quotes.*") == []
+        payload = {"bid": 101.25, "ask": 101.27, "note": "x" * 200}
+        hub.publish_nowait("quotes.AAPL", payload)
+        subscribed = await client.receive()
+        assert isinstance(subscribed, Subscribed)
+        assert subscribed.topic == "quotes.AAPL"
+        assert await client.receive() == Data(subscribed.topic_id, 1, payload)
+        await client.send(Publish(9, "quotes.AAPL", {"bid": 1}))
+        assert await client.receive() == Data(subscribed.topic_id, 2, {"bid": 1})
+        assert await client.receive() == Ack(9, subscribed.topic_id, 2)
+
+
+async def test_no_common_subprotocol_is_closed_with_4004() -> None:
+    async with (
+        open_server(Hub(), "127.0.0.1", 0) as server,
+        trio_websocket.open_websocket(
+            "127.0.0.1", server.port, "/", use_ssl=False, subprotocols=["graphql-ws"]
+        ) as ws,
+    ):
+        with pytest.raises(trio_websocket.ConnectionClosed) as info:
+            await ws.get_message()
+        await trio.aclose_forcefully(ws._stream)  # see tests/helpers.connect
+    assert info.value.reason is not None
+    assert info.value.reason.code == 4004
+    assert "tickwire.v1+zstd" in (info.value.reason.reason or "")
+
+
+async def test_a_bug_in_one_connection_leaves_fifty_others_receiving() -> None:
+    def authorize(principal: Any, action: str, topic: str) -> bool:
+        if topic == "boom":
+            raise RuntimeError("a bug in the application's authorizer")
+        return True
+
+    hub = Hub()
+    async with open_server(hub, "127.0.0.1", 0, authorize=authorize) as server:
+        async with trio.open_nursery() as nursery:
+            received: list[list[int]] = []
+            ready = trio.Semaphore(0)
+
+            async def follower() -> None:
+                async with connect(server.port) as client:
+                    await client.receive()
+                    mine: list[int] = []
+                    received.append(mine)
+                    await subscribe(client, "ticks")
+                    ready.release()
+                    while len(mine) < 20:
+                        event = await client.receive()
+                        if isinstance(event, Data):
+                            mine.append(event.payload)
+
+            for _ in range(50):
+                nursery.start_soon(follower)
+            for _ in range(50):
+                await ready.acquire()
+            async with connect(server.port) as victim:
+                await victim.receive()
+                await victim.send(Subscribe(1, "boom"))
+                assert await victim.close_code() == 1011
+            for i in range(20):
+                hub.publish_nowait("ticks", i)
+        assert received == [list(range(20))] * 50
+
+
+async def test_origin_allowlist_rejects_cross_site_handshakes() -> None:
+    config = ServerConfig(allowed_origins=["https://app.example.com"], allow_missing_origin=False)
+    async with open_server(Hub(), "127.0.0.1", 0, config=config) as server:
+        evil = await handshake(server.port, headers=[(b"Origin", b"https://evil.com")])
+        assert isinstance(evil, RejectConnection)
+        assert evil.status_code == 403
+        missing = await handshake(server.port)  # no Origin at all
+        assert isinstance(missing, RejectConnection)
+        assert missing.status_code == 403
+        origin = [(b"Origin", b"https://app.example.com")]
+        async with connect(server.port, extra_headers=origin) as client:
+            assert isinstance(await client.receive(), Hello)
+
+
+async def test_authentication_hook() -> None:
+    seen: list[HandshakeRequest] = []
+
+    async def authenticate(request: HandshakeRequest) -> Any:
+        seen.append(request)
+        if request.token == "good":
+            return {"user": "ann"}
+        if request.token == "banned":
+            return Refusal(403, "banned")
+        return None
+
+    async with open_server(Hub(), "127.0.0.1", 0, authenticate=authenticate) as server:
+        for headers, status in [
+            ([], 401),
+            ([(b"Authorization", b"Bearer wrong")], 401),
+            ([(b"Authorization", b"Bearer banned")], 403),
+        ]:
+            answer = await handshake(server.port, headers=headers)
+            assert isinstance(answer, RejectConnection)
+            assert answer.status_code == status
+        async with connect(server.port, extra_headers=[(b"Authorization", b"Bearer good")]) as c:
+            assert isinstance(await c.receive(), Hello)
+        async with connect(server.port, offer=client_offer(token="good")) as c:
+            assert isinstance(await c.receive(), Hello)
+            assert c.ws.subprotocol == MSGPACK_ZSTD  # never the credential offer
+        (connection,) = server.connections
+        assert connection.principal == {"user": "ann"}
+    assert seen[-1].remote == "127.0.0.1"
+    assert seen[-1].path == "/"
+
+
+def malformed_corpus(count: int) -> list[tuple[bytes | str, set[int]]]:
+    """(message, acceptable close codes): hand-made cases, then seeded random ones."""
+    rng = random.Random(1234)
+    cases: list[tuple[bytes | str, set[int]]] = [
+        (b"", {1007}),
+        (b"\x20\x90", {1002}),  # reserved bit
+        (b"\x02\x90", {1002}),  # dictionary without compression
+        (b"\x03" + bytes.fromhex("e06c06060663636363"), {4002}),  # an unoffered dictionary
+        (b"\x01" + bytes.fromhex("e06c06060663636363"), {1009}),  # the 13-byte bomb
+        (b"\x01\x00", {1007}),
+        (b"\x00\xc1", {1007}),
+        (b"\x00\xd6\xff\x00\x00\x00\x01", {1007}),  # a timestamp ext
+        (b"\x00\xdd\xff\xff\xff\xff", {1007}),  # a lying array header
+        (b"\x00" + b"\x91" * 2000 + b"\x01", {1007, 1009}),
+        (b"\x00" + msgpack.packb([7, 1, 1, None]), {1002}),  # a server kind
+        (b"\x00" + msgpack.packb([0]), {1002}),  # unknown kind
+        (b"\x00" + msgpack.packb([12, "x", "t", 1, None]), {1007}),  # wrong type
+        (b"\x00" + msgpack.packb([3, 1]), {1007}),  # too short
+        (b"\x00" + msgpack.packb({"kind": 3}), {1007}),
+        ('[12,null,"t",1,null]', {1003}),  # text on a binary subprotocol
+    ]
+    while len(cases) < count:
+        size = rng.choice((1, 2, 5, 20, 100, 300))
+        blob = bytes(rng.getrandbits(8) for _ in range(size))
+        header = rng.choice((0x00, 0x00, 0x01, rng.getrandbits(8)))
+        cases.append((bytes([header]) + blob, {1002, 1003, 1007, 1009, 4002}))
+    return cases
+
+
+async def test_hundreds_of_malformed_inputs_leave_the_server_serving() -> None:
+    """Each bad input gets its close code; an observer connection notices nothing."""
+    hub = Hub()
+    corpus = malformed_corpus(300)
+    outcomes: dict[int, int] = {}
+    async with open_server(hub, "127.0.0.1", 0) as server, connect(server.port) as observer:
+        await observer.receive()
+        await subscribe(observer, "audit")
+        for i, (message, codes) in enumerate(corpus):
+            async with connect(server.port, offer=[MSGPACK_ZSTD]) as bad:
+                await bad.receive()
+                code = await bad.outcome_of(message)
+            # 0: a random input that happened to be a valid request was answered.
+            assert code in codes or code == 0, (i, message, code)
+            outcomes[code] = outcomes.get(code, 0) + 1
+            hub.publish_nowait("audit", i)
+        seen = []
+        while len(seen) < len(corpus):
+            event = await observer.receive()
+            if isinstance(event, Data):
+                seen.append(event.payload)
+            else:
+                assert isinstance(event, Subscribed | Error)
+        assert seen == list(range(len(corpus)))
+        async with connect(server.port) as fresh:
+            assert isinstance(await fresh.receive(), Hello)
+    assert set(outcomes) >= {1002, 1003, 1007, 1009, 4002}
+
+
+async def test_server_object_reports_readiness() -> None:
+    hub = Hub()
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(Server(hub).run, "127.0.0.1", 0)
+        assert server.ready
+        await server.aclose()
+        assert not server.ready
