@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -82,7 +82,10 @@ async def connect(
 
 
 async def handshake(
-    port: int, *, subprotocols: list[str] | None = None, headers: list[tuple[bytes, bytes]] = ()
+    port: int,
+    *,
+    subprotocols: list[str] | None = None,
+    headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> AcceptConnection | RejectConnection:
     """One handshake over a TCP stream this test owns; the server's answer."""
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:

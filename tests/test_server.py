@@ -207,7 +207,7 @@ async def test_hundreds_of_malformed_inputs_leave_the_server_serving() -> None:
             assert code in codes or code == 0, (i, message, code)
             outcomes[code] = outcomes.get(code, 0) + 1
             hub.publish_nowait("audit", i)
-        seen = []
+        seen: list[int] = []
         while len(seen) < len(corpus):
             event = await observer.receive()
             if isinstance(event, Data):

@@ -6,6 +6,7 @@ float seconds.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
 
 import attrs
@@ -60,6 +61,10 @@ def _optional_positive(_: object, attribute: attrs.Attribute[float | None], valu
         raise ValueError(f"{attribute.name} must be a positive number of seconds or None")
 
 
+def _origins(origins: Iterable[str] | None) -> tuple[str, ...] | None:
+    return None if origins is None else tuple(origins)
+
+
 @attrs.frozen(kw_only=True)
 class ServerConfig:
     """Everything a tickwire server enforces, with production defaults (docs/server.md).
@@ -112,9 +117,7 @@ class ServerConfig:
     rate_burst_seconds: float = attrs.field(default=2.0, validator=gt(0))
     outbox_max_bytes: int = attrs.field(default=4 * MiB, validator=_POSITIVE_INT)
     outbox_max_messages: int = attrs.field(default=8192, validator=_POSITIVE_INT)
-    allowed_origins: tuple[str, ...] | None = attrs.field(
-        default=None, converter=attrs.converters.optional(tuple)
-    )
+    allowed_origins: tuple[str, ...] | None = attrs.field(default=None, converter=_origins)
     allow_missing_origin: bool = True
 
     def __attrs_post_init__(self) -> None:
