@@ -142,6 +142,8 @@ class RawClient:
         out: list[bytes | str] = []
         while len(out) < count:
             event = await self.next_event()
+            if isinstance(event, CloseConnection):
+                raise ConnectionError(f"closed with {event.code} while waiting for messages")
             if isinstance(event, BytesMessage | TextMessage):
                 out.append(event.data if isinstance(event.data, str) else bytes(event.data))
         return out

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -33,6 +34,7 @@ import wsproto
 from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
+from tickwire.auth import AuthenticationError, Principal, seconds_until
 from tickwire.broadcast import Hub, Topic
 from tickwire.config import ServerConfig
 from tickwire.errors import RemoteProtocolError
@@ -118,6 +120,8 @@ class ServerConnection:
         negotiated: Negotiated,
         principal: Any = None,
         authorize: Any = None,
+        verify_token: Callable[[str], Any] | None = None,
+        auth_pending: bool = False,
         remote: str = "",
     ) -> None:
         self.id = os.urandom(6).hex()
@@ -127,6 +131,11 @@ class ServerConnection:
         self.principal = principal
         self.remote = remote
         self._authorize = authorize
+        self._verify_token = verify_token
+        self._auth_pending = auth_pending
+        self._auth_changed = trio.Event()
+        self._expires: float | None = None  # on trio's clock
+        self._set_principal(principal)
         self._variant = negotiated
         self.session = Session(
             Role.SERVER,
@@ -200,6 +209,15 @@ class ServerConnection:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
+    def _set_principal(self, principal: Any) -> None:
+        self.principal = principal
+        expires_at = getattr(principal, "expires_at", None)
+        self._expires = (
+            None if expires_at is None else trio.current_time() + seconds_until(expires_at)
+        )
+        self._auth_changed.set()
+        self._auth_changed = trio.Event()
+
     # -- the tasks ----------------------------------------------------------------------
 
     async def run(self, hello: Hello) -> None:
@@ -211,6 +229,7 @@ class ServerConnection:
                 nursery.start_soon(self._reader)
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._heartbeat)
+                nursery.start_soon(self._watch_credentials)
         except Exception:  # a bug in this connection: it alone goes
             log.exception("connection %s failed; closing it with 1011", self.id)
             self.finish(1011, "internal error")
@@ -310,13 +329,58 @@ class ServerConnection:
                 self.finish(4006, "idle timeout")
                 return
 
+    async def _watch_credentials(self) -> None:
+        """Close 4005 if AUTH never comes, 4001 when credentials expire unrefreshed."""
+        if self._auth_pending:
+            with trio.move_on_after(self.config.auth_timeout):
+                while self._auth_pending:
+                    await self._auth_changed.wait()
+            if self._auth_pending:
+                self.finish(4005, "authentication timeout")
+                return
+        while True:
+            changed = self._auth_changed
+            if self._expires is None:
+                await changed.wait()
+                continue
+            with trio.move_on_at(self._expires):
+                await changed.wait()
+                continue
+            self.finish(4001, "authentication expired")
+            return
+
+    def _authenticate(self, event: Auth) -> None:
+        if self._verify_token is None:
+            self.send(Ack(event.request_id))  # nothing to check on this server
+            return
+        try:
+            principal = self._verify_token(event.token)
+        except AuthenticationError as exc:
+            self.finish(4003, str(exc))
+            return
+        old = getattr(self.principal, "subject", None)
+        if old is not None and getattr(principal, "subject", None) != old:
+            self.finish(4003, "a refreshed token must be for the same subject")
+            return
+        self._auth_pending = False
+        self._set_principal(principal)
+        self.send(Ack(event.request_id))
+
     # -- requests -----------------------------------------------------------------------
 
     def _allowed(self, action: str, topic: str) -> bool:
-        return self._authorize is None or bool(self._authorize(self.principal, action, topic))
+        if self._authorize is not None:
+            return bool(self._authorize(self.principal, action, topic))
+        if isinstance(self.principal, Principal):
+            return self.principal.allows(action, topic)
+        return True
 
     def _handle(self, event: Event) -> None:
-        if isinstance(event, Subscribe):
+        if isinstance(event, Auth):
+            self._authenticate(event)
+        elif self._auth_pending:
+            self.finish(4003, "authenticate first: send AUTH")
+        elif isinstance(event, Subscribe):
             self._subscribe(event)
         elif isinstance(event, Unsubscribe):
             if self.hub.unsubscribe(self, event.pattern):
@@ -334,8 +398,6 @@ class ServerConnection:
                 self.send(Error(None, ErrorCode.NOT_FOUND, f"no dictionary {event.dict_id}"))
         elif isinstance(event, Resync):
             self.send(Error(event.request_id, ErrorCode.NOT_FOUND, "no history to resume from"))
-        elif isinstance(event, Auth):
-            self.send(Ack(event.request_id))
 
     def _subscribe(self, event: Subscribe) -> None:
         if event.options:

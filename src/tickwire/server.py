@@ -24,6 +24,7 @@ import attrs
 import trio
 import trio_websocket
 
+from tickwire.auth import PENDING
 from tickwire.broadcast import Hub
 from tickwire.config import ServerConfig
 from tickwire.connection import ServerConnection, wrap_server_stream
@@ -268,13 +269,16 @@ class Server:
             ):
                 await request.reject(403, body=b"origin not allowed")
                 return
-            principal = None
+            principal: Any = None
+            pending = False
             if self._authenticate is not None:
                 info = HandshakeRequest(
                     request.path, headers, offered, remote, _bearer(headers, offered)
                 )
                 principal = await self._authenticate(info)
-                if principal is None or isinstance(principal, Refusal):
+                if principal is PENDING:
+                    principal, pending = None, True
+                elif principal is None or isinstance(principal, Refusal):
                     refusal_ = principal or Refusal()
                     await request.reject(refusal_.status, body=refusal_.reason.encode())
                     return
@@ -294,6 +298,8 @@ class Server:
             negotiated=negotiated,
             principal=principal,
             authorize=self._authorize,
+            verify_token=getattr(self._authenticate, "verify", None),
+            auth_pending=pending,
             remote=remote,
         )
         self.connections[connection] = None
