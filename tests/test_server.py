@@ -3,19 +3,32 @@
 from __future__ import annotations
 
 import random
+import ssl
 from typing import Any
 
 import msgpack
 import pytest
 import trio
 import trio_websocket
+import trustme
 import websockets.sync.client
-from wsproto.events import RejectConnection
+from wsproto.events import AcceptConnection, RejectConnection
 
-from tests.helpers import Client, connect, handshake
+from tests.helpers import Client, RawClient, connect, handshake
 from tickwire.broadcast import Hub
 from tickwire.config import Limits, ServerConfig
-from tickwire.sansio import Ack, Data, Error, Hello, Publish, Subscribe, Subscribed, client_offer
+from tickwire.sansio import (
+    Ack,
+    Data,
+    Error,
+    Hello,
+    Publish,
+    Role,
+    Session,
+    Subscribe,
+    Subscribed,
+    client_offer,
+)
 from tickwire.sansio.negotiation import JSON, MSGPACK, MSGPACK_ZSTD, Negotiated
 from tickwire.sansio.session import decode_message
 from tickwire.server import HandshakeRequest, Refusal, Server, open_server
@@ -227,3 +240,84 @@ async def test_server_object_reports_readiness() -> None:
         assert server.ready
         await server.aclose()
         assert not server.ready
+
+
+async def test_wss_with_real_certificates() -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    hub = Hub()
+    async with open_server(hub, "127.0.0.1", 0, ssl_context=server_context) as server:
+        offer = client_offer()
+        async with trio_websocket.open_websocket(
+            "127.0.0.1", server.port, "/", use_ssl=client_context, subprotocols=offer
+        ) as ws:
+            try:
+                client = Client(ws, offer)
+                assert isinstance(await client.receive(), Hello)
+                (subscribed,) = await subscribe(client, "secure")  # an exact name: before ACK
+                assert isinstance(subscribed, Subscribed)
+                hub.publish_nowait("secure", "over TLS")
+                data = await client.receive()
+                assert isinstance(data, Data)
+                assert data.payload == "over TLS"
+            finally:
+                await trio.aclose_forcefully(ws._stream)
+        # A client that does not trust the certificate never gets in.
+        stream = await trio.open_ssl_over_tcp_stream(
+            "127.0.0.1", server.port, ssl_context=ssl.create_default_context()
+        )
+        with pytest.raises(trio.BrokenResourceError):
+            await stream.do_handshake()
+        await trio.aclose_forcefully(stream)
+
+
+async def raw_tcp_client(port: int) -> RawClient:
+    raw = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+    assert isinstance(await raw.handshake([MSGPACK]), AcceptConnection)
+    await raw.messages(1)  # HELLO
+    return raw
+
+
+async def test_a_half_open_peer_is_found_by_the_heartbeat() -> None:
+    config = ServerConfig(heartbeat_interval=0.2, heartbeat_timeout=0.1)
+    async with open_server(Hub(), "127.0.0.1", 0, config=config) as server:
+        raw = await raw_tcp_client(server.port)  # then silent: no reads, no pongs
+        (connection,) = server.connections
+        with trio.fail_after(5):
+            await connection.closed.wait()
+        assert not server.connections
+        await raw.stream.aclose()
+
+
+async def test_a_peer_that_stops_reading_does_not_slow_the_others() -> None:
+    config = ServerConfig(outbox_max_bytes=256 * 1024, send_timeout=2)
+    hub = Hub()
+    async with open_server(hub, "127.0.0.1", 0, config=config) as server:
+        stalled = await raw_tcp_client(server.port)
+        subscribe_message = Session(Role.CLIENT, Negotiated.of(MSGPACK)).send(
+            Subscribe(1, "firehose")
+        )
+        assert isinstance(subscribe_message, bytes)
+        await stalled.send_bytes(subscribe_message)
+        await stalled.messages(2)  # SUBSCRIBED, ACK: subscribed, and from now on it reads nothing
+        (slow_connection,) = server.connections
+        async with connect(server.port) as fast:
+            await fast.receive()
+            await subscribe(fast, "firehose")
+            block = "x" * 4096
+            count = 0
+            received = 0
+            while not slow_connection.closed.is_set():  # bounded: the outbox holds 256 KiB
+                count += 1
+                assert count < 100_000
+                hub.publish_nowait("firehose", block)
+                event = await fast.receive()  # the fast one keeps up, message by message
+                while not isinstance(event, Data):
+                    event = await fast.receive()
+                received += 1
+            assert received == count
+            assert slow_connection not in server.connections
+        await stalled.stream.aclose()

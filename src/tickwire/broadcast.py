@@ -151,11 +151,11 @@ class Hub:
         patterns = self._patterns.setdefault(subscriber, {})
         if pattern in patterns:
             raise ValueError(f"already subscribed to {pattern!r}")
-        patterns[pattern] = request_id
         if "*" not in pattern.split("."):
-            matched = [self.topic(pattern)]
+            matched = [self.topic(pattern)]  # before registering: no topic_added for it
         else:
             matched = [t for t in self._topics.values() if pattern_matches(pattern, t.name)]
+        patterns[pattern] = request_id
         for topic in matched:
             topic.subscribers[subscriber] = None
         return matched

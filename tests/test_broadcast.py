@@ -1,0 +1,94 @@
+"""The hub: patterns, topic creation, encode once per variant, removal."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+
+from tickwire.broadcast import Hub, Topic, pattern_matches, valid_pattern
+from tickwire.sansio.negotiation import JSON, MSGPACK, MSGPACK_ZSTD, Negotiated
+
+
+@attrs.define(eq=False)
+class Recorder:
+    variant: Negotiated = attrs.field(factory=lambda: Negotiated.of(MSGPACK))
+    frames: list[bytes] = attrs.field(factory=list)
+    added: list[tuple[str, int]] = attrs.field(factory=list)
+
+    def deliver_nowait(self, framed: bytes) -> None:
+        self.frames.append(framed)
+
+    def topic_added(self, topic: Topic, request_id: int) -> None:
+        self.added.append((topic.name, request_id))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "ok"),
+    [
+        ("quotes.AAPL", True),
+        ("quotes.*", True),
+        ("*.*", True),
+        ("a-b:c_d.9", True),
+        ("", False),
+        ("quotes.", False),
+        ("quotes.**", False),
+        ("quo tes", False),
+        ("a" * 300, False),
+    ],
+)
+def test_valid_patterns(pattern: str, ok: bool) -> None:
+    assert valid_pattern(pattern) is ok
+
+
+def test_pattern_matching_is_by_whole_segments() -> None:
+    assert pattern_matches("quotes.*", "quotes.AAPL")
+    assert not pattern_matches("quotes.*", "quotes.US.AAPL")
+    assert not pattern_matches("quotes.*", "quotesX.AAPL")
+
+
+def test_an_exact_subscription_reports_its_topic_once() -> None:
+    hub, sub = Hub(), Recorder()
+    (topic,) = hub.subscribe(sub, "news", 1)
+    assert topic.name == "news"
+    assert sub.added == []  # returned, not announced a second time
+
+
+def test_a_pattern_learns_of_new_topics() -> None:
+    hub, sub = Hub(), Recorder()
+    assert hub.subscribe(sub, "quotes.*", 7) == []
+    hub.publish_nowait("quotes.AAPL", 1)
+    hub.publish_nowait("trades.AAPL", 1)
+    assert sub.added == [("quotes.AAPL", 7)]
+    assert len(sub.frames) == 1
+    with pytest.raises(ValueError, match="already"):
+        hub.subscribe(sub, "quotes.*", 8)
+
+
+def test_one_encoding_per_variant_shared_by_all() -> None:
+    hub = Hub()
+    subs = [Recorder(Negotiated.of(v)) for _ in range(10) for v in (MSGPACK, MSGPACK_ZSTD, JSON)]
+    for sub in subs:
+        hub.subscribe(sub, "t", 1)
+    hub.publish_nowait("t", {"text": "tick " * 100})
+    frames = [sub.frames[0] for sub in subs]
+    assert len({id(f) for f in frames}) == 3  # the very same bytes objects, three variants
+    assert frames[0][4] == 0x00  # plain: the envelope, after a 4-byte frame header
+    assert frames[1][4] == 0x01  # zstd: after a 4-byte frame header (126+ bytes)
+    assert frames[2][0] == 0x81  # JSON: a text frame
+
+
+def test_unsubscribe_and_remove() -> None:
+    hub, sub = Hub(), Recorder()
+    hub.subscribe(sub, "a.*", 1)
+    hub.subscribe(sub, "a.b", 2)
+    assert hub.unsubscribe(sub, "a.*")
+    hub.publish_nowait("a.b", 1)  # still held by the exact pattern
+    hub.publish_nowait("a.c", 1)
+    assert len(sub.frames) == 1
+    assert not hub.unsubscribe(sub, "a.*")
+    hub.remove(sub)
+    hub.publish_nowait("a.b", 2)
+    assert len(sub.frames) == 1
+    assert hub.subscriber_count() == 0
+    with pytest.raises(ValueError, match="invalid topic name"):
+        hub.publish_nowait("a.*", 1)
