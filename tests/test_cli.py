@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
+import subprocess
+import sys
 
 import pytest
+import websockets.exceptions
+import websockets.sync.client
 
 from tickwire.cli import main
+from tickwire.sansio import Data, Hello, Role, Session, Subscribe
+from tickwire.sansio.negotiation import MSGPACK_ZSTD, Negotiated
 
 
 def test_decode_explains_a_message(capsys: pytest.CaptureFixture[str]) -> None:
@@ -33,3 +41,58 @@ def test_feed_prints_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
     lines = capsys.readouterr().out.splitlines()
     assert len(json.loads(lines[0])["snapshot"]) == 5
     assert json.loads(lines[2])["tick"] == 2
+
+
+def read_until_closed(ws: websockets.sync.client.ClientConnection) -> None:
+    while True:
+        ws.recv(timeout=10)
+
+
+def test_serve_demo_ticker_end_to_end() -> None:
+    """`tickwire serve --demo ticker`: any client sees HELLO and live quotes; Ctrl+C is
+    a graceful shutdown (1001 with a retry hint) and exit status 0."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tickwire.cli",
+            "serve",
+            "--demo",
+            "ticker",
+            "--port",
+            "0",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        port = int(re.search(r"127\.0\.0\.1:(\d+)/", line).group(1))  # type: ignore[union-attr]
+        negotiated = Negotiated.of(MSGPACK_ZSTD)
+        client = Session(Role.CLIENT, negotiated)
+        url = f"ws://127.0.0.1:{port}/"
+        with websockets.sync.client.connect(url, subprotocols=[MSGPACK_ZSTD]) as ws:  # type: ignore[list-item]
+            client.receive_message(ws.recv(timeout=10))
+            assert isinstance(client.events_received()[0], Hello)
+            ws.send(client.send(Subscribe(1, "quotes.*")))
+            quotes = []
+            while len(quotes) < 20:  # bounded: the demo publishes 4,500 quotes a second
+                client.receive_message(ws.recv(timeout=10))
+                quotes += [e for e in client.events_received() if isinstance(e, Data)]
+            assert all(q.payload["type"] == "quote" for q in quotes)
+            process.send_signal(signal.SIGINT)
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as info:
+                read_until_closed(ws)
+            assert info.value.rcvd is not None
+            assert info.value.rcvd.code == 1001
+            assert info.value.rcvd.reason.startswith("retry-after=")
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()

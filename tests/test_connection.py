@@ -227,3 +227,51 @@ async def test_data_reaches_a_subscriber(autojump_clock: trio.testing.MockClock)
         _subscribed, data = await raw.messages(2)
         assert decode(data) == Data(server.hub.topic("feed.a").topic_id, 1, {"v": 1})
         nursery.cancel_scope.cancel()
+
+
+def count_tasks() -> int:
+    def walk(task: trio.lowlevel.Task) -> int:
+        return 1 + sum(walk(t) for n in task.child_nurseries for t in n.child_tasks)
+
+    return walk(trio.lowlevel.current_root_task())
+
+
+async def test_nothing_is_leaked_when_connections_end(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        server, listener = await start(nursery)
+        await trio.testing.wait_all_tasks_blocked()
+        baseline = count_tasks()
+        clients = [await open_raw(listener) for _ in range(10)]
+        for i, raw in enumerate(clients):
+            await raw.send_bytes(encode(Subscribe(1, f"room.{i % 3}")))
+            await raw.messages(2)
+        assert server.hub.subscriber_count() == 10
+        assert count_tasks() > baseline + 10 * 4  # reader, writer, heartbeat, credentials...
+        connections = list(server.connections)
+        for raw in clients:
+            await raw.stream.aclose()  # abruptly, without a close frame
+        for connection in connections:
+            with trio.fail_after(5):
+                await connection.closed.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.hub.subscriber_count() == 0
+        assert all(not t.subscribers for t in server.hub.topics)
+        assert not server.connections
+        assert server.admission.open == 0
+        assert count_tasks() == baseline
+        nursery.cancel_scope.cancel()
+
+
+async def test_subscription_limit(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        _, listener = await start(nursery, ServerConfig(max_subscriptions=2))
+        raw = await open_raw(listener)
+        for i in range(3):
+            await raw.send_bytes(encode(Subscribe(i, f"t.{i}.*")))
+        replies = [decode(m) for m in await raw.messages(3)]
+        assert replies[:2] == [Ack(0), Ack(1)]
+        assert isinstance(replies[2], Error)
+        assert (replies[2].request_id, replies[2].code) == (2, 413)
+        nursery.cancel_scope.cancel()

@@ -2,27 +2,38 @@
 
 Imports: argparse, tickwire.
 
-Today: ``tickwire decode HEX`` explains one tickwire/1 message, and ``tickwire feed`` prints
-the simulated feeds as JSON lines. ``serve`` and ``tail`` arrive with the server and client.
+``tickwire serve --demo ticker`` runs a server streaming the simulated market (or ``game``);
+``tickwire decode HEX`` explains one tickwire/1 message; ``tickwire feed`` prints the
+simulated feeds as JSON lines.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
+import logging
+import os
+import ssl
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import attrs
+import trio
 
 from tickwire._version import __version__
-from tickwire.config import Limits
+from tickwire.auth import JWTAuth
+from tickwire.broadcast import Hub
+from tickwire.config import Limits, ServerConfig
 from tickwire.errors import TickwireError
 from tickwire.sansio import envelope
 from tickwire.sansio.events import KIND_OF
 from tickwire.sansio.negotiation import MSGPACK_ZSTD, Negotiated
 from tickwire.sansio.session import decode_message
+from tickwire.server import Server, serve
 from tickwire.sim import GameWorld, MarketFeed
 
 __all__ = ["main"]
@@ -78,11 +89,103 @@ def _feed(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _demo_ticker(hub: Hub, rate: float, symbols: int) -> None:
+    """Publish the simulated market in real time: 10 ms batches of about rate/100 updates."""
+    feed = MarketFeed(seed=int(time.time()), symbols=symbols, rate=rate)
+    start = trio.current_time()
+    for tick, batch in enumerate(feed.batches(0.010), start=1):
+        for update in batch:
+            hub.publish_nowait(f"{update['type']}s.{update['symbol']}", update)
+        await trio.sleep_until(start + tick * 0.010)
+
+
+async def _demo_game(hub: Hub, tick_rate: float, entities: int) -> None:
+    """Publish a simulated game world's ticks on topic ``world``, in real time."""
+    world = GameWorld(seed=int(time.time()), entities=entities, tick_rate=tick_rate)
+    start = trio.current_time()
+    for tick in itertools.count(1):
+        hub.publish_nowait("world", world.tick().payload())
+        await trio.sleep_until(start + tick / tick_rate)
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"TICKWIRE_{name}", default)
+
+
+async def _serve_async(args: argparse.Namespace) -> None:
+    hub = Hub()
+    context = None
+    if args.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    authenticate = JWTAuth(key=args.jwt_secret) if args.jwt_secret else None
+    config = ServerConfig(
+        allowed_origins=args.allowed_origin or None,
+        heartbeat_interval=args.heartbeat_interval,
+        heartbeat_timeout=min(10.0, args.heartbeat_interval / 2),
+    )
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(
+            functools.partial(
+                serve,
+                hub,
+                args.host,
+                args.port,
+                config=config,
+                ssl_context=context,
+                authenticate=authenticate,
+            )
+        )
+        scheme = "wss" if context else "ws"
+        topics = {"ticker": "quotes.* and trades.*", "game": "world"}.get(args.demo or "", "")
+        print(
+            f"tickwire serving on {scheme}://{args.host}:{server.port}/"
+            + (f" (demo {args.demo}: topics {topics})" if args.demo else ""),
+            flush=True,
+        )
+        if args.demo == "ticker":
+            nursery.start_soon(_demo_ticker, hub, args.rate, args.symbols)
+        elif args.demo == "game":
+            nursery.start_soon(_demo_game, hub, args.tick_rate, args.entities)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("tickwire serve: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    try:
+        trio.run(_serve_async, args)
+    except BaseException as exc:  # Ctrl+C: trio may wrap it in an exception group
+        interrupted = isinstance(exc, KeyboardInterrupt) or (
+            isinstance(exc, BaseExceptionGroup) and exc.split(KeyboardInterrupt)[1] is None
+        )
+        if not interrupted:
+            raise
+        print("tickwire: shut down", flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = argparse.ArgumentParser(prog="tickwire", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"tickwire {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run a tickwire server (with --demo: a simulated feed)")
+    p.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="default 127.0.0.1")
+    p.add_argument("--port", type=int, default=int(_env("PORT", "8765")), help="default 8765")
+    p.add_argument("--demo", choices=("ticker", "game"), help="publish a simulated feed")
+    p.add_argument("--rate", type=float, default=5000.0, help="ticker updates a second")
+    p.add_argument("--symbols", type=int, default=500, help="ticker symbols")
+    p.add_argument("--tick-rate", type=float, default=20.0, help="game ticks a second")
+    p.add_argument("--entities", type=int, default=200, help="game entities")
+    p.add_argument("--tls-cert", default=_env("TLS_CERT", ""), help="PEM certificate chain")
+    p.add_argument("--tls-key", default=_env("TLS_KEY", ""), help="PEM private key")
+    p.add_argument("--jwt-secret", default=_env("JWT_SECRET", ""), help="require HS256 JWTs")
+    p.add_argument("--allowed-origin", action="append", help="allow this Origin (repeatable)")
+    p.add_argument("--heartbeat-interval", type=float, default=20.0, help="seconds")
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
+    p.set_defaults(run=_serve)
     p = sub.add_parser("decode", help="explain one binary tickwire/1 message given in hex")
     p.add_argument("hex")
     p.set_defaults(run=_decode)
