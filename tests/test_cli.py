@@ -78,7 +78,7 @@ def test_serve_demo_ticker_end_to_end() -> None:
             client.receive_message(ws.recv(timeout=10))
             assert isinstance(client.events_received()[0], Hello)
             ws.send(client.send(Subscribe(1, "quotes.*")))
-            quotes = []
+            quotes: list[Data] = []
             while len(quotes) < 20:  # bounded: the demo publishes 4,500 quotes a second
                 client.receive_message(ws.recv(timeout=10))
                 quotes += [e for e in client.events_received() if isinstance(e, Data)]
