@@ -4,7 +4,9 @@ Imports: the package's modules; no logic lives here.
 """
 
 from tickwire._version import __version__
-from tickwire.config import KiB, Limits, MiB
+from tickwire.auth import JWTAuth, Principal
+from tickwire.broadcast import Hub
+from tickwire.config import KiB, Limits, MiB, ServerConfig
 from tickwire.errors import (
     ConnectionClosed,
     DecodeError,
@@ -18,6 +20,7 @@ from tickwire.errors import (
     UnknownDictionary,
 )
 from tickwire.sansio.compression import CompressionConfig, Dictionary
+from tickwire.server import HandshakeRequest, Refusal, Server, open_server, serve
 from tickwire.sim import GameWorld, MarketFeed
 
 __all__ = [
@@ -26,6 +29,9 @@ __all__ = [
     "DecodeError",
     "Dictionary",
     "GameWorld",
+    "HandshakeRequest",
+    "Hub",
+    "JWTAuth",
     "KiB",
     "Limits",
     "LocalProtocolError",
@@ -33,10 +39,16 @@ __all__ = [
     "MessageTooBig",
     "MiB",
     "NegotiationError",
+    "Principal",
     "ProtocolError",
+    "Refusal",
     "RemoteProtocolError",
+    "Server",
+    "ServerConfig",
     "SlowConsumer",
     "TickwireError",
     "UnknownDictionary",
     "__version__",
+    "open_server",
+    "serve",
 ]

@@ -1,0 +1,35 @@
+"""A ticker server embedded in a trio program, publishing its own (simulated) feed.
+
+Shows: tickwire.open_server() inside your own nursery, publish_nowait() from your feed loop,
+and a graceful shutdown when the block ends. Connect with any WebSocket client offering the
+subprotocol "tickwire.v1+zstd" and send SUBSCRIBE for "quotes.*" (docs/PROTOCOL.md §4.4).
+
+Try it:  python examples/ticker_server.py [seconds]    (default: 2 seconds, then it stops)
+"""
+
+from __future__ import annotations
+
+import sys
+
+import trio
+
+import tickwire
+
+
+async def main(seconds: float) -> None:
+    hub = tickwire.Hub()
+    feed = tickwire.MarketFeed(seed=7, symbols=50, rate=1000)
+    async with tickwire.open_server(hub, "127.0.0.1", 0) as server:
+        print(f"serving on ws://127.0.0.1:{server.port}/ for {seconds:g} s")
+        published = 0
+        with trio.move_on_after(seconds):
+            for batch in feed.batches(0.010):
+                for update in batch:
+                    hub.publish_nowait(f"quotes.{update['symbol']}", update)
+                    published += 1
+                await trio.sleep(0.010)
+    print(f"published {published} updates; shut down cleanly")
+
+
+if __name__ == "__main__":
+    trio.run(main, float(sys.argv[1]) if len(sys.argv) > 1 else 2.0)
