@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,9 +20,13 @@ from wsproto.events import (
     TextMessage,
 )
 
+from tickwire.broadcast import Hub
+from tickwire.config import ServerConfig
 from tickwire.sansio import Role, Session, client_offer
-from tickwire.sansio.events import Ack, Error, Event, Subscribe
-from tickwire.sansio.negotiation import parse_selected
+from tickwire.sansio.events import Ack, Error, Event, Hello, Subscribe
+from tickwire.sansio.negotiation import MSGPACK, Negotiated, parse_selected
+from tickwire.server import Server
+from tickwire.testing import MemoryListener
 
 PROBE = 4_242_424
 
@@ -147,3 +152,47 @@ class RawClient:
             if isinstance(event, BytesMessage | TextMessage):
                 out.append(event.data if isinstance(event.data, str) else bytes(event.data))
         return out
+
+
+# -- a server on memory streams, and a plain msgpack client session ----------------------
+
+CLIENT = Session(Role.CLIENT, Negotiated.of(MSGPACK))
+
+
+def encode(event: Event) -> bytes:
+    """*event* as a client sends it on ``tickwire.v1``."""
+    message = CLIENT.send(event)
+    assert isinstance(message, bytes)
+    return message
+
+
+def decode(message: bytes | str) -> Any:
+    """One message from the server, decoded."""
+    CLIENT.receive_message(message)
+    (event,) = CLIENT.events_received()
+    return event
+
+
+async def start_memory_server(
+    nursery: trio.Nursery,
+    config: ServerConfig | None = None,
+    *,
+    lockstep: bool = False,
+    **server: Any,
+) -> tuple[Server, MemoryListener]:
+    """A server on a :class:`MemoryListener`, running in *nursery*."""
+    listener = MemoryListener(lockstep=lockstep)
+    running = Server(Hub(), config=config, **server)
+    await nursery.start(functools.partial(running.serve_listeners, [listener]))
+    return running, listener
+
+
+async def open_raw(listener: MemoryListener, **kwargs: Any) -> RawClient:
+    """A raw client through the handshake on ``tickwire.v1``, HELLO read."""
+    raw = RawClient(await listener.connect())
+    accepted = await raw.handshake([MSGPACK], **kwargs)
+    assert isinstance(accepted, AcceptConnection)
+    assert accepted.subprotocol == MSGPACK
+    (hello,) = await raw.messages(1)
+    assert isinstance(decode(hello), Hello)
+    return raw

@@ -12,14 +12,14 @@ import trio
 import trio.testing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from wsproto.events import AcceptConnection, RejectConnection
+from wsproto.events import RejectConnection
 
-from tests.helpers import RawClient
+from tests.helpers import RawClient, decode, encode, open_raw, start_memory_server
 from tickwire.auth import PENDING, AuthenticationError, JWTAuth, Principal, pattern_covers
 from tickwire.broadcast import Hub
 from tickwire.config import ServerConfig
-from tickwire.sansio import Ack, Auth, Hello, Role, Session, Subscribe
-from tickwire.sansio.negotiation import MSGPACK, Negotiated
+from tickwire.sansio import Ack, Auth, Subscribe
+from tickwire.sansio.negotiation import MSGPACK
 from tickwire.server import HandshakeRequest, Refusal, Server
 from tickwire.testing import MemoryListener
 
@@ -133,35 +133,10 @@ async def test_handshake_outcomes() -> None:
 
 # -- the flows on a connection (in memory, virtual time) --------------------------------
 
-CLIENT = Session(Role.CLIENT, Negotiated.of(MSGPACK))
-
-
-def encode(event: Any) -> bytes:
-    message = CLIENT.send(event)
-    assert isinstance(message, bytes)
-    return message
-
-
-def decode(message: bytes | str) -> Any:
-    CLIENT.receive_message(message)
-    (event,) = CLIENT.events_received()
-    return event
-
 
 async def start(nursery: trio.Nursery, auth: JWTAuth, **config: Any) -> MemoryListener:
-    listener = MemoryListener()
-    server = Server(Hub(), config=ServerConfig(**config), authenticate=auth)
-    await nursery.start(functools.partial(server.serve_listeners, [listener]))
+    _, listener = await start_memory_server(nursery, ServerConfig(**config), authenticate=auth)
     return listener
-
-
-async def open_raw(listener: MemoryListener, **kwargs: Any) -> RawClient:
-    raw = RawClient(await listener.connect())
-    accepted = await raw.handshake([MSGPACK], **kwargs)
-    assert isinstance(accepted, AcceptConnection)
-    (hello,) = await raw.messages(1)
-    assert isinstance(decode(hello), Hello)
-    return raw
 
 
 async def test_token_in_the_first_message(autojump_clock: trio.testing.MockClock) -> None:

@@ -5,54 +5,23 @@ Timeouts here are virtual seconds: nothing sleeps for real.
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import trio
 import trio.testing
-from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, RejectConnection
+from wsproto.events import BytesMessage, CloseConnection, RejectConnection
 
-from tests.helpers import RawClient
-from tickwire.broadcast import Hub
+from tests.helpers import RawClient, decode, encode, open_raw, start_memory_server
 from tickwire.config import ServerConfig
-from tickwire.sansio import Data, Error, Hello, Publish, Role, Session, Subscribe
+from tickwire.sansio import Data, Error, Publish, Subscribe
 from tickwire.sansio.events import Ack
-from tickwire.sansio.negotiation import MSGPACK, Negotiated
 from tickwire.server import Server
 from tickwire.testing import MemoryListener
-
-CLIENT = Session(Role.CLIENT, Negotiated.of(MSGPACK))
-
-
-def encode(event: object) -> bytes:
-    message = CLIENT.send(event)  # type: ignore[arg-type]
-    assert isinstance(message, bytes)
-    return message
-
-
-def decode(message: bytes | str) -> object:
-    CLIENT.receive_message(message)
-    (event,) = CLIENT.events_received()
-    return event
 
 
 async def start(
     nursery: trio.Nursery, config: ServerConfig | None = None, *, lockstep: bool = False
 ) -> tuple[Server, MemoryListener]:
-    listener = MemoryListener(lockstep=lockstep)
-    server = Server(Hub(), config=config)
-    await nursery.start(functools.partial(server.serve_listeners, [listener]))
-    return server, listener
-
-
-async def open_raw(listener: MemoryListener) -> RawClient:
-    raw = RawClient(await listener.connect())
-    accepted = await raw.handshake([MSGPACK])
-    assert isinstance(accepted, AcceptConnection)
-    assert accepted.subprotocol == MSGPACK
-    (hello,) = await raw.messages(1)
-    assert isinstance(decode(hello), Hello)
-    return raw
+    return await start_memory_server(nursery, config, lockstep=lockstep)
 
 
 async def test_a_silent_peer_is_dropped_after_interval_plus_timeout(

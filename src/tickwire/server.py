@@ -12,6 +12,7 @@ writers drain, then cancel what is left.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import ssl
@@ -369,34 +370,19 @@ async def open_server(
     """Run a server for the duration of the block; leaving it shuts down gracefully."""
     async with trio.open_nursery() as nursery:
         server: Server = await nursery.start(
-            _run_server,
-            hub,
-            host,
-            port,
-            config,
-            ssl_context,
-            negotiation,
-            authenticate,
-            authorize,
+            functools.partial(
+                serve,
+                hub,
+                host,
+                port,
+                config=config,
+                ssl_context=ssl_context,
+                negotiation=negotiation,
+                authenticate=authenticate,
+                authorize=authorize,
+            )
         )
         try:
             yield server
         finally:
             nursery.cancel_scope.cancel()
-
-
-async def _run_server(
-    hub: Hub,
-    host: str,
-    port: int,
-    config: ServerConfig | None,
-    ssl_context: ssl.SSLContext | None,
-    negotiation: NegotiationPolicy | None,
-    authenticate: Authenticator | None,
-    authorize: Authorizer | None,
-    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    server = Server(
-        hub, config=config, negotiation=negotiation, authenticate=authenticate, authorize=authorize
-    )
-    await server.run(host, port, ssl_context=ssl_context, task_status=task_status)
