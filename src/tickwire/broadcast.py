@@ -80,10 +80,10 @@ class Hub:
     _topics: dict[str, Topic] = attrs.field(init=False, factory=dict)
     _patterns: dict[Subscriber, dict[str, int]] = attrs.field(init=False, factory=dict)
     _ids: Callable[[], int] = attrs.field(init=False, factory=lambda: itertools.count(1).__next__)
-    _compressor: Compressor = attrs.field(init=False)
+    compressor: Compressor = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._compressor = Compressor(self.compression)
+        self.compressor = Compressor(self.compression)
 
     def topic(self, name: str) -> Topic:
         """The topic called *name*, created (and offered to matching patterns) if new.
@@ -113,7 +113,7 @@ class Hub:
         """One event, encoded, compressed when the variant allows, and framed."""
         if variant.codec is Codec.JSON:
             return frame(encode_message(event, codec_=Codec.JSON))
-        compressor = self._compressor if variant.compression else None
+        compressor = self.compressor if variant.compression else None
         return frame(encode_message(event, compressor=compressor))
 
     def publish_nowait(self, topic: str, payload: Any) -> int:

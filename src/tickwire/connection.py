@@ -143,6 +143,7 @@ class ServerConnection:
             limits=config.limits,
             compression=hub.compression,
             dictionaries=hub.dictionaries,
+            compressor=hub.compressor,
         )
         self._outbox: collections.deque[bytes] = collections.deque()
         self._outbox_bytes = 0

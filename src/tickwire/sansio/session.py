@@ -104,6 +104,8 @@ class Session:
         limits: applied to every received message.
         compression: how :meth:`send` compresses, when the subprotocol allows it.
         dictionaries: the dictionaries this end may decode with (and, for a server, rotate).
+        compressor: a compressor to share (a server's connections share the hub's, so that
+            no connection holds a zstd context of its own); made from *compression* if None.
     """
 
     role: Role
@@ -111,12 +113,14 @@ class Session:
     limits: Limits = attrs.field(factory=Limits)
     compression: CompressionConfig = attrs.field(factory=CompressionConfig)
     dictionaries: DictionaryRegistry = attrs.field(factory=DictionaryRegistry)
-    _compressor: Compressor | None = attrs.field(init=False, default=None)
+    compressor: Compressor | None = None
     _events: list[Event] = attrs.field(init=False, factory=list)
 
     def __attrs_post_init__(self) -> None:
-        if self.negotiated.compression:
-            self._compressor = Compressor(self.compression)
+        if not self.negotiated.compression:
+            self.compressor = None
+        elif self.compressor is None:
+            self.compressor = Compressor(self.compression)
 
     def receive_message(self, message: bytes | str) -> None:
         """Decode one whole received message; read the result with :meth:`events_received`.
@@ -155,4 +159,4 @@ class Session:
         allowed = SERVER_KINDS if self.role is Role.SERVER else CLIENT_KINDS
         if KIND_OF.get(type(event)) not in allowed:
             raise LocalProtocolError(f"a {self.role.value} may not send {type(event).__name__}")
-        return encode_message(event, codec_=self.negotiated.codec, compressor=self._compressor)
+        return encode_message(event, codec_=self.negotiated.codec, compressor=self.compressor)
