@@ -5,7 +5,8 @@ from __future__ import annotations
 import attrs
 import pytest
 
-from tickwire.broadcast import Hub, Topic, pattern_matches, valid_pattern
+from tickwire.broadcast import Hub, Topic, TopicConfig, pattern_matches, valid_pattern
+from tickwire.sansio.events import Outcome, Position
 from tickwire.sansio.negotiation import JSON, MSGPACK, MSGPACK_ZSTD, Negotiated
 
 
@@ -92,3 +93,64 @@ def test_unsubscribe_and_remove() -> None:
     assert hub.subscriber_count() == 0
     with pytest.raises(ValueError, match="invalid topic name"):
         hub.publish_nowait("a.*", 1)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_history_is_bounded_by_count_and_age() -> None:
+    clock = FakeClock()
+    hub = Hub(default_topic=TopicConfig(history_size=5, history_seconds=10), clock=clock)
+    for i in range(8):
+        clock.now = i
+        hub.publish_nowait("t", i)
+    topic = hub.topic("t")
+    assert [e.offset for e in topic.history] == [4, 5, 6, 7, 8]
+    clock.now = 15.5
+    topic.trim(clock())
+    assert [e.offset for e in topic.history] == [7, 8]  # stamped 6 and 7: within 10 s
+
+
+def test_recovery_is_all_or_nothing() -> None:
+    clock = FakeClock()
+    hub = Hub(default_topic=TopicConfig(history_size=3), clock=clock)
+    for i in range(10):
+        hub.publish_nowait("t", i)
+    topic = hub.topic("t")
+    epoch = topic.epoch
+    outcome, offset, replay = topic.recover(Position(epoch, 7), clock())
+    assert (outcome, offset) == (Outcome.RECOVERED, 7)
+    assert [e.payload for e in replay] == [7, 8, 9]  # offsets 8, 9, 10
+    assert topic.recover(Position(epoch, 10), clock()) == (Outcome.RECOVERED, 10, [])
+    # Offset 7 itself is gone: resuming after 6 would need it.
+    assert topic.recover(Position(epoch, 6), clock()) == (Outcome.NOT_RECOVERED, 10, [])
+    assert topic.recover(Position(epoch + 1, 9), clock()) == (Outcome.NOT_RECOVERED, 10, [])
+    assert topic.recover(Position(epoch, 11), clock()) == (Outcome.NOT_RECOVERED, 10, [])
+
+
+def test_configure_by_pattern_and_no_history() -> None:
+    hub = Hub()
+    hub.configure("chat.*", TopicConfig(history_size=0))
+    hub.publish_nowait("chat.lobby", "hi")
+    hub.publish_nowait("trades.X", "fill")
+    assert not hub.topic("chat.lobby").history
+    assert len(hub.topic("trades.X").history) == 1
+    assert hub.topic_by_id(hub.topic("trades.X").topic_id) is hub.topic("trades.X")
+    with pytest.raises(ValueError, match="invalid topic pattern"):
+        hub.configure("a..b", TopicConfig())
+
+
+def test_replayed_frames_are_encoded_once_per_variant() -> None:
+    hub, live = Hub(), Recorder()
+    hub.subscribe(live, "t", 1)
+    hub.publish_nowait("t", {"x": 1})
+    topic = hub.topic("t")
+    (entry,) = topic.history
+    assert hub.frames(topic, entry, live.variant) is live.frames[0]  # the live bytes, reused
+    json_frame = hub.frames(topic, entry, Negotiated.of(JSON))
+    assert hub.frames(topic, entry, Negotiated.of(JSON)) is json_frame

@@ -12,7 +12,7 @@ from wsproto.events import BytesMessage, CloseConnection, RejectConnection
 
 from tests.helpers import RawClient, decode, encode, open_raw, start_memory_server
 from tickwire.config import ServerConfig
-from tickwire.sansio import Data, Error, Publish, Subscribe
+from tickwire.sansio import Data, Error, Outcome, Position, Publish, Resync, Subscribe, Subscribed
 from tickwire.sansio.events import Ack
 from tickwire.server import Server
 from tickwire.testing import MemoryListener
@@ -245,4 +245,66 @@ async def test_subscription_limit(autojump_clock: trio.testing.MockClock) -> Non
         assert replies[:2] == [Ack(0), Ack(1)]
         assert isinstance(replies[2], Error)
         assert (replies[2].request_id, replies[2].code) == (2, 413)
+        nursery.cancel_scope.cancel()
+
+
+async def test_resume_replays_what_was_missed_then_goes_live(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        server, listener = await start(nursery)
+        hub = server.hub
+        for i in range(5):
+            hub.publish_nowait("fills", i)  # offsets 1-5
+        topic = hub.topic("fills")
+        raw = await open_raw(listener)
+        await raw.send_bytes(encode(Subscribe(1, "fills", Position(topic.epoch, 2))))
+        subscribed, *replay, ack = [decode(m) for m in await raw.messages(5)]
+        assert subscribed == Subscribed(
+            1, topic.topic_id, "fills", topic.epoch, 2, Outcome.RECOVERED
+        )
+        assert replay == [Data(topic.topic_id, o, o - 1) for o in (3, 4, 5)]
+        assert ack == Ack(1)
+        hub.publish_nowait("fills", 5)
+        assert decode((await raw.messages(1))[0]) == Data(topic.topic_id, 6, 5)
+        nursery.cancel_scope.cancel()
+
+
+async def test_resume_from_another_epoch_is_not_recovered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        server, listener = await start(nursery)
+        server.hub.publish_nowait("fills", "a")
+        topic = server.hub.topic("fills")
+        raw = await open_raw(listener)  # as if the server had restarted since
+        await raw.send_bytes(encode(Subscribe(1, "fills", Position(topic.epoch + 1, 40))))
+        subscribed, ack = [decode(m) for m in await raw.messages(2)]
+        assert subscribed.outcome is Outcome.NOT_RECOVERED
+        assert subscribed.offset == 1  # live from offset 2, nothing replayed
+        assert ack == Ack(1)
+        nursery.cancel_scope.cancel()
+
+
+async def test_resync_after_a_gap_and_the_errors(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        server, listener = await start(nursery)
+        hub = server.hub
+        raw = await open_raw(listener)
+        await raw.send_bytes(encode(Subscribe(1, "fills")))
+        subscribed, _ack = [decode(m) for m in await raw.messages(2)]
+        for i in range(4):
+            hub.publish_nowait("fills", i)
+        await raw.messages(4)
+        # The client says it holds up to offset 2: offsets 3 and 4 come again.
+        await raw.send_bytes(encode(Resync(2, subscribed.topic_id, 2)))
+        again = [decode(m) for m in await raw.messages(3)]
+        assert again[0].outcome is Outcome.RECOVERED
+        assert [d.offset for d in again[1:]] == [3, 4]
+        await raw.send_bytes(encode(Resync(3, 999, 0)))
+        error = decode((await raw.messages(1))[0])
+        assert (error.request_id, error.code) == (3, 404)
+        await raw.send_bytes(encode(Subscribe(4, "other.*", Position(1, 1))))
+        error = decode((await raw.messages(1))[0])
+        assert (error.request_id, error.code) == (4, 400)
         nursery.cancel_scope.cancel()

@@ -3,27 +3,32 @@
 Imports: attrs, tickwire.sansio. No trio: publishing never waits, delivery is an offer to
 each subscriber's bounded outbox (the connection's writer drains it).
 
-This is the stream-topic core the server needs; history, recovery, table topics and the
-slow-consumer policies other than disconnect grow here with the broadcast layer.
+Stream topics keep a bounded history (by count and by age) so that a subscriber can resume
+from the (epoch, offset) it last saw: all of the missed messages are replayed, or none and
+the answer is NOT_RECOVERED (PROTOCOL.md §4.4). Table topics and the slow-consumer policies
+other than disconnect grow here with the broadcast layer.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import random
 import re
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
+from attrs.validators import ge, gt, instance_of
 
 from tickwire.sansio.compression import CompressionConfig, Compressor, DictionaryRegistry
-from tickwire.sansio.events import Data, Event
+from tickwire.sansio.events import Data, Event, Outcome, Position
 from tickwire.sansio.framing import frame
 from tickwire.sansio.negotiation import Codec, Negotiated
 from tickwire.sansio.session import encode_message
 
-__all__ = ["Hub", "Subscriber", "Topic", "pattern_matches", "valid_pattern"]
+__all__ = ["Hub", "Subscriber", "Topic", "TopicConfig", "pattern_matches", "valid_pattern"]
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_\-:]+")
 
@@ -56,6 +61,29 @@ class Subscriber(Protocol):
         """A topic matching one of its patterns appeared."""
 
 
+@attrs.frozen(kw_only=True)
+class TopicConfig:
+    """How a topic behaves.
+
+    Attributes:
+        history_size: messages kept to resume from (0 keeps none).
+        history_seconds: and none older than this.
+    """
+
+    history_size: int = attrs.field(default=1000, validator=[instance_of(int), ge(0)])
+    history_seconds: float = attrs.field(default=300.0, validator=gt(0))
+
+
+@attrs.define(eq=False)
+class Entry:
+    """One message in a topic's history, with its frames per variant, made on demand."""
+
+    offset: int
+    stamp: float
+    payload: Any
+    framed: dict[Negotiated, bytes] = attrs.field(factory=dict)
+
+
 @attrs.define(eq=False)
 class Topic:
     """A stream topic: every message gets the next offset within the topic's epoch."""
@@ -63,8 +91,35 @@ class Topic:
     topic_id: int
     name: str
     epoch: int
+    config: TopicConfig = attrs.field(factory=TopicConfig)
     offset: int = 0
     subscribers: dict[Subscriber, None] = attrs.field(factory=dict)  # ordered set
+    history: collections.deque[Entry] = attrs.field(factory=collections.deque)
+
+    def trim(self, now: float) -> None:
+        """Forget history past the count and age limits."""
+        history, config = self.history, self.config
+        while len(history) > config.history_size:
+            history.popleft()
+        horizon = now - config.history_seconds
+        while history and history[0].stamp < horizon:
+            history.popleft()
+
+    def recover(self, resume: Position, now: float) -> tuple[Outcome, int, list[Entry]]:
+        """The answer to a resume from *resume*: (outcome, offset for SUBSCRIBED, replay).
+
+        RECOVERED replays every message after *resume.offset*; otherwise nothing is
+        replayed (never a partial replay, §4.4).
+        """
+        self.trim(now)
+        if resume.epoch != self.epoch or resume.offset > self.offset:
+            return Outcome.NOT_RECOVERED, self.offset, []
+        missed = self.offset - resume.offset
+        if missed == 0:
+            return Outcome.RECOVERED, resume.offset, []
+        if missed > len(self.history) or self.history[-missed].offset != resume.offset + 1:
+            return Outcome.NOT_RECOVERED, self.offset, []
+        return Outcome.RECOVERED, resume.offset, list(self.history)[-missed:]
 
 
 @attrs.define(eq=False)
@@ -73,11 +128,18 @@ class Hub:
 
     Args:
         compression: how ``tickwire.v1+zstd`` subscribers' messages are compressed.
+        dictionaries: the zstd dictionaries on offer.
+        default_topic: the configuration of topics that :meth:`configure` did not name.
+        clock: seconds on a monotonic clock, for the history's age limit.
     """
 
     compression: CompressionConfig = attrs.field(factory=CompressionConfig)
     dictionaries: DictionaryRegistry = attrs.field(factory=DictionaryRegistry)
+    default_topic: TopicConfig = attrs.field(factory=TopicConfig)
+    clock: Callable[[], float] = time.monotonic
     _topics: dict[str, Topic] = attrs.field(init=False, factory=dict)
+    _by_id: dict[int, Topic] = attrs.field(init=False, factory=dict)
+    _configs: list[tuple[str, TopicConfig]] = attrs.field(init=False, factory=list)
     _patterns: dict[Subscriber, dict[str, int]] = attrs.field(init=False, factory=dict)
     _ids: Callable[[], int] = attrs.field(init=False, factory=lambda: itertools.count(1).__next__)
     compressor: Compressor = attrs.field(init=False)
@@ -95,7 +157,11 @@ class Hub:
         if topic is None:
             if not valid_pattern(name) or "*" in name.split("."):
                 raise ValueError(f"invalid topic name: {name!r}")
-            topic = self._topics[name] = Topic(self._ids(), name, random.getrandbits(31))
+            config = next(
+                (c for p, c in self._configs if pattern_matches(p, name)), self.default_topic
+            )
+            topic = Topic(self._ids(), name, random.getrandbits(31), config)
+            self._topics[name] = self._by_id[topic.topic_id] = topic
             for subscriber, patterns in self._patterns.items():
                 for pattern, request_id in patterns.items():
                     if pattern_matches(pattern, name):
@@ -103,6 +169,25 @@ class Hub:
                         subscriber.topic_added(topic, request_id)
                         break
         return topic
+
+    def configure(self, pattern: str, config: TopicConfig) -> None:
+        """Give topics matching *pattern* that are created from now on *config*
+        (the first matching call wins)."""
+        if not valid_pattern(pattern):
+            raise ValueError(f"invalid topic pattern: {pattern!r}")
+        self._configs.append((pattern, config))
+
+    def topic_by_id(self, topic_id: int) -> Topic | None:
+        """The topic with this id, if any."""
+        return self._by_id.get(topic_id)
+
+    def frames(self, topic: Topic, entry: Entry, variant: Negotiated) -> bytes:
+        """The frame of a history entry for *variant*, encoded once and kept."""
+        data = entry.framed.get(variant)
+        if data is None:
+            event = Data(topic.topic_id, entry.offset, entry.payload)
+            data = entry.framed[variant] = self.encode(event, variant)
+        return data
 
     @property
     def topics(self) -> list[Topic]:
@@ -127,9 +212,13 @@ class Hub:
         """
         t = self.topic(topic)
         t.offset += 1
+        framed: dict[Negotiated, bytes] = {}
+        if t.config.history_size:
+            now = self.clock()
+            t.history.append(Entry(t.offset, now, payload, framed))
+            t.trim(now)
         if t.subscribers:
             event = Data(t.topic_id, t.offset, payload)
-            framed: dict[Negotiated, bytes] = {}
             for subscriber in list(t.subscribers):
                 variant = subscriber.variant
                 data = framed.get(variant)

@@ -49,6 +49,7 @@ from tickwire.sansio.events import (
     Event,
     Hello,
     Outcome,
+    Position,
     Publish,
     Resync,
     Subscribe,
@@ -398,7 +399,7 @@ class ServerConnection:
             else:
                 self.send(Error(None, ErrorCode.NOT_FOUND, f"no dictionary {event.dict_id}"))
         elif isinstance(event, Resync):
-            self.send(Error(event.request_id, ErrorCode.NOT_FOUND, "no history to resume from"))
+            self._resync(event)
 
     def _subscribe(self, event: Subscribe) -> None:
         if event.options:
@@ -411,6 +412,10 @@ class ServerConnection:
         if not self._allowed("subscribe", event.pattern):
             self.send(Error(event.request_id, ErrorCode.FORBIDDEN, f"forbidden: {event.pattern}"))
             return
+        if event.resume is not None and "*" in event.pattern.split("."):
+            message = "resume needs an exact topic name; use RESYNC per topic"
+            self.send(Error(event.request_id, ErrorCode.BAD_REQUEST, message))
+            return
         try:
             topics = self.hub.subscribe(self, event.pattern, event.request_id)
         except ValueError as exc:
@@ -418,14 +423,36 @@ class ServerConnection:
             self.send(Error(event.request_id, code, str(exc)))
             return
         self._subscriptions[event.pattern] = event.request_id
-        outcome = Outcome.NEW if event.resume is None else Outcome.NOT_RECOVERED
         for topic in topics:
-            self.send(
-                Subscribed(
-                    event.request_id, topic.topic_id, topic.name, topic.epoch, topic.offset, outcome
+            if event.resume is None:
+                self.send(
+                    Subscribed(
+                        event.request_id,
+                        topic.topic_id,
+                        topic.name,
+                        topic.epoch,
+                        topic.offset,
+                        Outcome.NEW,
+                    )
                 )
-            )
+            else:
+                self._recover(event.request_id, topic, event.resume)
         self.send(Ack(event.request_id))  # §4.4: the initial matches are complete
+
+    def _recover(self, request_id: int, topic: Topic, resume: Position) -> None:
+        """SUBSCRIBED with the recovery outcome, then the replay, in order (§4.4)."""
+        outcome, offset, replay = topic.recover(resume, self.hub.clock())
+        self.send(Subscribed(request_id, topic.topic_id, topic.name, topic.epoch, offset, outcome))
+        for entry in replay:
+            self.deliver_nowait(self.hub.frames(topic, entry, self._variant))
+
+    def _resync(self, event: Resync) -> None:
+        topic = self.hub.topic_by_id(event.topic_id)
+        if topic is None or self not in topic.subscribers:
+            self.send(Error(event.request_id, ErrorCode.NOT_FOUND, "not subscribed to that topic"))
+            return
+        offset = topic.offset if event.offset is None else event.offset
+        self._recover(event.request_id, topic, Position(topic.epoch, offset))
 
     def _publish(self, event: Publish) -> None:
         if not self._allowed("publish", event.topic):
