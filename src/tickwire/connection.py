@@ -31,6 +31,7 @@ from typing import Any
 import trio
 import trio_websocket
 import wsproto
+import wsproto.events
 from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
@@ -69,10 +70,62 @@ CLOSE_TIMEOUT = 2.0  # seconds a close handshake may take before the stream is j
 
 
 class WebSocket(trio_websocket.WebSocketConnection):
-    """trio-websocket's connection, also limiting the frames one message may take."""
+    """trio-websocket's connection, with a frame limit and a direct, non-waiting write path.
+
+    ``_fd`` is the socket's file descriptor while the stream is open (None for TLS and
+    in-memory streams, and from the moment the stream closes). ``_tail`` is the unsent rest
+    of a frame that a direct write could not finish: every sender, trio-websocket's own
+    (pongs, close frames) included, writes it first, under the send lock, so that no frame
+    ever interleaves with a half-written one.
+    """
 
     max_fragments = 64
     _fragments = 0
+    _fd: int | None = None
+    _tail = b""
+
+    async def _send(self, event: wsproto.events.Event) -> None:
+        # trio-websocket's _send, with the owed tail first.
+        data = self._wsproto.send(event)
+        async with self._stream_lock:
+            try:
+                if self._tail:
+                    tail, self._tail = self._tail, b""
+                    await self._stream.send_all(tail)
+                await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._abort_web_socket()
+                assert self._close_reason is not None
+                raise trio_websocket.ConnectionClosed(self._close_reason) from None
+
+    async def _close_stream(self) -> None:
+        self._fd = None  # never write to a descriptor number that may be reused
+        await super()._close_stream()
+
+    def write_nowait(self, data: bytes) -> int:
+        """Write what the socket takes now, without waiting, if nobody else is sending.
+
+        Returns the bytes written (the rest becomes the tail), or -1 when a direct write is
+        not possible now (the caller queues *data* instead).
+
+        Raises:
+            OSError: the connection is broken.
+        """
+        if (
+            self._fd is None
+            or self._tail
+            or self._stream_lock.locked()
+            or self._close_reason is not None
+            or self._wsproto.state is not ConnectionState.OPEN
+        ):
+            return -1
+        try:
+            sent = os.write(self._fd, data)
+        except BlockingIOError:
+            return -1
+        if sent < len(data):
+            self._tail = data[sent:]
+        return sent
 
     async def _handle_message_event(self, event: BytesMessage | TextMessage) -> None:
         if event.frame_finished and not event.message_finished:
@@ -105,6 +158,8 @@ async def wrap_server_stream(
         max_message_size=config.limits.max_message_bytes,
     )
     ws.max_fragments = config.max_fragments
+    if isinstance(stream, trio.SocketStream):
+        ws._fd = stream.socket.fileno()
     nursery.start_soon(ws._reader_task)
     return await ws._get_request()
 
@@ -170,9 +225,23 @@ class ServerConnection:
         return self._variant
 
     def deliver_nowait(self, framed: bytes) -> None:
-        """Queue one framed message; past the outbox limits the client is a slow consumer."""
+        """Send one framed message now if the socket takes it, else queue it; past the
+        outbox limits the client is a slow consumer."""
         if self._overflowed or self._close is not None:
             return
+        if not self._outbox:
+            # Nothing queued: write straight away from here, without waking the writer.
+            try:
+                sent = self.ws.write_nowait(framed)
+            except OSError:
+                self.finish(1006, "connection lost")
+                return
+            if sent >= 0:
+                self.messages_out += 1
+                self.bytes_out += sent
+                if sent < len(framed):
+                    self._wake.set()  # the writer finishes the frame
+                return
         if (
             self._outbox_bytes + len(framed) > self.config.outbox_max_bytes
             or len(self._outbox) >= self.config.outbox_max_messages
@@ -277,8 +346,9 @@ class ServerConnection:
             self.finish(reason.code if reason else 1006, (reason.reason or "") if reason else "")
 
     async def _writer(self) -> None:
+        ws = self.ws
         while True:
-            if not self._outbox and not self._overflowed:
+            if not self._outbox and not ws._tail and not self._overflowed:
                 if self._going_away is not None:
                     self.finish(*self._going_away)
                     return
@@ -288,7 +358,7 @@ class ServerConnection:
             if self._overflowed:
                 self.finish(4000, "slow consumer: outbox full")
                 return
-            data = b"".join(self._outbox) if len(self._outbox) > 1 else self._outbox[0]
+            data = b"".join(self._outbox)
             self.messages_out += len(self._outbox)
             self._outbox.clear()
             self._outbox_bytes = 0
@@ -301,8 +371,9 @@ class ServerConnection:
             return
         with trio.move_on_after(self.config.send_timeout) as scope:
             async with ws._stream_lock:
+                tail, ws._tail = ws._tail, b""
                 try:
-                    await ws._stream.send_all(data)
+                    await ws._stream.send_all(tail + data if tail else data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self.finish(1006, "connection lost")
                     return

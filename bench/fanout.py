@@ -1,0 +1,480 @@
+"""Fan-out: one publisher, many subscribers, three servers, one run.
+
+Usage:
+    python bench/fanout.py                  # 100 and 1,000 subscribers (a few minutes)
+    python bench/fanout.py --quick          # seconds, for CI
+    python bench/fanout.py --json out.json
+
+Servers (each in its own process, on 127.0.0.1):
+- tickwire: ``tickwire.open_server`` + ``Hub.publish_nowait`` (frames once, writes directly,
+  one bounded outbox per subscriber; its slow-consumer policy is on);
+- websockets: the ``websockets`` library's asyncio server and ``broadcast()``;
+- trio-websocket: a task per connection draining a channel into ``send_message()``.
+
+A separate load-generator process (asyncio, parsing frames itself so as to cost little)
+opens the subscribers. Each 100-byte payload ends with the publish time
+(``time.monotonic_ns``, the same clock in both processes on Linux). Reported:
+
+- saturation: a burst of messages published back to back (yielding to the event loop after
+  each); deliveries a second from the first publish to the last delivery;
+- latency: messages at a fixed rate (20,000 deliveries a second in all); p50 and p99 of
+  publish-to-receive;
+- idle memory: the server's resident memory per connection with many idle connections.
+
+Every run is bounded in count and time and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+PAYLOAD = 100
+SERVERS = ("tickwire", "websockets", "trio-websocket")
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def payload() -> bytes:
+    return os.urandom(PAYLOAD - 8) + time.monotonic_ns().to_bytes(8, "big")
+
+
+def emit(**fields: Any) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+# -- servers ---------------------------------------------------------------------------------
+
+
+async def _publish(send: Any, wait: Any, count: int, rate: float | None) -> None:
+    """Publish *count* payloads: back to back (yielding after each) or at *rate* a second."""
+    start = time.monotonic()
+    for i in range(count):
+        send(payload())
+        if rate:
+            await wait(max(0.0, start + (i + 1) / rate - time.monotonic()))
+        else:
+            await wait(0)
+
+
+def serve_tickwire(subscribers: int, count: int, rate: float | None) -> None:
+    import trio
+
+    import tickwire
+    from tickwire.config import MiB, ServerConfig
+
+    async def main() -> None:
+        hub = tickwire.Hub(default_topic=tickwire.broadcast.TopicConfig(history_size=0))
+        config = ServerConfig(
+            max_connections_per_address=100_000,
+            max_new_connections_per_second=100_000,
+            outbox_max_bytes=64 * MiB,
+            outbox_max_messages=1_000_000,
+        )
+        before = rss_bytes()
+        async with tickwire.open_server(hub, "127.0.0.1", 0, config=config) as server:
+            emit(event="ready", port=server.port)
+            topic = hub.topic("bench")
+            while len(topic.subscribers) < subscribers:
+                await trio.sleep(0.01)
+            emit(event="subscribed", rss_per_connection=(rss_bytes() - before) / subscribers)
+            await _publish(lambda p: hub.publish_nowait("bench", p), trio.sleep, count, rate)
+            emit(event="published")
+            await trio.sleep(3600)
+
+    trio.run(main)
+
+
+def serve_websockets(subscribers: int, count: int, rate: float | None) -> None:
+    from websockets.asyncio.server import broadcast, serve
+
+    connections: set[Any] = set()
+
+    async def handler(ws: Any) -> None:
+        connections.add(ws)
+        try:
+            await ws.wait_closed()
+        finally:
+            connections.discard(ws)
+
+    async def main() -> None:
+        before = rss_bytes()
+        async with serve(handler, "127.0.0.1", 0, compression=None, max_queue=None) as server:
+            port = next(iter(server.sockets)).getsockname()[1]
+            emit(event="ready", port=port)
+            while len(connections) < subscribers:
+                await asyncio.sleep(0.01)
+            emit(event="subscribed", rss_per_connection=(rss_bytes() - before) / subscribers)
+            await _publish(lambda p: broadcast(connections, p), asyncio.sleep, count, rate)
+            emit(event="published")
+            await asyncio.sleep(3600)
+
+    asyncio.run(main())
+
+
+def serve_trio_websocket(subscribers: int, count: int, rate: float | None) -> None:
+    import math
+
+    import trio
+    import trio_websocket
+
+    channels: list[trio.MemorySendChannel[bytes]] = []
+
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        send, receive = trio.open_memory_channel[bytes](math.inf)
+        channels.append(send)
+        try:
+            async for message in receive:
+                await ws.send_message(message)
+        except trio_websocket.ConnectionClosed:
+            pass
+        finally:
+            channels.remove(send)
+
+    def send_all(message: bytes) -> None:
+        for channel in channels:
+            channel.send_nowait(message)
+
+    async def main() -> None:
+        before = rss_bytes()
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None
+            )
+            emit(event="ready", port=server.port)
+            while len(channels) < subscribers:
+                await trio.sleep(0.01)
+            emit(event="subscribed", rss_per_connection=(rss_bytes() - before) / subscribers)
+            await _publish(send_all, trio.sleep, count, rate)
+            emit(event="published")
+            await trio.sleep(3600)
+
+    trio.run(main)
+
+
+# -- the load generator -----------------------------------------------------------------------
+
+
+def subscribe_message() -> bytes:
+    """SUBSCRIBE "bench" as a tickwire.v1 client sends it."""
+    from tickwire.sansio import Subscribe, encode_message
+
+    message = encode_message(Subscribe(0, "bench"))
+    assert isinstance(message, bytes)
+    return message
+
+
+class Subscriber(asyncio.Protocol):
+    """Reads unmasked server frames; counts them and keeps each one's latency."""
+
+    def __init__(self, done: asyncio.Future[None], expected: int, tickwire: bool) -> None:
+        self.done, self.expected, self.tickwire = done, expected, tickwire
+        self.buffer = b""
+        self.upgraded = False
+        self.received = 0
+        self.latencies: list[int] = []
+        self.first_sent = 0
+        self.last = 0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        protocol = b"Sec-WebSocket-Protocol: tickwire.v1\r\n" if self.tickwire else b""
+        transport.write(
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n" + protocol + b"\r\n"
+        )
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic_ns()
+        buffer = self.buffer + data
+        if not self.upgraded:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                self.buffer = buffer
+                return
+            assert buffer.startswith(b"HTTP/1.1 101"), buffer[:200]
+            buffer = buffer[end + 4 :]
+            self.upgraded = True
+            if self.expected == 0 and not self.done.done():
+                self.done.set_result(None)  # an idle connection: connected is all we want
+            if self.tickwire:
+                # A masked client frame carrying SUBSCRIBE (mask key 0: the bytes as they are).
+                assert self.transport is not None
+                message = subscribe_message()
+                self.transport.write(bytes((0x82, 0x80 | len(message), 0, 0, 0, 0)) + message)
+        pos, size = 0, len(buffer)
+        while size - pos >= 2:
+            length = buffer[pos + 1] & 0x7F
+            head = 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length, head = int.from_bytes(buffer[pos + 2 : pos + 4], "big"), 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                length, head = int.from_bytes(buffer[pos + 2 : pos + 10], "big"), 10
+            end = pos + head + length
+            if end > size:
+                break
+            opcode = buffer[pos] & 0x0F
+            if opcode == 2 and length >= PAYLOAD:  # a bench message (tickwire: inside DATA)
+                sent = int.from_bytes(buffer[end - 8 : end], "big")
+                if not self.received:
+                    self.first_sent = sent
+                self.latencies.append(now - sent)
+                self.received += 1
+                self.last = now
+            elif opcode == 9 and self.transport is not None:  # ping: answer it
+                body = buffer[pos + head : end]
+                self.transport.write(bytes((0x8A, 0x80 | len(body), 0, 0, 0, 0)) + body)
+            pos = end
+        self.buffer = buffer[pos:]
+        if self.received >= self.expected and not self.done.done():
+            self.done.set_result(None)
+
+
+async def load(port: int, subscribers: int, expected: int, tickwire: bool, limit: float) -> None:
+    loop = asyncio.get_running_loop()
+    done: list[asyncio.Future[None]] = []
+    clients: list[Subscriber] = []
+    for _ in range(subscribers):
+        future: asyncio.Future[None] = loop.create_future()
+        _, client = await loop.create_connection(
+            lambda f=future: Subscriber(f, expected, tickwire), "127.0.0.1", port
+        )
+        done.append(future)
+        clients.append(client)
+    emit(event="connected")
+    try:
+        await asyncio.wait_for(asyncio.gather(*done), timeout=limit)
+    except TimeoutError:
+        pass
+    received = [c for c in clients if c.received]
+    emit(
+        event="result",
+        delivered=sum(c.received for c in clients),
+        first_sent=min((c.first_sent for c in received), default=0),
+        last_receive=max((c.last for c in received), default=0),
+        latencies_us=sorted(lat // 1000 for c in clients for lat in c.latencies),
+    )
+    await asyncio.sleep(3600)  # held open until the orchestrator stops this process
+    for c in clients:
+        if c.transport is not None:
+            c.transport.close()
+
+
+def run_load(args: argparse.Namespace) -> None:
+    asyncio.run(load(args.port, args.subscribers, args.count, args.tickwire, args.limit))
+
+
+# -- the orchestrator -------------------------------------------------------------------------
+
+
+def child(*extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, __file__, *extra], stdout=subprocess.PIPE, text=True)
+
+
+def expect(process: subprocess.Popen[str], event: str, timeout: float = 120) -> dict[str, Any]:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"process ended before {event!r}")
+        message = json.loads(line)
+        if message.get("event") == event:
+            return message  # type: ignore[no-any-return]
+    raise TimeoutError(event)
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+def one_run(server: str, subscribers: int, count: int, rate: float | None) -> dict[str, Any]:
+    """One server process and one load-generator process; both stopped at the end."""
+    srv = child(
+        "--role",
+        server,
+        "--subscribers",
+        str(subscribers),
+        "--count",
+        str(count),
+        *(["--rate", str(rate)] if rate else []),
+    )
+    gen = None
+    try:
+        port = expect(srv, "ready")["port"]
+        gen = child(
+            "--role",
+            "load",
+            "--port",
+            str(port),
+            "--subscribers",
+            str(subscribers),
+            "--count",
+            str(count),
+            *(["--tickwire"] if server == "tickwire" else []),
+            "--limit",
+            str(60 + count / (rate or 1e9)),
+        )
+        expect(gen, "connected")
+        memory = expect(srv, "subscribed")["rss_per_connection"]
+        result = expect(gen, "result", timeout=300)
+        span = (result["last_receive"] - result["first_sent"]) / 1e9
+        return {
+            "server": server,
+            "subscribers": subscribers,
+            "messages": count,
+            "delivered": result["delivered"],
+            "expected": subscribers * count,
+            "per_second": result["delivered"] / span if span > 0 else 0.0,
+            "latencies_us": result["latencies_us"],
+            "rss_per_connection": memory,
+        }
+    finally:
+        stop(srv)
+        if gen is not None:
+            stop(gen)
+
+
+def percentile(values: list[int], q: float) -> float:
+    if not values:
+        return float("nan")
+    return float(values[min(len(values) - 1, int(q * len(values)))])
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(r: list[str]) -> str:
+        cells = zip(r, widths, strict=True)
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(cells))
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--role", default="bench", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--subscribers", type=int, default=100, help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, default=1000, help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--tickwire", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--limit", type=float, default=60, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.role == "load":
+        run_load(args)
+        return 0
+    if args.role in SERVERS:
+        serve = {
+            "tickwire": serve_tickwire,
+            "websockets": serve_websockets,
+            "trio-websocket": serve_trio_websocket,
+        }[args.role]
+        serve(args.subscribers, args.count, args.rate)
+        return 0
+    return bench(args)
+
+
+def bench(args: argparse.Namespace) -> int:
+    quick = args.quick
+    sizes = [(20, 200)] if quick else [(100, 2000), (1000, 300)]
+    repeats = 1 if quick else args.repeats
+    latency_seconds = 1.0 if quick else 5.0
+    idle = 200 if quick else 2000
+    results: dict[str, Any] = {"quick": quick, "saturation": [], "latency": [], "idle": []}
+    for subscribers, count in sizes:
+        rows = []
+        for server in SERVERS:
+            runs = [one_run(server, subscribers, count, None) for _ in range(repeats)]
+            rates = [r["per_second"] for r in runs]
+            complete = all(r["delivered"] == r["expected"] for r in runs)
+            results["saturation"].append(
+                {
+                    "server": server,
+                    "subscribers": subscribers,
+                    "messages": count,
+                    "per_second": rates,
+                    "complete": complete,
+                }
+            )
+            rows.append(
+                [server, f"{statistics.median(rates):,.0f}", "all" if complete else "LOST SOME"]
+            )
+        base = statistics.median(results["saturation"][-2]["per_second"])
+        print(
+            f"\nsaturation: {count} messages of {PAYLOAD} B to {subscribers} subscribers "
+            f"(median of {repeats})"
+        )
+        print(
+            table(
+                [[*r, f"{float(r[1].replace(',', '')) / base:.2f}x"] for r in rows],
+                ["server", "deliveries/s", "delivered", "vs websockets"],
+            )
+        )
+        rate = 20_000 / subscribers
+        count = int(rate * latency_seconds)
+        rows = []
+        for server in SERVERS:
+            run = one_run(server, subscribers, count, rate)
+            lat = run["latencies_us"]
+            p50, p99 = percentile(lat, 0.50), percentile(lat, 0.99)
+            results["latency"].append(
+                {
+                    "server": server,
+                    "subscribers": subscribers,
+                    "p50_us": p50,
+                    "p99_us": p99,
+                    "delivered": run["delivered"],
+                    "expected": run["expected"],
+                }
+            )
+            rows.append(
+                [server, f"{p50:,.0f}", f"{p99:,.0f}", f"{run['delivered']}/{run['expected']}"]
+            )
+        print(
+            f"\nlatency at 20,000 deliveries/s to {subscribers} subscribers "
+            f"({rate:g} messages/s for {latency_seconds:g} s), publish to receive"
+        )
+        print(table(rows, ["server", "p50 us", "p99 us", "delivered"]))
+    rows = []
+    for server in SERVERS:
+        run = one_run(server, idle, 0, None)
+        results["idle"].append(
+            {"server": server, "connections": idle, "rss_per_connection": run["rss_per_connection"]}
+        )
+        rows.append([server, f"{run['rss_per_connection'] / 1024:.1f}"])
+    print(f"\nidle: server memory per connection with {idle} idle connections")
+    print(table(rows, ["server", "KiB/connection"]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
