@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -260,10 +261,8 @@ async def load(port: int, subscribers: int, expected: int, tickwire: bool, limit
         done.append(future)
         clients.append(client)
     emit(event="connected")
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.gather(*done), timeout=limit)
-    except TimeoutError:
-        pass
     received = [c for c in clients if c.received]
     emit(
         event="result",

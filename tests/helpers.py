@@ -146,12 +146,25 @@ class RawClient:
     async def messages(self, count: int) -> list[bytes | str]:
         out: list[bytes | str] = []
         while len(out) < count:
+            message = await self.message()
+            out.append(message)
+        return out
+
+    async def message(self, *, answer_pings: bool = False) -> bytes | str:
+        """The next whole message (wsproto hands over large ones in pieces)."""
+        parts: list[bytes | str] = []
+        while True:
             event = await self.next_event()
             if isinstance(event, CloseConnection):
                 raise ConnectionError(f"closed with {event.code} while waiting for messages")
+            if answer_pings and isinstance(event, Ping):
+                await self.stream.send_all(self.ws.send(event.response()))
             if isinstance(event, BytesMessage | TextMessage):
-                out.append(event.data if isinstance(event.data, str) else bytes(event.data))
-        return out
+                parts.append(event.data if isinstance(event.data, str) else bytes(event.data))
+                if event.message_finished:
+                    if isinstance(parts[0], str):
+                        return "".join(p for p in parts if isinstance(p, str))
+                    return b"".join(p for p in parts if isinstance(p, bytes))
 
 
 # -- a server on memory streams, and a plain msgpack client session ----------------------

@@ -12,7 +12,7 @@ import trio
 import trio_websocket
 import trustme
 import websockets.sync.client
-from wsproto.events import AcceptConnection, RejectConnection
+from wsproto.events import AcceptConnection, BytesMessage, Pong, RejectConnection
 
 from tests.helpers import Client, RawClient, connect, handshake
 from tickwire.broadcast import Hub
@@ -321,3 +321,40 @@ async def test_a_peer_that_stops_reading_does_not_slow_the_others() -> None:
             assert received == count
             assert slow_connection not in server.connections
         await stalled.stream.aclose()
+
+
+async def test_partial_writes_never_corrupt_the_stream() -> None:
+    """A direct write the kernel takes only in part leaves a tail that every sender must
+    finish first: here trio-websocket's own pong, sent while the tail is owed."""
+    config = ServerConfig(outbox_max_bytes=32 * 1024 * 1024, outbox_max_messages=100_000)
+    hub = Hub()
+    async with open_server(hub, "127.0.0.1", 0, config=config) as server:
+        raw = await raw_tcp_client(server.port)
+        subscribe_message = Session(Role.CLIENT, Negotiated.of(MSGPACK)).send(Subscribe(1, "big"))
+        assert isinstance(subscribe_message, bytes)
+        await raw.send_bytes(subscribe_message)
+        await raw.messages(2)
+        (connection,) = server.connections
+        count = 2000
+        for i in range(count):  # 8 MB without yielding: the socket fills mid-frame
+            hub.publish_nowait("big", i.to_bytes(4, "big") * 1024)
+        assert connection.ws._tail  # a frame is half-written
+        await connection.ws.pong(b"marker")  # a control frame while the tail is owed
+        client = Session(Role.CLIENT, Negotiated.of(MSGPACK))
+        received: list[bytes] = []
+        pongs = []
+        with trio.fail_after(30):
+            while len(received) < count or not pongs:
+                event = await raw.next_event()
+                if isinstance(event, Pong):
+                    pongs.append(bytes(event.payload))
+                elif isinstance(event, BytesMessage):
+                    parts = [bytes(event.data)]
+                    while not event.message_finished:
+                        event = await raw.next_event()
+                        parts.append(bytes(event.data))
+                    client.receive_message(b"".join(parts))
+                    received += [e.payload for e in client.events_received() if isinstance(e, Data)]
+        assert received == [i.to_bytes(4, "big") * 1024 for i in range(count)]
+        assert pongs == [b"marker"]
+        await raw.stream.aclose()
