@@ -342,7 +342,7 @@ async def test_partial_writes_never_corrupt_the_stream() -> None:
         await connection.ws.pong(b"marker")  # a control frame while the tail is owed
         client = Session(Role.CLIENT, Negotiated.of(MSGPACK))
         received: list[bytes] = []
-        pongs = []
+        pongs: list[bytes] = []
         with trio.fail_after(30):
             while len(received) < count or not pongs:
                 event = await raw.next_event()
