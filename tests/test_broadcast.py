@@ -16,7 +16,7 @@ class Recorder:
     frames: list[bytes] = attrs.field(factory=list)
     added: list[tuple[str, int]] = attrs.field(factory=list)
 
-    def deliver_nowait(self, framed: bytes) -> None:
+    def deliver_nowait(self, framed: bytes, **offsets: object) -> None:
         self.frames.append(framed)
 
     def topic_added(self, topic: Topic, request_id: int) -> None:

@@ -11,9 +11,21 @@ import trio.testing
 from wsproto.events import BytesMessage, CloseConnection, RejectConnection
 
 from tests.helpers import RawClient, decode, encode, open_raw, start_memory_server
+from tickwire.broadcast import TopicConfig
 from tickwire.config import ServerConfig
-from tickwire.sansio import Data, Error, Outcome, Position, Publish, Resync, Subscribe, Subscribed
+from tickwire.sansio import (
+    Data,
+    Error,
+    Gap,
+    Outcome,
+    Position,
+    Publish,
+    Resync,
+    Subscribe,
+    Subscribed,
+)
 from tickwire.sansio.events import Ack
+from tickwire.sansio.fanout import Overflow
 from tickwire.server import Server
 from tickwire.testing import MemoryListener
 
@@ -307,4 +319,29 @@ async def test_resync_after_a_gap_and_the_errors(autojump_clock: trio.testing.Mo
         await raw.send_bytes(encode(Subscribe(4, "other.*", Position(1, 1))))
         error = decode((await raw.messages(1))[0])
         assert (error.request_id, error.code) == (4, 400)
+        nursery.cancel_scope.cancel()
+
+
+async def test_drop_oldest_announces_a_gap(autojump_clock: trio.testing.MockClock) -> None:
+    config = ServerConfig(outbox_max_messages=5)
+    async with trio.open_nursery() as nursery:
+        server, listener = await start(nursery, config, lockstep=True)
+        server.hub.configure("ticks", TopicConfig(overflow=Overflow.DROP_OLDEST))
+        raw = await open_raw(listener)
+        await raw.send_bytes(encode(Subscribe(1, "ticks")))
+        subscribed, _ack = [decode(m) for m in await raw.messages(2)]
+        for i in range(50):  # all at once, into a lockstep stream: the outbox fills
+            server.hub.publish_nowait("ticks", i)
+        events = []
+        while not events or not isinstance(events[-1], Data) or events[-1].offset < 50:
+            events.append(decode((await raw.messages(1))[0]))
+        gaps = [e for e in events if isinstance(e, Gap)]
+        data = [e.offset for e in events if isinstance(e, Data)]
+        assert gaps
+        assert all(g.topic_id == subscribed.topic_id for g in gaps)
+        missing = {o for g in gaps for o in range(g.first, g.last + 1)}
+        assert sorted(missing | set(data)) == list(range(1, 51))  # every offset accounted for
+        assert not missing & set(data)
+        assert data == sorted(data)
+        assert len(server.connections) == 1  # still connected
         nursery.cancel_scope.cancel()

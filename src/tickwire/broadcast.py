@@ -24,6 +24,7 @@ from attrs.validators import ge, gt, instance_of
 
 from tickwire.sansio.compression import CompressionConfig, Compressor, DictionaryRegistry
 from tickwire.sansio.events import Data, Event, Outcome, Position
+from tickwire.sansio.fanout import Overflow
 from tickwire.sansio.framing import frame
 from tickwire.sansio.negotiation import Codec, Negotiated
 from tickwire.sansio.session import encode_message
@@ -54,8 +55,17 @@ class Subscriber(Protocol):
     def variant(self) -> Negotiated:
         """The negotiated subprotocol: one encoding per distinct variant per update."""
 
-    def deliver_nowait(self, framed: bytes) -> None:
-        """Offer one framed message to the subscriber's outbox; never blocks."""
+    def deliver_nowait(
+        self,
+        framed: bytes,
+        *,
+        topic_id: int = 0,
+        first: int = 0,
+        last: int = 0,
+        overflow: Overflow | None = None,
+    ) -> None:
+        """Send or queue one framed message (offsets *first*-*last* of *topic_id*, under
+        the topic's *overflow* policy; None for a control message); never blocks."""
 
     def topic_added(self, topic: Topic, request_id: int) -> None:
         """A topic matching one of its patterns appeared."""
@@ -68,10 +78,14 @@ class TopicConfig:
     Attributes:
         history_size: messages kept to resume from (0 keeps none).
         history_seconds: and none older than this.
+        overflow: what happens to a subscriber whose outbox is full: DISCONNECT (close with
+            4000; it resumes from history) or DROP_OLDEST (the oldest queued messages of
+            such topics are dropped and announced with GAP).
     """
 
     history_size: int = attrs.field(default=1000, validator=[instance_of(int), ge(0)])
     history_seconds: float = attrs.field(default=300.0, validator=gt(0))
+    overflow: Overflow = attrs.field(default=Overflow.DISCONNECT, validator=instance_of(Overflow))
 
 
 @attrs.define(eq=False)
@@ -224,7 +238,13 @@ class Hub:
                 data = framed.get(variant)
                 if data is None:
                     data = framed[variant] = self.encode(event, variant)
-                subscriber.deliver_nowait(data)
+                subscriber.deliver_nowait(
+                    data,
+                    topic_id=t.topic_id,
+                    first=t.offset,
+                    last=t.offset,
+                    overflow=t.config.overflow,
+                )
         return t.offset
 
     def subscribe(self, subscriber: Subscriber, pattern: str, request_id: int) -> list[Topic]:

@@ -22,7 +22,6 @@ connection closes it with 1011 and never reaches another connection.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 from collections.abc import Callable
@@ -48,6 +47,7 @@ from tickwire.sansio.events import (
     Error,
     ErrorCode,
     Event,
+    Gap,
     Hello,
     Outcome,
     Position,
@@ -58,6 +58,7 @@ from tickwire.sansio.events import (
     Unsubscribe,
     Unsubscribed,
 )
+from tickwire.sansio.fanout import Outbox, Overflow
 from tickwire.sansio.framing import frame
 from tickwire.sansio.negotiation import Negotiated
 from tickwire.sansio.session import Role, Session
@@ -201,10 +202,10 @@ class ServerConnection:
             dictionaries=hub.dictionaries,
             compressor=hub.compressor,
         )
-        self._outbox: collections.deque[bytes] = collections.deque()
-        self._outbox_bytes = 0
+        self.outbox = Outbox(
+            max_bytes=config.outbox_max_bytes, max_items=config.outbox_max_messages
+        )
         self._wake = trio.Event()
-        self._overflowed = False
         self._close: tuple[int, str] | None = None
         self._going_away: tuple[int, str] | None = None
         self._rate = RateLimiter(
@@ -224,12 +225,21 @@ class ServerConnection:
     def variant(self) -> Negotiated:
         return self._variant
 
-    def deliver_nowait(self, framed: bytes) -> None:
-        """Send one framed message now if the socket takes it, else queue it; past the
-        outbox limits the client is a slow consumer."""
-        if self._overflowed or self._close is not None:
+    def deliver_nowait(
+        self,
+        framed: bytes,
+        *,
+        topic_id: int = 0,
+        first: int = 0,
+        last: int = 0,
+        overflow: Overflow | None = None,
+    ) -> None:
+        """Send one framed message now if the socket takes it, else queue it under the
+        topic's overflow policy (a control message, *overflow* None, is never dropped)."""
+        outbox = self.outbox
+        if outbox.overflowed or self._close is not None:
             return
-        if not self._outbox:
+        if not outbox.pending():
             # Nothing queued: write straight away from here, without waking the writer.
             try:
                 sent = self.ws.write_nowait(framed)
@@ -242,16 +252,7 @@ class ServerConnection:
                 if sent < len(framed):
                     self._wake.set()  # the writer finishes the frame
                 return
-        if (
-            self._outbox_bytes + len(framed) > self.config.outbox_max_bytes
-            or len(self._outbox) >= self.config.outbox_max_messages
-        ):
-            self._overflowed = True
-            self._outbox.clear()
-            self._outbox_bytes = 0
-        else:
-            self._outbox.append(framed)
-            self._outbox_bytes += len(framed)
+        outbox.offer(framed, topic_id=topic_id, first=first, last=last, overflow=overflow)
         self._wake.set()
 
     def topic_added(self, topic: Topic, request_id: int) -> None:
@@ -346,23 +347,23 @@ class ServerConnection:
             self.finish(reason.code if reason else 1006, (reason.reason or "") if reason else "")
 
     async def _writer(self) -> None:
-        ws = self.ws
+        ws, outbox = self.ws, self.outbox
         while True:
-            if not self._outbox and not ws._tail and not self._overflowed:
+            if outbox.overflowed:
+                self.finish(4000, "slow consumer: outbox full")
+                return
+            if not outbox.pending() and not ws._tail:
                 if self._going_away is not None:
                     self.finish(*self._going_away)
                     return
                 self._wake = trio.Event()
                 await self._wake.wait()
                 continue
-            if self._overflowed:
-                self.finish(4000, "slow consumer: outbox full")
-                return
-            data = b"".join(self._outbox)
-            self.messages_out += len(self._outbox)
-            self._outbox.clear()
-            self._outbox_bytes = 0
-            await self._write(data)
+            gaps, frames = outbox.take()
+            # Offsets dropped come before anything still queued of their topics (§4.9).
+            notices = [frame(self.session.send(Gap(*gap))) for gap in gaps]
+            self.messages_out += len(notices) + len(frames)
+            await self._write(b"".join(notices + frames))
 
     async def _write(self, data: bytes) -> None:
         ws = self.ws
@@ -515,7 +516,13 @@ class ServerConnection:
         outcome, offset, replay = topic.recover(resume, self.hub.clock())
         self.send(Subscribed(request_id, topic.topic_id, topic.name, topic.epoch, offset, outcome))
         for entry in replay:
-            self.deliver_nowait(self.hub.frames(topic, entry, self._variant))
+            self.deliver_nowait(
+                self.hub.frames(topic, entry, self._variant),
+                topic_id=topic.topic_id,
+                first=entry.offset,
+                last=entry.offset,
+                overflow=topic.config.overflow,
+            )
 
     def _resync(self, event: Resync) -> None:
         topic = self.hub.topic_by_id(event.topic_id)
