@@ -332,7 +332,7 @@ async def test_drop_oldest_announces_a_gap(autojump_clock: trio.testing.MockCloc
         subscribed, _ack = [decode(m) for m in await raw.messages(2)]
         for i in range(50):  # all at once, into a lockstep stream: the outbox fills
             server.hub.publish_nowait("ticks", i)
-        events = []
+        events: list[Any] = []
         while not events or not isinstance(events[-1], Data) or events[-1].offset < 50:
             events.append(decode((await raw.messages(1))[0]))
         gaps = [e for e in events if isinstance(e, Gap)]
