@@ -5,6 +5,8 @@ Timeouts here are virtual seconds: nothing sleeps for real.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
 import trio.testing
