@@ -347,3 +347,53 @@ async def test_drop_oldest_announces_a_gap(autojump_clock: trio.testing.MockCloc
         assert data == sorted(data)
         assert len(server.connections) == 1  # still connected
         nursery.cancel_scope.cancel()
+
+
+async def test_publish_with_backpressure_is_lossless(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    config = ServerConfig(outbox_max_messages=10, send_timeout=60)
+    async with trio.open_nursery() as nursery:
+        server, listener = await start(nursery, config, lockstep=True)
+        raw = await open_raw(listener)
+        await raw.send_bytes(encode(Subscribe(1, "orders")))
+        await raw.messages(2)
+        received: list[int] = []
+        done = trio.Event()
+
+        async def slow_reader() -> None:
+            while len(received) < 200:
+                await trio.sleep(0.01)  # virtual: a client that reads slowly but steadily
+                event = decode((await raw.messages(1))[0])
+                assert isinstance(event, Data), event
+                received.append(event.payload)
+            done.set()
+
+        nursery.start_soon(slow_reader)
+        for i in range(200):
+            await server.hub.publish("orders", i, timeout=5)
+        await done.wait()
+        assert received == list(range(200))  # nothing dropped, nothing lost
+        assert len(server.connections) == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_backpressure_gives_up_on_a_stalled_subscriber(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    config = ServerConfig(outbox_max_messages=10, send_timeout=600)
+    async with trio.open_nursery() as nursery:
+        server, listener = await start(nursery, config, lockstep=True)
+        raw = await open_raw(listener)
+        await raw.send_bytes(encode(Subscribe(1, "orders")))
+        await raw.messages(2)
+        (connection,) = server.connections
+        begun = trio.current_time()
+        for i in range(30):  # the client reads nothing at all
+            await server.hub.publish("orders", i, timeout=5)
+        assert trio.current_time() - begun == pytest.approx(5, abs=0.5)  # waited once
+        with trio.fail_after(5):
+            await connection.closed.wait()
+        assert connection._close is not None
+        assert connection._close[0] == 4000
+        nursery.cancel_scope.cancel()

@@ -1,7 +1,8 @@
 """The hub: topics and their subscribers, with each update encoded and framed once for all.
 
-Imports: attrs, tickwire.sansio. No trio: publishing never waits, delivery is an offer to
-each subscriber's bounded outbox (the connection's writer drains it).
+Imports: attrs, trio (only for :meth:`Hub.publish`, which waits), tickwire.sansio.
+:meth:`Hub.publish_nowait` never waits: delivery is a direct write or an offer to each
+subscriber's bounded outbox (the connection's writer drains it).
 
 Stream topics keep a bounded history (by count and by age) so that a subscriber can resume
 from the (epoch, offset) it last saw: all of the missed messages are replayed, or none and
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
+import trio
 from attrs.validators import ge, gt, instance_of
 
 from tickwire.sansio.compression import CompressionConfig, Compressor, DictionaryRegistry
@@ -69,6 +71,15 @@ class Subscriber(Protocol):
 
     def topic_added(self, topic: Topic, request_id: int) -> None:
         """A topic matching one of its patterns appeared."""
+
+    def has_room(self) -> bool:
+        """Whether its outbox is at most half full (for :meth:`Hub.publish`)."""
+
+    async def wait_for_room(self) -> None:
+        """Wait until :meth:`has_room`."""
+
+    def slow_consumer(self) -> None:
+        """Drop it as a slow consumer (4000): it did not make room in time."""
 
 
 @attrs.frozen(kw_only=True)
@@ -246,6 +257,27 @@ class Hub:
                     overflow=t.config.overflow,
                 )
         return t.offset
+
+    async def publish(self, topic: str, payload: Any, *, timeout: float = 10.0) -> int:
+        """Publish with backpressure: wait until every subscriber of *topic* has room.
+
+        For lossless pipelines: nothing is dropped while subscribers keep up. A subscriber
+        that has not made room within *timeout* seconds is dropped as a slow consumer
+        (4000; it resumes from the history), so that no single client stalls the others.
+
+        Raises:
+            ValueError: an invalid topic name. TypeError: a payload msgpack cannot carry.
+        """
+        t = self.topic(topic)
+        deadline = trio.current_time() + timeout
+        for subscriber in list(t.subscribers):
+            if not subscriber.has_room():
+                with trio.move_on_at(deadline):
+                    await subscriber.wait_for_room()
+                if not subscriber.has_room():
+                    subscriber.slow_consumer()
+        await trio.lowlevel.checkpoint()
+        return self.publish_nowait(topic, payload)
 
     def subscribe(self, subscriber: Subscriber, pattern: str, request_id: int) -> list[Topic]:
         """Subscribe to *pattern*; return the topics it matches now.

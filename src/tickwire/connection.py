@@ -206,6 +206,8 @@ class ServerConnection:
             max_bytes=config.outbox_max_bytes, max_items=config.outbox_max_messages
         )
         self._wake = trio.Event()
+        self._drained = trio.Event()
+        self._interrupted = False  # a write was cut off: the stream may end mid-frame
         self._close: tuple[int, str] | None = None
         self._going_away: tuple[int, str] | None = None
         self._rate = RateLimiter(
@@ -255,6 +257,20 @@ class ServerConnection:
         outbox.offer(framed, topic_id=topic_id, first=first, last=last, overflow=overflow)
         self._wake.set()
 
+    def has_room(self) -> bool:
+        outbox, config = self.outbox, self.config
+        return (
+            outbox.queued_bytes <= config.outbox_max_bytes // 2
+            and len(outbox) <= config.outbox_max_messages // 2
+        )
+
+    async def wait_for_room(self) -> None:
+        while not self.has_room() and self._close is None:
+            await self._drained.wait()
+
+    def slow_consumer(self) -> None:
+        self.finish(4000, "slow consumer: no room in time")
+
     def topic_added(self, topic: Topic, request_id: int) -> None:
         self.send(
             Subscribed(
@@ -278,6 +294,7 @@ class ServerConnection:
         """End the connection now with close *code* (the first reason given wins)."""
         if self._close is None:
             self._close = (code, reason)
+        self._drained.set()  # a publisher waiting for room need not wait any more
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
@@ -314,8 +331,10 @@ class ServerConnection:
 
     async def _close_websocket(self) -> None:
         code, reason = self._close or (1000, "")
-        with trio.move_on_after(CLOSE_TIMEOUT):
-            await self.ws.aclose(code, reason[:120])
+        if not self._interrupted:
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await self.ws.aclose(code, reason[:120])
+        # else a write was cut off mid-frame: no close frame can follow it.
         await self.ws._close_stream()
         log.debug("connection %s closed: %s %s", self.id, code, reason)
 
@@ -364,6 +383,8 @@ class ServerConnection:
             notices = [frame(self.session.send(Gap(*gap))) for gap in gaps]
             self.messages_out += len(notices) + len(frames)
             await self._write(b"".join(notices + frames))
+            self._drained.set()
+            self._drained = trio.Event()
 
     async def _write(self, data: bytes) -> None:
         ws = self.ws
@@ -373,11 +394,13 @@ class ServerConnection:
         with trio.move_on_after(self.config.send_timeout) as scope:
             async with ws._stream_lock:
                 tail, ws._tail = ws._tail, b""
+                self._interrupted = True  # until send_all returns: cancelled, it stays so
                 try:
                     await ws._stream.send_all(tail + data if tail else data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self.finish(1006, "connection lost")
                     return
+                self._interrupted = False
         if scope.cancelled_caught:
             # A partial frame may be out: no close frame can follow. Drop the stream.
             self._close = self._close or (4000, "slow consumer: send timed out")
