@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import attrs
 import pytest
+import trio
 
 from tickwire.broadcast import Hub, Topic, TopicConfig, pattern_matches, valid_pattern
 from tickwire.sansio.events import Outcome, Position
+from tickwire.sansio.fanout import Overflow
 from tickwire.sansio.negotiation import JSON, MSGPACK, MSGPACK_ZSTD, Negotiated
 
 
@@ -16,8 +18,25 @@ class Recorder:
     frames: list[bytes] = attrs.field(factory=list)
     added: list[tuple[str, int]] = attrs.field(factory=list)
 
-    def deliver_nowait(self, framed: bytes, **offsets: object) -> None:
+    def deliver_nowait(
+        self,
+        framed: bytes,
+        *,
+        topic_id: int = 0,
+        first: int = 0,
+        last: int = 0,
+        overflow: Overflow | None = None,
+    ) -> None:
         self.frames.append(framed)
+
+    def has_room(self) -> bool:
+        return True
+
+    async def wait_for_room(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    def slow_consumer(self) -> None:
+        raise AssertionError("never slow")
 
     def topic_added(self, topic: Topic, request_id: int) -> None:
         self.added.append((topic.name, request_id))
