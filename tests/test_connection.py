@@ -16,6 +16,7 @@ from tests.helpers import RawClient, decode, encode, open_raw, start_memory_serv
 from tickwire.broadcast import TopicConfig
 from tickwire.config import ServerConfig
 from tickwire.sansio import (
+    Batch,
     Data,
     Error,
     Gap,
@@ -396,4 +397,46 @@ async def test_backpressure_gives_up_on_a_stalled_subscriber(
             await connection.closed.wait()
         assert connection._close is not None
         assert connection._close[0] == 4000
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_batch_window_sends_one_batch(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        server, listener = await start(nursery)
+        hub = server.hub
+        hub.configure("quotes.*", TopicConfig(batch_window=0.010))
+        early = await open_raw(listener)
+        await early.send_bytes(encode(Subscribe(1, "quotes.X")))
+        subscribed, _ack = [decode(m) for m in await early.messages(2)]
+        assert subscribed.offset == 0
+        begun = trio.current_time()
+        for i in range(5):
+            hub.publish_nowait("quotes.X", {"bid": i})
+        late = await open_raw(listener)  # joins inside the window
+        await late.send_bytes(encode(Subscribe(1, "quotes.X")))
+        late_subscribed, _ack = [decode(m) for m in await late.messages(2)]
+        assert late_subscribed.offset == 0  # nothing sent yet: the pending batch comes whole
+        for i in range(5, 8):
+            hub.publish_nowait("quotes.X", {"bid": i})
+        for client in (early, late):
+            batch = decode((await client.messages(1))[0])
+            assert batch == Batch(subscribed.topic_id, 1, tuple({"bid": i} for i in range(8)))
+        assert trio.current_time() - begun == pytest.approx(0.010, abs=0.002)
+        hub.publish_nowait("quotes.X", {"bid": 8})
+        assert decode((await early.messages(1))[0]).first_offset == 9
+        nursery.cancel_scope.cancel()
+
+
+async def test_shutdown_sends_the_pending_batch(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        server, listener = await start(nursery)
+        server.hub.configure("slow", TopicConfig(batch_window=5))
+        raw = await open_raw(listener)
+        await raw.send_bytes(encode(Subscribe(1, "slow")))
+        await raw.messages(2)
+        server.hub.publish_nowait("slow", "last words")
+        nursery.start_soon(server.aclose)
+        batch = decode((await raw.messages(1))[0])
+        assert batch.payloads == ("last words",)
+        assert await raw.close_code(answer_pings=True) == 1001
         nursery.cancel_scope.cancel()

@@ -25,7 +25,7 @@ import trio
 from attrs.validators import ge, gt, instance_of
 
 from tickwire.sansio.compression import CompressionConfig, Compressor, DictionaryRegistry
-from tickwire.sansio.events import Data, Event, Outcome, Position
+from tickwire.sansio.events import Batch, Data, Event, Outcome, Position
 from tickwire.sansio.fanout import Overflow
 from tickwire.sansio.framing import frame
 from tickwire.sansio.negotiation import Codec, Negotiated
@@ -92,11 +92,19 @@ class TopicConfig:
         overflow: what happens to a subscriber whose outbox is full: DISCONNECT (close with
             4000; it resumes from history) or DROP_OLDEST (the oldest queued messages of
             such topics are dropped and announced with GAP).
+        batch_window: seconds during which publishes are gathered into one BATCH message
+            (for example 0.010), or None to send each at once. Needs the hub's
+            :meth:`Hub.run_batches` task, which the server runs.
     """
 
     history_size: int = attrs.field(default=1000, validator=[instance_of(int), ge(0)])
     history_seconds: float = attrs.field(default=300.0, validator=gt(0))
     overflow: Overflow = attrs.field(default=Overflow.DISCONNECT, validator=instance_of(Overflow))
+    batch_window: float | None = attrs.field(default=None)
+
+    def __attrs_post_init__(self) -> None:
+        if self.batch_window is not None and not 0 < self.batch_window <= 10:
+            raise ValueError("batch_window must be None or between 0 and 10 seconds")
 
 
 @attrs.define(eq=False)
@@ -120,6 +128,12 @@ class Topic:
     offset: int = 0
     subscribers: dict[Subscriber, None] = attrs.field(factory=dict)  # ordered set
     history: collections.deque[Entry] = attrs.field(factory=collections.deque)
+    pending: list[Any] = attrs.field(factory=list)  # payloads waiting for the batch window
+
+    @property
+    def sent_offset(self) -> int:
+        """The last offset sent to subscribers (a pending batch is not sent yet)."""
+        return self.offset - len(self.pending)
 
     def trim(self, now: float) -> None:
         """Forget history past the count and age limits."""
@@ -137,14 +151,16 @@ class Topic:
         replayed (never a partial replay, §4.4).
         """
         self.trim(now)
-        if resume.epoch != self.epoch or resume.offset > self.offset:
-            return Outcome.NOT_RECOVERED, self.offset, []
-        missed = self.offset - resume.offset
+        sent = self.sent_offset  # what is pending reaches every subscriber in its batch
+        if resume.epoch != self.epoch or resume.offset > sent:
+            return Outcome.NOT_RECOVERED, sent, []
+        missed = sent - resume.offset
         if missed == 0:
             return Outcome.RECOVERED, resume.offset, []
-        if missed > len(self.history) or self.history[-missed].offset != resume.offset + 1:
-            return Outcome.NOT_RECOVERED, self.offset, []
-        return Outcome.RECOVERED, resume.offset, list(self.history)[-missed:]
+        history = [e for e in self.history if e.offset <= sent]
+        if missed > len(history) or history[-missed].offset != resume.offset + 1:
+            return Outcome.NOT_RECOVERED, sent, []
+        return Outcome.RECOVERED, resume.offset, history[-missed:]
 
 
 @attrs.define(eq=False)
@@ -165,6 +181,9 @@ class Hub:
     _topics: dict[str, Topic] = attrs.field(init=False, factory=dict)
     _by_id: dict[int, Topic] = attrs.field(init=False, factory=dict)
     _configs: list[tuple[str, TopicConfig]] = attrs.field(init=False, factory=list)
+    _due: dict[Topic, float] = attrs.field(init=False, factory=dict)  # batch deadlines
+    _batch_wakeup: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _batching: bool = attrs.field(init=False, default=False)
     _patterns: dict[Subscriber, dict[str, int]] = attrs.field(init=False, factory=dict)
     _ids: Callable[[], int] = attrs.field(init=False, factory=lambda: itertools.count(1).__next__)
     compressor: Compressor = attrs.field(init=False)
@@ -242,6 +261,13 @@ class Hub:
             now = self.clock()
             t.history.append(Entry(t.offset, now, payload, framed))
             t.trim(now)
+        window = t.config.batch_window
+        if window is not None:
+            t.pending.append(payload)
+            if len(t.pending) == 1:
+                self._due[t] = trio.current_time() + window
+                self._batch_wakeup.set()
+            return t.offset
         if t.subscribers:
             event = Data(t.topic_id, t.offset, payload)
             for subscriber in list(t.subscribers):
@@ -257,6 +283,49 @@ class Hub:
                     overflow=t.config.overflow,
                 )
         return t.offset
+
+    def flush(self, now: float | None = None) -> None:
+        """Send the pending batches that are due at *now* (all of them when None)."""
+        for topic, due in list(self._due.items()):
+            if now is None or due <= now:
+                del self._due[topic]
+                self._send_batch(topic)
+
+    def _send_batch(self, t: Topic) -> None:
+        payloads, t.pending = t.pending, []
+        if not payloads or not t.subscribers:
+            return
+        first = t.offset - len(payloads) + 1
+        event = Batch(t.topic_id, first, payloads)
+        framed: dict[Negotiated, bytes] = {}
+        for subscriber in list(t.subscribers):
+            variant = subscriber.variant
+            data = framed.get(variant)
+            if data is None:
+                data = framed[variant] = self.encode(event, variant)
+            subscriber.deliver_nowait(
+                data, topic_id=t.topic_id, first=first, last=t.offset, overflow=t.config.overflow
+            )
+
+    async def run_batches(self) -> None:
+        """Send each topic's batch when its window ends; runs until cancelled.
+
+        The server runs it; run it yourself when using batch windows without a server.
+        Only one runs per hub: a second call returns at once.
+        """
+        if self._batching:
+            return
+        self._batching = True
+        try:
+            while True:
+                if not self._due:
+                    self._batch_wakeup = trio.Event()
+                    await self._batch_wakeup.wait()
+                    continue
+                await trio.sleep_until(min(self._due.values()))
+                self.flush(trio.current_time())
+        finally:
+            self._batching = False
 
     async def publish(self, topic: str, payload: Any, *, timeout: float = 10.0) -> int:
         """Publish with backpressure: wait until every subscriber of *topic* has room.

@@ -274,7 +274,7 @@ class ServerConnection:
     def topic_added(self, topic: Topic, request_id: int) -> None:
         self.send(
             Subscribed(
-                request_id, topic.topic_id, topic.name, topic.epoch, topic.offset, Outcome.NEW
+                request_id, topic.topic_id, topic.name, topic.epoch, topic.sent_offset, Outcome.NEW
             )
         )
 
@@ -526,7 +526,7 @@ class ServerConnection:
                         topic.topic_id,
                         topic.name,
                         topic.epoch,
-                        topic.offset,
+                        topic.sent_offset,
                         Outcome.NEW,
                     )
                 )

@@ -176,6 +176,7 @@ class Server:
             # Connections live in a shielded nursery: cancelling this starts the graceful
             # shutdown below instead of killing them all at once.
             handlers: trio.Nursery = await outer.start(self._host_handlers)
+            outer.start_soon(self.hub.run_batches)
             try:
                 with trio.CancelScope() as self._accepting:
                     self.ready = True
@@ -187,6 +188,7 @@ class Server:
             finally:
                 with trio.CancelScope(shield=True):
                     await self._shutdown()
+                outer.cancel_scope.cancel()  # the batch task: the connections are gone
 
     async def _host_handlers(self, task_status: trio.TaskStatus[trio.Nursery]) -> None:
         with trio.CancelScope(shield=True) as self._handler_scope:
@@ -202,6 +204,7 @@ class Server:
         self.ready = False
         if self._accepting is not None:
             self._accepting.cancel()
+        self.hub.flush()  # what was published is sent before the goodbye
         hint = f"retry-after={self.config.retry_after:g}; server shutting down"
         for connection in list(self.connections):
             connection.go_away(1001, hint)
