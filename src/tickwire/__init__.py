@@ -5,7 +5,7 @@ Imports: the package's modules; no logic lives here.
 
 from tickwire._version import __version__
 from tickwire.auth import JWTAuth, Principal
-from tickwire.broadcast import Hub
+from tickwire.broadcast import Hub, TopicConfig
 from tickwire.config import KiB, Limits, MiB, ServerConfig
 from tickwire.errors import (
     ConnectionClosed,
@@ -20,6 +20,7 @@ from tickwire.errors import (
     UnknownDictionary,
 )
 from tickwire.sansio.compression import CompressionConfig, Dictionary
+from tickwire.sansio.fanout import Overflow
 from tickwire.server import HandshakeRequest, Refusal, Server, open_server, serve
 from tickwire.sim import GameWorld, MarketFeed
 
@@ -39,6 +40,7 @@ __all__ = [
     "MessageTooBig",
     "MiB",
     "NegotiationError",
+    "Overflow",
     "Principal",
     "ProtocolError",
     "Refusal",
@@ -47,6 +49,7 @@ __all__ = [
     "ServerConfig",
     "SlowConsumer",
     "TickwireError",
+    "TopicConfig",
     "UnknownDictionary",
     "__version__",
     "open_server",
