@@ -46,8 +46,17 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * 4096
 
 
+def peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+SIZE = int(os.environ.get("FANOUT_SIZE", PAYLOAD))  # the payload size of this run
+
+
 def payload() -> bytes:
-    return os.urandom(PAYLOAD - 8) + time.monotonic_ns().to_bytes(8, "big")
+    return os.urandom(SIZE - 8) + time.monotonic_ns().to_bytes(8, "big")
 
 
 def emit(**fields: Any) -> None:
@@ -72,15 +81,12 @@ def serve_tickwire(subscribers: int, count: int, rate: float | None) -> None:
     import trio
 
     import tickwire
-    from tickwire.config import MiB, ServerConfig
+    from tickwire.config import ServerConfig
 
     async def main() -> None:
         hub = tickwire.Hub(default_topic=tickwire.broadcast.TopicConfig(history_size=0))
-        config = ServerConfig(
-            max_connections_per_address=100_000,
-            max_new_connections_per_second=100_000,
-            outbox_max_bytes=64 * MiB,
-            outbox_max_messages=1_000_000,
+        config = ServerConfig(  # default outbox limits: the slow-consumer policy is on
+            max_connections_per_address=100_000, max_new_connections_per_second=100_000
         )
         before = rss_bytes()
         async with tickwire.open_server(hub, "127.0.0.1", 0, config=config) as server:
@@ -90,7 +96,8 @@ def serve_tickwire(subscribers: int, count: int, rate: float | None) -> None:
                 await trio.sleep(0.01)
             emit(event="subscribed", rss_per_connection=(rss_bytes() - before) / subscribers)
             await _publish(lambda p: hub.publish_nowait("bench", p), trio.sleep, count, rate)
-            emit(event="published")
+            await trio.sleep(1.0)  # let the writers work, then report memory
+            emit(event="published", rss=rss_bytes(), peak_rss=peak_rss())
             await trio.sleep(3600)
 
     trio.run(main)
@@ -117,7 +124,8 @@ def serve_websockets(subscribers: int, count: int, rate: float | None) -> None:
                 await asyncio.sleep(0.01)
             emit(event="subscribed", rss_per_connection=(rss_bytes() - before) / subscribers)
             await _publish(lambda p: broadcast(connections, p), asyncio.sleep, count, rate)
-            emit(event="published")
+            await asyncio.sleep(1.0)
+            emit(event="published", rss=rss_bytes(), peak_rss=peak_rss())
             await asyncio.sleep(3600)
 
     asyncio.run(main())
@@ -158,7 +166,8 @@ def serve_trio_websocket(subscribers: int, count: int, rate: float | None) -> No
                 await trio.sleep(0.01)
             emit(event="subscribed", rss_per_connection=(rss_bytes() - before) / subscribers)
             await _publish(send_all, trio.sleep, count, rate)
-            emit(event="published")
+            await trio.sleep(1.0)
+            emit(event="published", rss=rss_bytes(), peak_rss=peak_rss())
             await trio.sleep(3600)
 
     trio.run(main)
@@ -179,8 +188,10 @@ def subscribe_message() -> bytes:
 class Subscriber(asyncio.Protocol):
     """Reads unmasked server frames; counts them and keeps each one's latency."""
 
-    def __init__(self, done: asyncio.Future[None], expected: int, tickwire: bool) -> None:
-        self.done, self.expected, self.tickwire = done, expected, tickwire
+    def __init__(
+        self, done: asyncio.Future[None], expected: int, tickwire: bool, stall: bool = False
+    ) -> None:
+        self.done, self.expected, self.tickwire, self.stall = done, expected, tickwire, stall
         self.buffer = b""
         self.upgraded = False
         self.received = 0
@@ -210,13 +221,17 @@ class Subscriber(asyncio.Protocol):
             assert buffer.startswith(b"HTTP/1.1 101"), buffer[:200]
             buffer = buffer[end + 4 :]
             self.upgraded = True
-            if self.expected == 0 and not self.done.done():
-                self.done.set_result(None)  # an idle connection: connected is all we want
+            if (self.expected == 0 or self.stall) and not self.done.done():
+                self.done.set_result(None)  # idle or stalled: connected is all we want
             if self.tickwire:
                 # A masked client frame carrying SUBSCRIBE (mask key 0: the bytes as they are).
                 assert self.transport is not None
                 message = subscribe_message()
                 self.transport.write(bytes((0x82, 0x80 | len(message), 0, 0, 0, 0)) + message)
+            if self.stall:  # from now on this client reads nothing: a frozen app
+                assert self.transport is not None
+                self.transport.pause_reading()
+                return
         pos, size = 0, len(buffer)
         while size - pos >= 2:
             length = buffer[pos + 1] & 0x7F
@@ -233,7 +248,7 @@ class Subscriber(asyncio.Protocol):
             if end > size:
                 break
             opcode = buffer[pos] & 0x0F
-            if opcode == 2 and length >= PAYLOAD:  # a bench message (tickwire: inside DATA)
+            if opcode == 2 and length >= SIZE:  # a bench message (tickwire: inside DATA)
                 sent = int.from_bytes(buffer[end - 8 : end], "big")
                 if not self.received:
                     self.first_sent = sent
@@ -249,20 +264,24 @@ class Subscriber(asyncio.Protocol):
             self.done.set_result(None)
 
 
-async def load(port: int, subscribers: int, expected: int, tickwire: bool, limit: float) -> None:
+async def load(
+    port: int, subscribers: int, expected: int, tickwire: bool, limit: float, stalled: int = 0
+) -> None:
     loop = asyncio.get_running_loop()
     done: list[asyncio.Future[None]] = []
     clients: list[Subscriber] = []
-    for _ in range(subscribers):
+    for i in range(subscribers):
         future: asyncio.Future[None] = loop.create_future()
+        stall = i % 10 == 0 and i // 10 < stalled  # spread among the others
         _, client = await loop.create_connection(
-            lambda f=future: Subscriber(f, expected, tickwire), "127.0.0.1", port
+            lambda f=future, s=stall: Subscriber(f, expected, tickwire, s), "127.0.0.1", port
         )
         done.append(future)
         clients.append(client)
     emit(event="connected")
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.gather(*done), timeout=limit)
+    clients = [c for c in clients if not c.stall]  # report the clients that read
     received = [c for c in clients if c.received]
     emit(
         event="result",
@@ -278,14 +297,19 @@ async def load(port: int, subscribers: int, expected: int, tickwire: bool, limit
 
 
 def run_load(args: argparse.Namespace) -> None:
-    asyncio.run(load(args.port, args.subscribers, args.count, args.tickwire, args.limit))
+    asyncio.run(
+        load(args.port, args.subscribers, args.count, args.tickwire, args.limit, args.stalled)
+    )
 
 
 # -- the orchestrator -------------------------------------------------------------------------
 
 
-def child(*extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, __file__, *extra], stdout=subprocess.PIPE, text=True)
+def child(*extra: str, size: int = PAYLOAD) -> subprocess.Popen[str]:
+    env = {**os.environ, "FANOUT_SIZE": str(size)}
+    return subprocess.Popen(
+        [sys.executable, __file__, *extra], stdout=subprocess.PIPE, text=True, env=env
+    )
 
 
 def expect(process: subprocess.Popen[str], event: str, timeout: float = 120) -> dict[str, Any]:
@@ -309,43 +333,41 @@ def stop(process: subprocess.Popen[str]) -> None:
         process.stdout.close()
 
 
-def one_run(server: str, subscribers: int, count: int, rate: float | None) -> dict[str, Any]:
+def one_run(
+    server: str,
+    subscribers: int,
+    count: int,
+    rate: float | None,
+    stalled: int = 0,
+    size: int = PAYLOAD,
+) -> dict[str, Any]:
     """One server process and one load-generator process; both stopped at the end."""
+    rate_args = ["--rate", str(rate)] if rate else []
     srv = child(
-        "--role",
-        server,
-        "--subscribers",
-        str(subscribers),
-        "--count",
-        str(count),
-        *(["--rate", str(rate)] if rate else []),
-    )
+        "--role", server, "--subscribers", str(subscribers), "--count", str(count), *rate_args,
+        size=size,
+    )  # fmt: skip
     gen = None
     try:
         port = expect(srv, "ready")["port"]
         gen = child(
-            "--role",
-            "load",
-            "--port",
-            str(port),
-            "--subscribers",
-            str(subscribers),
-            "--count",
-            str(count),
-            *(["--tickwire"] if server == "tickwire" else []),
-            "--limit",
-            str(60 + count / (rate or 1e9)),
-        )
+            "--role", "load", "--port", str(port), "--subscribers", str(subscribers),
+            "--count", str(count), *(["--tickwire"] if server == "tickwire" else []),
+            "--limit", str(60 + count / (rate or 1e9)), "--stalled", str(stalled),
+            size=size,
+        )  # fmt: skip
         expect(gen, "connected")
         memory = expect(srv, "subscribed")["rss_per_connection"]
         result = expect(gen, "result", timeout=300)
+        memory_after = expect(srv, "published", timeout=300) if count else {}
         span = (result["last_receive"] - result["first_sent"]) / 1e9
         return {
             "server": server,
             "subscribers": subscribers,
             "messages": count,
             "delivered": result["delivered"],
-            "expected": subscribers * count,
+            "expected": (subscribers - stalled) * count,
+            "peak_rss": memory_after.get("peak_rss", 0),
             "per_second": result["delivered"] / span if span > 0 else 0.0,
             "latencies_us": result["latencies_us"],
             "rss_per_connection": memory,
@@ -384,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--tickwire", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--limit", type=float, default=60, help=argparse.SUPPRESS)
+    parser.add_argument("--stalled", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.role == "load":
         run_load(args)
@@ -405,7 +428,13 @@ def bench(args: argparse.Namespace) -> int:
     repeats = 1 if quick else args.repeats
     latency_seconds = 1.0 if quick else 5.0
     idle = 200 if quick else 2000
-    results: dict[str, Any] = {"quick": quick, "saturation": [], "latency": [], "idle": []}
+    results: dict[str, Any] = {
+        "quick": quick,
+        "saturation": [],
+        "latency": [],
+        "stalled": [],
+        "idle": [],
+    }
     for subscribers, count in sizes:
         rows = []
         for server in SERVERS:
@@ -460,6 +489,58 @@ def bench(args: argparse.Namespace) -> int:
             f"({rate:g} messages/s for {latency_seconds:g} s), publish to receive"
         )
         print(table(rows, ["server", "p50 us", "p99 us", "delivered"]))
+    subscribers, count = (20, 2000) if quick else (100, 4000)
+    stalled = subscribers // 10
+    rows = []
+    for server in SERVERS:
+        calm = one_run(server, subscribers, count, None, 0, 1024)
+        stall = one_run(server, subscribers, count, None, stalled, 1024)
+        p99 = [percentile(r["latencies_us"], 0.99) for r in (calm, stall)]
+        results["stalled"].append(
+            {
+                "server": server,
+                "subscribers": subscribers,
+                "stalled": stalled,
+                "per_second": [calm["per_second"], stall["per_second"]],
+                "p99_us": p99,
+                "peak_rss": [calm["peak_rss"], stall["peak_rss"]],
+                "delivered": [calm["delivered"], stall["delivered"]],
+                "expected": [calm["expected"], stall["expected"]],
+            }
+        )
+        rows.append(
+            [
+                server,
+                f"{calm['per_second']:,.0f}",
+                f"{stall['per_second']:,.0f}",
+                f"{stall['per_second'] / calm['per_second']:.2f}",
+                f"{p99[0] / 1000:,.1f}",
+                f"{p99[1] / 1000:,.1f}",
+                f"{p99[1] / p99[0]:.2f}",
+                f"{calm['peak_rss'] / 2**20:,.0f}",
+                f"{stall['peak_rss'] / 2**20:,.0f}",
+            ]
+        )
+    print(
+        f"\n{stalled} of {subscribers} subscribers stalled (they stop reading): the others, "
+        f"{count} messages of 1 KiB at saturation; server peak memory"
+    )
+    print(
+        table(
+            rows,
+            [
+                "server",
+                "rate calm",
+                "rate stalled",
+                "ratio",
+                "p99 ms calm",
+                "p99 ms stalled",
+                "ratio",
+                "MiB calm",
+                "MiB stalled",
+            ],
+        )
+    )
     rows = []
     for server in SERVERS:
         run = one_run(server, idle, 0, None)
