@@ -269,20 +269,20 @@ class Hub:
                 self._batch_wakeup.set()
             return t.offset
         if t.subscribers:
-            event = Data(t.topic_id, t.offset, payload)
-            for subscriber in list(t.subscribers):
-                variant = subscriber.variant
-                data = framed.get(variant)
-                if data is None:
-                    data = framed[variant] = self.encode(event, variant)
-                subscriber.deliver_nowait(
-                    data,
-                    topic_id=t.topic_id,
-                    first=t.offset,
-                    last=t.offset,
-                    overflow=t.config.overflow,
-                )
+            self._fan_out(t, Data(t.topic_id, t.offset, payload), t.offset, framed)
         return t.offset
+
+    def _fan_out(self, t: Topic, event: Event, first: int, framed: dict[Negotiated, bytes]) -> None:
+        """Give every subscriber of *t* the frame of *event* for its variant, each variant
+        encoded once (into *framed*); the event carries offsets *first* to ``t.offset``."""
+        for subscriber in list(t.subscribers):
+            variant = subscriber.variant
+            data = framed.get(variant)
+            if data is None:
+                data = framed[variant] = self.encode(event, variant)
+            subscriber.deliver_nowait(
+                data, topic_id=t.topic_id, first=first, last=t.offset, overflow=t.config.overflow
+            )
 
     def flush(self, now: float | None = None) -> None:
         """Send the pending batches that are due at *now* (all of them when None)."""
@@ -296,16 +296,7 @@ class Hub:
         if not payloads or not t.subscribers:
             return
         first = t.offset - len(payloads) + 1
-        event = Batch(t.topic_id, first, payloads)
-        framed: dict[Negotiated, bytes] = {}
-        for subscriber in list(t.subscribers):
-            variant = subscriber.variant
-            data = framed.get(variant)
-            if data is None:
-                data = framed[variant] = self.encode(event, variant)
-            subscriber.deliver_nowait(
-                data, topic_id=t.topic_id, first=first, last=t.offset, overflow=t.config.overflow
-            )
+        self._fan_out(t, Batch(t.topic_id, first, payloads), first, {})
 
     async def run_batches(self) -> None:
         """Send each topic's batch when its window ends; runs until cancelled.
