@@ -378,9 +378,10 @@ class ServerConnection:
                 self._wake = trio.Event()
                 await self._wake.wait()
                 continue
-            gaps, frames = outbox.take()
+            taken = outbox.take()
+            frames = taken.frames
             # Offsets dropped come before anything still queued of their topics (§4.9).
-            notices = [frame(self.session.send(Gap(*gap))) for gap in gaps]
+            notices = [frame(self.session.send(Gap(*gap))) for gap in taken.gaps]
             self.messages_out += len(notices) + len(frames)
             await self._write(b"".join(notices + frames))
             self._drained.set()

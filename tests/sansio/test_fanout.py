@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tickwire.sansio.fanout import Offer, Outbox, Overflow
+from tickwire.sansio.fanout import Offer, Outbox, Overflow, Taken
 
 DROP = Overflow.DROP_OLDEST
 
@@ -14,7 +14,7 @@ def test_queues_within_its_limits() -> None:
     assert box.offer(b"a" * 10) is Offer.QUEUED
     assert box.offer(b"b" * 10, topic_id=1, first=1, last=1, overflow=DROP) is Offer.QUEUED
     assert (len(box), box.queued_bytes, box.pending()) == (2, 20, True)
-    assert box.take() == ([], [b"a" * 10, b"b" * 10])
+    assert box.take() == Taken([], [b"a" * 10, b"b" * 10], [])
     assert not box.pending()
 
 
@@ -25,7 +25,8 @@ def test_drop_oldest_keeps_control_messages_and_records_gaps() -> None:
         box.offer(bytes([offset]), topic_id=7, first=offset, last=offset, overflow=DROP)
     assert box.offer(b"\x04", topic_id=7, first=4, last=4, overflow=DROP) is Offer.DROPPED
     assert box.offer(b"\x05", topic_id=7, first=5, last=5, overflow=DROP) is Offer.DROPPED
-    gaps, frames = box.take()
+    taken = box.take()
+    gaps, frames = taken.gaps, taken.frames
     assert gaps == [(7, 1, 2)]  # the two oldest went; GAP goes out before the rest
     assert frames == [b"control", b"\x03", b"\x04", b"\x05"]
     assert box.dropped == 2
@@ -37,7 +38,8 @@ def test_drop_by_bytes_across_topics() -> None:
     box.offer(b"y" * 10, topic_id=2, first=9, last=9, overflow=DROP)
     box.offer(b"z" * 10, topic_id=1, first=2, last=2, overflow=DROP)
     assert box.offer(b"w" * 15, topic_id=2, first=10, last=10, overflow=DROP) is Offer.DROPPED
-    gaps, frames = box.take()
+    taken = box.take()
+    gaps, frames = taken.gaps, taken.frames
     assert sorted(gaps) == [(1, 1, 1), (2, 9, 9)]
     assert frames == [b"z" * 10, b"w" * 15]
 
@@ -49,7 +51,7 @@ def test_a_disconnect_topic_overflows() -> None:
         Offer.OVERFLOW
     )
     assert box.overflowed
-    assert box.take() == ([], [])
+    assert box.take() == Taken([], [], [])
     assert box.offer(b"z") is Offer.OVERFLOW
 
 
@@ -63,7 +65,7 @@ def test_a_droppable_offer_that_cannot_fit_is_itself_the_gap() -> None:
     box = Outbox(max_bytes=10, max_items=10)
     box.offer(b"c" * 8)  # control: stays
     assert box.offer(b"d" * 8, topic_id=3, first=4, last=6, overflow=DROP) is Offer.DROPPED
-    assert box.take() == ([(3, 4, 6)], [b"c" * 8])
+    assert box.take() == Taken([(3, 4, 6)], [b"c" * 8], [])
     assert box.dropped == 3
 
 
@@ -73,3 +75,94 @@ def test_a_droppable_offer_that_cannot_fit_is_itself_the_gap() -> None:
 def test_limits_must_be_positive(bad: dict[str, int]) -> None:
     with pytest.raises(ValueError, match="must be >= 1"):
         Outbox(**bad)
+
+
+# -- conflation (table topics) -------------------------------------------------------------
+
+CONFLATE = Overflow.CONFLATE
+
+
+def delta(offset: int, **fields: int) -> tuple[bytes, dict[str, object]]:
+    """A table delta frame for key "A" and its change set (field positions by name)."""
+    changes = {"A": {int(name[1:]): v for name, v in fields.items()}}
+    return bytes([offset]) * 10, {"frame_offset": offset, "changes": changes}
+
+
+def offer_delta(box: Outbox, offset: int, **fields: int) -> Offer:
+    frame, info = delta(offset, **fields)
+    return box.offer(
+        frame,
+        topic_id=5,
+        first=offset,
+        last=offset,
+        overflow=CONFLATE,
+        delta=info["changes"],  # type: ignore[arg-type]
+    )
+
+
+def test_deltas_queue_as_frames_while_the_outbox_is_under_half_full() -> None:
+    box = Outbox(max_bytes=100, max_items=100)
+    assert offer_delta(box, 1, f0=1) is Offer.QUEUED
+    assert offer_delta(box, 2, f0=2) is Offer.QUEUED
+    taken = box.take()
+    assert (len(taken.frames), taken.conflated) == (2, [])
+
+
+def test_past_half_full_queued_deltas_of_the_topic_merge_into_one() -> None:
+    box = Outbox(max_bytes=100, max_items=100)
+    box.offer(b"c" * 10)  # a control message stays a frame
+    for offset in range(1, 5):
+        assert offer_delta(box, offset, f0=offset) is Offer.QUEUED
+    assert offer_delta(box, 5, f1=50) is Offer.CONFLATED  # 60 + 10 > 50: conflate
+    assert offer_delta(box, 6, f0=60) is Offer.CONFLATED  # the set exists: merge
+    assert box.has_slot(5)
+    assert box.queued_bytes == 10
+    taken = box.take()
+    assert taken.frames == [b"c" * 10]
+    (merged,) = taken.conflated
+    assert (merged.topic_id, merged.first, merged.last) == (5, 1, 6)
+    assert merged.changes == {"A": {0: 60, 1: 50}}  # the latest of each field
+    assert box.conflated == 5  # six deltas became one
+    assert not box.has_slot(5)
+    assert offer_delta(box, 7, f0=70) is Offer.QUEUED  # caught up: frames again
+
+
+def test_a_full_outbox_conflates_before_it_overflows() -> None:
+    box = Outbox(max_bytes=40, max_items=100)
+    offer_delta(box, 1, f0=1)  # 10 bytes, under half
+    assert box.offer(b"x" * 10) is Offer.QUEUED
+    assert box.offer(b"y" * 15) is Offer.QUEUED
+    # A control message that does not fit: the table delta makes room by conflating.
+    assert box.offer(b"z" * 6) is Offer.QUEUED
+    assert box.queued_bytes == 31
+    assert box.has_slot(5)
+    assert box.offer(b"w" * 20) is Offer.OVERFLOW  # nothing left to conflate
+
+
+def test_a_rate_limited_subscription_is_released_once_per_interval() -> None:
+    box = Outbox(max_bytes=100, max_items=100)
+    box.hold(5, 1, 1, {"A": {0: 1}}, interval=0.25, now=10.0)
+    assert box.next_due() == 10.0  # the first goes at once
+    assert box.pending(10.0)
+    assert not box.busy()  # held deltas never delay a direct write
+    (first,) = box.take(10.0).conflated
+    assert first.changes == {"A": {0: 1}}
+    box.hold(5, 2, 2, {"A": {0: 2}}, interval=0.25, now=10.1)
+    box.hold(5, 3, 3, {"A": {1: 3}, "B": None}, interval=0.25, now=10.2)
+    assert box.next_due() == 10.25
+    assert not box.pending(10.2)
+    assert box.take(10.2).conflated == []
+    (second,) = box.take(10.25).conflated
+    assert (second.first, second.last) == (2, 3)
+    assert second.changes == {"A": {0: 2, 1: 3}, "B": None}
+    assert box.next_due() is None
+
+
+def test_an_overflow_forgets_conflated_deltas_too() -> None:
+    box = Outbox(max_bytes=10, max_items=10)
+    box.hold(5, 1, 1, {"A": {0: 1}}, interval=1.0, now=0.0)
+    box.offer(b"x" * 8)
+    assert box.offer(b"y" * 8) is Offer.OVERFLOW
+    assert box.take() == Taken([], [], [])
+    box.hold(5, 2, 2, {"A": {0: 2}}, interval=1.0, now=0.0)
+    assert box.next_due() is None
