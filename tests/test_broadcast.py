@@ -10,6 +10,7 @@ from tickwire.broadcast import Hub, Topic, TopicConfig, pattern_matches, valid_p
 from tickwire.sansio.events import Outcome, Position
 from tickwire.sansio.fanout import Overflow
 from tickwire.sansio.negotiation import JSON, MSGPACK, MSGPACK_ZSTD, Negotiated
+from tickwire.sansio.table import Changes
 
 
 @attrs.define(eq=False)
@@ -26,6 +27,8 @@ class Recorder:
         first: int = 0,
         last: int = 0,
         overflow: Overflow | None = None,
+        delta: Changes | None = None,
+        optional: bool = False,
     ) -> None:
         self.frames.append(framed)
 

@@ -6,30 +6,41 @@ subscriber's bounded outbox (the connection's writer drains it).
 
 Stream topics keep a bounded history (by count and by age) so that a subscriber can resume
 from the (epoch, offset) it last saw: all of the missed messages are replayed, or none and
-the answer is NOT_RECOVERED (PROTOCOL.md §4.4). Table topics and the slow-consumer policies
-other than disconnect grow here with the broadcast layer.
+the answer is NOT_RECOVERED (PROTOCOL.md §4.4). Table topics (:meth:`Hub.table`) hold keyed
+rows under a schema: each delta (the changed fields of the changed rows, merged over the
+topic's batch window) gets an offset and goes to every subscriber as the same bytes; a new
+subscriber gets a snapshot first, and periodic keyframes resend the whole table (§9).
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
+import math
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
 import trio
 from attrs.validators import ge, gt, instance_of
 
-from tickwire.sansio.compression import CompressionConfig, Compressor, DictionaryRegistry
-from tickwire.sansio.events import Batch, Data, Event, Outcome, Position
+from tickwire.sansio import codec
+from tickwire.sansio.compression import (
+    CompressionConfig,
+    Compressor,
+    Dictionary,
+    DictionaryRegistry,
+    train_dictionary,
+)
+from tickwire.sansio.events import Batch, Data, DictOffer, Event, Outcome, Position, Snapshot
 from tickwire.sansio.fanout import Overflow
 from tickwire.sansio.framing import frame
 from tickwire.sansio.negotiation import Codec, Negotiated
 from tickwire.sansio.session import encode_message
+from tickwire.sansio.table import Changes, Key, Schema, Table
 
 __all__ = ["Hub", "Subscriber", "Topic", "TopicConfig", "pattern_matches", "valid_pattern"]
 
@@ -65,9 +76,14 @@ class Subscriber(Protocol):
         first: int = 0,
         last: int = 0,
         overflow: Overflow | None = None,
+        delta: Changes | None = None,
+        optional: bool = False,
     ) -> None:
         """Send or queue one framed message (offsets *first*-*last* of *topic_id*, under
-        the topic's *overflow* policy; None for a control message); never blocks."""
+        the topic's *overflow* policy; None for a control message); never blocks.
+
+        *delta* is the change set of a table delta (for conflation); an *optional* message
+        (a keyframe) is skipped when anything is queued."""
 
     def topic_added(self, topic: Topic, request_id: int) -> None:
         """A topic matching one of its patterns appeared."""
@@ -90,21 +106,29 @@ class TopicConfig:
         history_size: messages kept to resume from (0 keeps none).
         history_seconds: and none older than this.
         overflow: what happens to a subscriber whose outbox is full: DISCONNECT (close with
-            4000; it resumes from history) or DROP_OLDEST (the oldest queued messages of
-            such topics are dropped and announced with GAP).
-        batch_window: seconds during which publishes are gathered into one BATCH message
-            (for example 0.010), or None to send each at once. Needs the hub's
-            :meth:`Hub.run_batches` task, which the server runs.
+            4000; it resumes from history), DROP_OLDEST (the oldest queued messages of such
+            topics are dropped and announced with GAP) or, for table topics, CONFLATE
+            (queued deltas merge into one per topic; on a stream topic it acts as
+            DISCONNECT). A subscription may choose another for itself.
+        batch_window: seconds during which publishes are gathered into one message (a
+            BATCH for a stream, one merged delta for a table), for example 0.010, or None
+            to send each at once. Needs the hub's :meth:`Hub.run` task, which the server
+            runs.
+        keyframe_interval: for table topics, seconds between keyframes (a SNAPSHOT of the
+            whole table to every subscriber that is keeping up, encoded once), or None.
     """
 
     history_size: int = attrs.field(default=1000, validator=[instance_of(int), ge(0)])
     history_seconds: float = attrs.field(default=300.0, validator=gt(0))
     overflow: Overflow = attrs.field(default=Overflow.DISCONNECT, validator=instance_of(Overflow))
     batch_window: float | None = attrs.field(default=None)
+    keyframe_interval: float | None = attrs.field(default=30.0)
 
     def __attrs_post_init__(self) -> None:
         if self.batch_window is not None and not 0 < self.batch_window <= 10:
             raise ValueError("batch_window must be None or between 0 and 10 seconds")
+        if self.keyframe_interval is not None and not self.keyframe_interval > 0:
+            raise ValueError("keyframe_interval must be None or a positive number of seconds")
 
 
 @attrs.define(eq=False)
@@ -115,11 +139,16 @@ class Entry:
     stamp: float
     payload: Any
     framed: dict[Negotiated, bytes] = attrs.field(factory=dict)
+    delta: Changes | None = None  # a table delta's change set
 
 
 @attrs.define(eq=False)
 class Topic:
-    """A stream topic: every message gets the next offset within the topic's epoch."""
+    """A topic: every message (a table's every delta) gets the next offset in its epoch.
+
+    Attributes:
+        table: the rows of a table topic; None for a stream topic.
+    """
 
     topic_id: int
     name: str
@@ -129,11 +158,33 @@ class Topic:
     subscribers: dict[Subscriber, None] = attrs.field(factory=dict)  # ordered set
     history: collections.deque[Entry] = attrs.field(factory=collections.deque)
     pending: list[Any] = attrs.field(factory=list)  # payloads waiting for the batch window
+    table: Table | None = None
+    _snapshot: tuple[int, dict[Negotiated, bytes]] = attrs.field(init=False, default=(-1, {}))
+    keyframe_offset: int = attrs.field(init=False, default=0)
 
     @property
     def sent_offset(self) -> int:
         """The last offset sent to subscribers (a pending batch is not sent yet)."""
         return self.offset - len(self.pending)
+
+    @property
+    def info(self) -> Any:
+        """SUBSCRIBED's ``info`` position: the schema of a table, None for a stream."""
+        return None if self.table is None else self.table.schema.info()
+
+    def snapshot_cache(self) -> dict[Negotiated, bytes]:
+        """The SNAPSHOT frames at the current offset, by variant (filled on demand)."""
+        offset, frames = self._snapshot
+        if offset != self.offset:
+            frames = {}
+            self._snapshot = (self.offset, frames)
+        return frames
+
+    def forget_frames(self, variant: Negotiated) -> None:
+        """Drop what was encoded for *variant* (its dictionary is about to go)."""
+        for entry in self.history:
+            entry.framed.pop(variant, None)
+        self._snapshot[1].pop(variant, None)
 
     def trim(self, now: float) -> None:
         """Forget history past the count and age limits."""
@@ -165,10 +216,12 @@ class Topic:
 
 @attrs.define(eq=False)
 class Hub:
-    """Owns the topics. Embedding programs publish with :meth:`publish_nowait`.
+    """Owns the topics. Embedding programs publish with :meth:`publish_nowait` (streams) and
+    :meth:`upsert`, :meth:`delete` or :meth:`update` (tables).
 
     Args:
-        compression: how ``tickwire.v1+zstd`` subscribers' messages are compressed.
+        compression: how ``tickwire.v1+zstd`` subscribers' messages are compressed; a
+            dictionary given here is put on offer (as :meth:`rotate_dictionary` does).
         dictionaries: the zstd dictionaries on offer.
         default_topic: the configuration of topics that :meth:`configure` did not name.
         clock: seconds on a monotonic clock, for the history's age limit.
@@ -182,36 +235,80 @@ class Hub:
     _by_id: dict[int, Topic] = attrs.field(init=False, factory=dict)
     _configs: list[tuple[str, TopicConfig]] = attrs.field(init=False, factory=list)
     _due: dict[Topic, float] = attrs.field(init=False, factory=dict)  # batch deadlines
-    _batch_wakeup: trio.Event = attrs.field(init=False, factory=trio.Event)
-    _batching: bool = attrs.field(init=False, default=False)
+    _keyframes: dict[Topic, float] = attrs.field(init=False, factory=dict)  # next keyframe
+    _wakeup: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _running: bool = attrs.field(init=False, default=False)
     _patterns: dict[Subscriber, dict[str, int]] = attrs.field(init=False, factory=dict)
+    _members: dict[Subscriber, None] = attrs.field(init=False, factory=dict)
+    _tables: list[Topic] = attrs.field(init=False, factory=list)
     _ids: Callable[[], int] = attrs.field(init=False, factory=lambda: itertools.count(1).__next__)
     compressor: Compressor = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        dictionary = self.compression.dictionary
+        if dictionary is not None and self.dictionaries.active is not dictionary:
+            dictionary = self.dictionaries.rotate(dictionary)
+            self.compression = attrs.evolve(self.compression, dictionary=dictionary)
         self.compressor = Compressor(self.compression)
 
+    # -- topics ---------------------------------------------------------------------------
+
     def topic(self, name: str) -> Topic:
-        """The topic called *name*, created (and offered to matching patterns) if new.
+        """The topic called *name*, created as a stream (and offered to matching patterns)
+        if new.
 
         Raises:
             ValueError: *name* is not a valid topic name (§4.4).
         """
         topic = self._topics.get(name)
         if topic is None:
-            if not valid_pattern(name) or "*" in name.split("."):
-                raise ValueError(f"invalid topic name: {name!r}")
-            config = next(
-                (c for p, c in self._configs if pattern_matches(p, name)), self.default_topic
-            )
-            topic = Topic(self._ids(), name, random.getrandbits(31), config)
-            self._topics[name] = self._by_id[topic.topic_id] = topic
-            for subscriber, patterns in self._patterns.items():
-                for pattern, request_id in patterns.items():
-                    if pattern_matches(pattern, name):
-                        topic.subscribers[subscriber] = None
-                        subscriber.topic_added(topic, request_id)
-                        break
+            topic = self._create(name, None)
+        return topic
+
+    def table(self, name: str, schema: Schema) -> Topic:
+        """Declare the table topic *name* with *schema* (or return it, if declared alike).
+
+        Declare tables before clients subscribe to them: a topic that a subscription
+        created as a stream and that was never published to becomes the table, and its
+        subscribers are told again, with the schema and a snapshot.
+
+        Raises:
+            ValueError: an invalid name; a stream topic with messages already; a table
+                declared with another schema.
+        """
+        topic = self._topics.get(name)
+        if topic is None:
+            return self._create(name, Table(schema))
+        if topic.table is not None:
+            if topic.table.schema != schema:
+                raise ValueError(f"table {name!r} was declared with another schema")
+            return topic
+        if topic.offset:
+            raise ValueError(f"{name!r} is a stream topic with messages already")
+        topic.table = Table(schema)
+        self._tables.append(topic)
+        self._wakeup.set()  # its keyframes
+        for subscriber in list(topic.subscribers):
+            patterns = self._patterns.get(subscriber, {})
+            request_id = next((r for p, r in patterns.items() if pattern_matches(p, name)), 0)
+            subscriber.topic_added(topic, request_id)
+        return topic
+
+    def _create(self, name: str, table: Table | None) -> Topic:
+        if not valid_pattern(name) or "*" in name.split("."):
+            raise ValueError(f"invalid topic name: {name!r}")
+        config = next((c for p, c in self._configs if pattern_matches(p, name)), self.default_topic)
+        topic = Topic(self._ids(), name, random.getrandbits(31), config, table=table)
+        self._topics[name] = self._by_id[topic.topic_id] = topic
+        if table is not None:
+            self._tables.append(topic)
+            self._wakeup.set()  # its keyframes
+        for subscriber, patterns in self._patterns.items():
+            for pattern, request_id in patterns.items():
+                if pattern_matches(pattern, name):
+                    topic.subscribers[subscriber] = None
+                    subscriber.topic_added(topic, request_id)
+                    break
         return topic
 
     def configure(self, pattern: str, config: TopicConfig) -> None:
@@ -225,18 +322,16 @@ class Hub:
         """The topic with this id, if any."""
         return self._by_id.get(topic_id)
 
-    def frames(self, topic: Topic, entry: Entry, variant: Negotiated) -> bytes:
-        """The frame of a history entry for *variant*, encoded once and kept."""
-        data = entry.framed.get(variant)
-        if data is None:
-            event = Data(topic.topic_id, entry.offset, entry.payload)
-            data = entry.framed[variant] = self.encode(event, variant)
-        return data
+    def topic_by_name(self, name: str) -> Topic | None:
+        """The topic called *name*, if it exists (never creates one)."""
+        return self._topics.get(name)
 
     @property
     def topics(self) -> list[Topic]:
         """Every topic, oldest first."""
         return list(self._topics.values())
+
+    # -- encoding ---------------------------------------------------------------------------
 
     def encode(self, event: Event, variant: Negotiated) -> bytes:
         """One event, encoded, compressed when the variant allows, and framed."""
@@ -245,16 +340,46 @@ class Hub:
         compressor = self.compressor if variant.compression else None
         return frame(encode_message(event, compressor=compressor))
 
+    def frames(self, topic: Topic, entry: Entry, variant: Negotiated) -> bytes:
+        """The frame of a history entry for *variant*, encoded once and kept."""
+        data = entry.framed.get(variant)
+        if data is None:
+            event = Data(topic.topic_id, entry.offset, entry.payload)
+            data = entry.framed[variant] = self.encode(event, variant)
+        return data
+
+    def snapshot(self, topic: Topic, variant: Negotiated) -> bytes:
+        """The SNAPSHOT frame of a table topic for *variant* at its current offset, encoded
+        once for every subscriber that needs it at this offset.
+
+        Raises:
+            ValueError: *topic* is not a table.
+        """
+        if topic.table is None:
+            raise ValueError(f"{topic.name!r} is not a table topic")
+        cache = topic.snapshot_cache()
+        data = cache.get(variant)
+        if data is None:
+            event = Snapshot(topic.topic_id, topic.offset, topic.table.snapshot_payload())
+            data = cache[variant] = self.encode(event, variant)
+        return data
+
+    # -- publishing ---------------------------------------------------------------------------
+
     def publish_nowait(self, topic: str, payload: Any) -> int:
-        """Publish *payload* on *topic* to every subscriber now; return its offset.
+        """Publish *payload* on stream topic *topic* to every subscriber now; return its
+        offset.
 
         The message is encoded, compressed and framed once per subscriber variant in use
         (at most three), and the same bytes go to every subscriber.
 
         Raises:
-            ValueError: an invalid topic name. TypeError: a payload msgpack cannot carry.
+            ValueError: an invalid topic name, or a table topic (use :meth:`upsert`).
+            TypeError: a payload msgpack cannot carry.
         """
         t = self.topic(topic)
+        if t.table is not None:
+            raise ValueError(f"{topic!r} is a table topic: use upsert(), delete() or update()")
         t.offset += 1
         framed: dict[Negotiated, bytes] = {}
         if t.config.history_size:
@@ -265,58 +390,187 @@ class Hub:
         if window is not None:
             t.pending.append(payload)
             if len(t.pending) == 1:
-                self._due[t] = trio.current_time() + window
-                self._batch_wakeup.set()
+                self._schedule(t, window)
             return t.offset
         if t.subscribers:
             self._fan_out(t, Data(t.topic_id, t.offset, payload), t.offset, framed)
         return t.offset
 
-    def _fan_out(self, t: Topic, event: Event, first: int, framed: dict[Negotiated, bytes]) -> None:
+    def upsert(self, topic: str, key: Key, values: Mapping[str, Any]) -> int:
+        """Create or update row *key* of table *topic* with the fields in *values*.
+
+        Only fields whose wire value changes are sent. Without a batch window the delta goes
+        out now; with one, every change inside the window merges into one delta.
+
+        Returns:
+            The offset of the delta that carries the change.
+
+        Raises:
+            KeyError: no table topic *topic*, or a field not in its schema.
+            TypeError, ValueError: a key or value of the wrong type or out of range.
+        """
+        return self.update(topic, {key: values})
+
+    def delete(self, topic: str, key: Key) -> int:
+        """Delete row *key* of table *topic* (nothing happens if there is none).
+
+        Returns:
+            The offset of the delta that carries the deletion.
+
+        Raises:
+            KeyError: no table topic *topic*.
+        """
+        return self.update(topic, deletes=(key,))
+
+    def update(
+        self,
+        topic: str,
+        upserts: Mapping[Key, Mapping[str, Any]] | None = None,
+        *,
+        deletes: Iterable[Key] = (),
+    ) -> int:
+        """Apply several row changes to table *topic* as one delta (a game tick): the
+        *upserts* (key -> fields), then the *deletes*.
+
+        Returns:
+            The offset of the delta that carries the changes.
+
+        Raises:
+            KeyError, TypeError, ValueError: as :meth:`upsert`; the changes before the bad
+                one are applied.
+        """
+        t = self._topics.get(topic)
+        if t is None or t.table is None:
+            raise KeyError(f"no table topic {topic!r}: declare it with Hub.table()")
+        table = t.table
+        for key, values in (upserts or {}).items():
+            table.upsert(key, values)
+        for key in deletes:
+            table.delete(key)
+        if not table.pending:
+            return t.offset
+        window = t.config.batch_window
+        if window is None:
+            self._send_delta(t)
+            return t.offset
+        if t not in self._due:
+            self._schedule(t, window)
+        return t.offset + 1
+
+    def _schedule(self, t: Topic, window: float) -> None:
+        self._due[t] = trio.current_time() + window
+        self._wakeup.set()
+
+    def _send_delta(self, t: Topic) -> None:
+        """Give the table's pending changes the next offset, keep them, and send them."""
+        assert t.table is not None
+        delta = t.table.take_delta()
+        if delta is None:
+            return
+        t.offset += 1
+        payload = delta.payload()
+        framed: dict[Negotiated, bytes] = {}
+        if t.config.history_size:
+            now = self.clock()
+            t.history.append(Entry(t.offset, now, payload, framed, delta.changes))
+            t.trim(now)
+        if t.subscribers:
+            self._fan_out(
+                t, Data(t.topic_id, t.offset, payload), t.offset, framed, delta=delta.changes
+            )
+
+    def _fan_out(
+        self,
+        t: Topic,
+        event: Event,
+        first: int,
+        framed: dict[Negotiated, bytes],
+        *,
+        delta: Changes | None = None,
+        optional: bool = False,
+    ) -> None:
         """Give every subscriber of *t* the frame of *event* for its variant, each variant
         encoded once (into *framed*); the event carries offsets *first* to ``t.offset``."""
+        overflow = t.config.overflow
         for subscriber in list(t.subscribers):
             variant = subscriber.variant
             data = framed.get(variant)
             if data is None:
                 data = framed[variant] = self.encode(event, variant)
             subscriber.deliver_nowait(
-                data, topic_id=t.topic_id, first=first, last=t.offset, overflow=t.config.overflow
+                data,
+                topic_id=t.topic_id,
+                first=first,
+                last=t.offset,
+                overflow=overflow,
+                delta=delta,
+                optional=optional,
             )
 
     def flush(self, now: float | None = None) -> None:
-        """Send the pending batches that are due at *now* (all of them when None)."""
+        """Send the pending batches and table deltas that are due at *now* (all when None)."""
         for topic, due in list(self._due.items()):
             if now is None or due <= now:
-                del self._due[topic]
-                self._send_batch(topic)
+                self._flush_topic(topic)
 
-    def _send_batch(self, t: Topic) -> None:
+    def _flush_topic(self, t: Topic) -> None:
+        self._due.pop(t, None)
+        if t.table is not None:
+            self._send_delta(t)
+            return
         payloads, t.pending = t.pending, []
         if not payloads or not t.subscribers:
             return
         first = t.offset - len(payloads) + 1
         self._fan_out(t, Batch(t.topic_id, first, payloads), first, {})
 
-    async def run_batches(self) -> None:
-        """Send each topic's batch when its window ends; runs until cancelled.
-
-        The server runs it; run it yourself when using batch windows without a server.
-        Only one runs per hub: a second call returns at once.
-        """
-        if self._batching:
+    def keyframe(self, topic: Topic) -> None:
+        """Send a SNAPSHOT of table *topic* to each subscriber with nothing queued, now."""
+        if topic.table is None or not topic.subscribers:
             return
-        self._batching = True
+        self._flush_topic(topic)
+        topic.keyframe_offset = topic.offset
+        frames = topic.snapshot_cache()
+        for subscriber in list(topic.subscribers):
+            variant = subscriber.variant
+            data = frames.get(variant) or self.snapshot(topic, variant)
+            subscriber.deliver_nowait(data, topic_id=topic.topic_id, optional=True)
+
+    async def run(self) -> None:
+        """The hub's timers: batch windows and keyframes; runs until cancelled.
+
+        The server runs it; run it yourself when using batch windows or keyframes without
+        a server. Only one runs per hub: a second call returns at once.
+        """
+        if self._running:
+            return
+        self._running = True
         try:
             while True:
-                if not self._due:
-                    self._batch_wakeup = trio.Event()
-                    await self._batch_wakeup.wait()
-                    continue
-                await trio.sleep_until(min(self._due.values()))
-                self.flush(trio.current_time())
+                now = trio.current_time()
+                self.flush(now)
+                for topic in self._tables:
+                    interval = topic.config.keyframe_interval
+                    if interval is None:
+                        continue
+                    due = self._keyframes.setdefault(topic, now + interval)
+                    if due <= now:
+                        if topic.offset != topic.keyframe_offset:
+                            self.keyframe(topic)
+                        self._keyframes[topic] = now + interval
+                deadline = min(
+                    itertools.chain(self._due.values(), self._keyframes.values()),
+                    default=math.inf,
+                )
+                self._wakeup = trio.Event()
+                with trio.move_on_at(deadline):
+                    await self._wakeup.wait()
         finally:
-            self._batching = False
+            self._running = False
+
+    async def run_batches(self) -> None:
+        """Deprecated name of :meth:`run`."""
+        await self.run()
 
     async def publish(self, topic: str, payload: Any, *, timeout: float = 10.0) -> int:
         """Publish with backpressure: wait until every subscriber of *topic* has room.
@@ -326,9 +580,12 @@ class Hub:
         (4000; it resumes from the history), so that no single client stalls the others.
 
         Raises:
-            ValueError: an invalid topic name. TypeError: a payload msgpack cannot carry.
+            ValueError: an invalid topic name, or a table topic.
+            TypeError: a payload msgpack cannot carry.
         """
         t = self.topic(topic)
+        if t.table is not None:
+            raise ValueError(f"{topic!r} is a table topic: use upsert(), delete() or update()")
         deadline = trio.current_time() + timeout
         for subscriber in list(t.subscribers):
             if not subscriber.has_room():
@@ -338,6 +595,64 @@ class Hub:
                     subscriber.slow_consumer()
         await trio.lowlevel.checkpoint()
         return self.publish_nowait(topic, payload)
+
+    # -- dictionaries -------------------------------------------------------------------------
+
+    def rotate_dictionary(self, dictionary: Dictionary | bytes) -> Dictionary:
+        """Compress with *dictionary* from now on, without reconnecting anyone (§5.3).
+
+        It gets the next free wire id; every ``tickwire.v1+zstd`` subscriber is sent a
+        DICT_OFFER (encoded once) holding it and the previous one, which stays on offer so
+        that what is already queued still decodes; everything sent after the offer uses it.
+        Frames kept for recovery that were compressed with the dictionary leaving the offer
+        are re-encoded when next needed. Subscribers are the members of :meth:`attach`.
+
+        Returns:
+            The dictionary under its wire id.
+        """
+        leaving = self.dictionaries.previous
+        new = self.dictionaries.rotate(dictionary)
+        self.compression = attrs.evolve(self.compression, dictionary=new)
+        self.compressor.reconfigure(self.compression)
+        # Never compressed with a dictionary: the client may not have this one yet (§5.3).
+        offer = frame(encode_message(DictOffer(self.dictionaries.offer())))
+        variants: set[Negotiated] = set()
+        for subscriber in list(self._members):
+            if subscriber.variant.compression:
+                variants.add(subscriber.variant)
+                subscriber.deliver_nowait(offer)
+        if leaving is not None:
+            for topic in self._topics.values():
+                for variant in variants:
+                    topic.forget_frames(variant)
+        return new
+
+    def dictionary_samples(self, topics: Sequence[str] | None = None) -> list[bytes]:
+        """Message bodies from the history of *topics* (all when None), newest last: what
+        :meth:`train_dictionary` learns from."""
+        names = self._topics if topics is None else topics
+        samples: list[bytes] = []
+        for name in names:
+            topic = self._topics.get(name)
+            if topic is None:
+                continue
+            for entry in topic.history:
+                samples.append(codec.encode_body(Data(topic.topic_id, entry.offset, entry.payload)))
+        return samples
+
+    def train_dictionary(
+        self, topics: Sequence[str] | None = None, *, size: int = 16 * 1024
+    ) -> Dictionary:
+        """Train a zstd dictionary on the recent traffic of *topics* (their history), to
+        hand to :meth:`rotate_dictionary`.
+
+        Raises:
+            ValueError: too little history to train on (zstd needs a few dozen messages).
+        """
+        data = train_dictionary(self.dictionary_samples(topics), size=size)
+        return Dictionary.from_bytes(data, dict_id=1)
+
+    # -- subscriptions ------------------------------------------------------------------------
 
     def subscribe(self, subscriber: Subscriber, pattern: str, request_id: int) -> list[Topic]:
         """Subscribe to *pattern*; return the topics it matches now.
@@ -373,8 +688,13 @@ class Hub:
                 del topic.subscribers[subscriber]
         return True
 
+    def attach(self, subscriber: Subscriber) -> None:
+        """Count *subscriber* (a connection) among those told of dictionary rotations."""
+        self._members[subscriber] = None
+
     def remove(self, subscriber: Subscriber) -> None:
         """Forget *subscriber* entirely (its connection ended)."""
+        self._members.pop(subscriber, None)
         self._patterns.pop(subscriber, None)
         for topic in self._topics.values():
             topic.subscribers.pop(subscriber, None)

@@ -23,6 +23,7 @@ connection closes it with 1011 and never reaches another connection.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +43,7 @@ from tickwire.sansio.admission import RateLimiter, RateVerdict
 from tickwire.sansio.events import (
     Ack,
     Auth,
+    Data,
     DictData,
     DictRequest,
     Error,
@@ -62,11 +64,14 @@ from tickwire.sansio.fanout import Outbox, Overflow
 from tickwire.sansio.framing import frame
 from tickwire.sansio.negotiation import Negotiated
 from tickwire.sansio.session import Role, Session
+from tickwire.sansio.table import Changes, encode_changes
 
 __all__ = ["ServerConnection", "WebSocket", "wrap_server_stream"]
 
 log = logging.getLogger("tickwire.server")
 
+MAX_RATE = 1000.0  # updates a second: the most a subscription's max_rate option may ask
+_POLICIES = {p.value: p for p in Overflow}
 CLOSE_TIMEOUT = 2.0  # seconds a close handshake may take before the stream is just closed
 
 
@@ -216,6 +221,9 @@ class ServerConnection:
             burst_seconds=config.rate_burst_seconds,
         )
         self._subscriptions: dict[str, int] = {}
+        # Subscription options, by request id and then by topic id: (policy, interval).
+        self._options: dict[int, tuple[Overflow | None, float | None]] = {}
+        self._custom: dict[int, tuple[Overflow | None, float | None]] = {}
         self._last_heard = trio.current_time()
         self._nursery: trio.Nursery | None = None
         self.closed = trio.Event()
@@ -235,13 +243,42 @@ class ServerConnection:
         first: int = 0,
         last: int = 0,
         overflow: Overflow | None = None,
+        delta: Changes | None = None,
+        optional: bool = False,
     ) -> None:
         """Send one framed message now if the socket takes it, else queue it under the
-        topic's overflow policy (a control message, *overflow* None, is never dropped)."""
+        topic's overflow policy (a control message, *overflow* None, is never dropped).
+
+        A subscription's own policy replaces the topic's; a rate-limited subscription holds
+        table deltas to merge; an *optional* message is skipped if anything is queued."""
         outbox = self.outbox
         if outbox.overflowed or self._close is not None:
             return
-        if not outbox.pending():
+        if overflow is not None:
+            custom = self._custom.get(topic_id)
+            if custom is not None:
+                overflow = custom[0] or overflow
+                interval = custom[1]
+                if interval is not None and delta is not None:
+                    outbox.hold(
+                        topic_id, first, last, delta, interval=interval, now=trio.current_time()
+                    )
+                    self._wake.set()
+                    return
+            if delta is not None and outbox.has_slot(topic_id):
+                # Being conflated: this delta merges too, never overtaking the merged set.
+                outbox.offer(
+                    framed,
+                    topic_id=topic_id,
+                    first=first,
+                    last=last,
+                    overflow=overflow,
+                    delta=delta,
+                )
+                return
+        elif optional and (outbox.busy() or self.ws._tail):
+            return
+        if not outbox.busy():
             # Nothing queued: write straight away from here, without waking the writer.
             try:
                 sent = self.ws.write_nowait(framed)
@@ -254,7 +291,9 @@ class ServerConnection:
                 if sent < len(framed):
                     self._wake.set()  # the writer finishes the frame
                 return
-        outbox.offer(framed, topic_id=topic_id, first=first, last=last, overflow=overflow)
+        outbox.offer(
+            framed, topic_id=topic_id, first=first, last=last, overflow=overflow, delta=delta
+        )
         self._wake.set()
 
     def has_room(self) -> bool:
@@ -272,11 +311,20 @@ class ServerConnection:
         self.finish(4000, "slow consumer: no room in time")
 
     def topic_added(self, topic: Topic, request_id: int) -> None:
+        options = self._options.get(request_id)
+        if options is not None:
+            self._custom[topic.topic_id] = self._effective(options, topic)
+        self._announce(request_id, topic, Outcome.NEW, topic.sent_offset)
+
+    def _announce(self, request_id: int, topic: Topic, outcome: Outcome, offset: int) -> None:
+        """SUBSCRIBED (with a table's schema), then a table's SNAPSHOT unless recovered."""
         self.send(
             Subscribed(
-                request_id, topic.topic_id, topic.name, topic.epoch, topic.sent_offset, Outcome.NEW
+                request_id, topic.topic_id, topic.name, topic.epoch, offset, outcome, topic.info
             )
         )
+        if topic.table is not None and outcome is not Outcome.RECOVERED:
+            self.deliver_nowait(self.hub.snapshot(topic, self._variant))
 
     # -- sending ------------------------------------------------------------------------
 
@@ -312,6 +360,7 @@ class ServerConnection:
     async def run(self, hello: Hello) -> None:
         """Serve the connection until it ends; never raises but Cancelled."""
         self.send(hello)
+        self.hub.attach(self)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -371,19 +420,27 @@ class ServerConnection:
             if outbox.overflowed:
                 self.finish(4000, "slow consumer: outbox full")
                 return
-            if not outbox.pending() and not ws._tail:
+            now = trio.current_time()
+            if not outbox.pending(now) and not ws._tail:
                 if self._going_away is not None:
-                    self.finish(*self._going_away)
-                    return
-                self._wake = trio.Event()
-                await self._wake.wait()
-                continue
-            taken = outbox.take()
-            frames = taken.frames
+                    if not outbox.pending():
+                        self.finish(*self._going_away)
+                        return
+                    now = math.inf  # send what rate limits hold back before leaving
+                else:
+                    self._wake = trio.Event()
+                    with trio.move_on_at(outbox.next_due() or math.inf):
+                        await self._wake.wait()
+                    continue
+            taken = outbox.take(now)
             # Offsets dropped come before anything still queued of their topics (§4.9).
-            notices = [frame(self.session.send(Gap(*gap))) for gap in taken.gaps]
-            self.messages_out += len(notices) + len(frames)
-            await self._write(b"".join(notices + frames))
+            frames = [frame(self.session.send(Gap(*gap))) for gap in taken.gaps]
+            frames += taken.frames
+            for merged in taken.conflated:  # encoded for this subscriber alone
+                event = Data(merged.topic_id, merged.last, encode_changes(merged.changes))
+                frames.append(frame(self.session.send(event)))
+            self.messages_out += len(frames)
+            await self._write(b"".join(frames))
             self._drained.set()
             self._drained = trio.Event()
 
@@ -497,48 +554,79 @@ class ServerConnection:
         elif isinstance(event, Resync):
             self._resync(event)
 
+    def _parse_options(self, event: Subscribe) -> tuple[Overflow | None, float | None] | str:
+        """A SUBSCRIBE's options as (policy, seconds between deltas), or what is wrong."""
+        options = dict(event.options)
+        policy: Overflow | None = None
+        interval: float | None = None
+        if "policy" in options:
+            name = options.pop("policy")
+            if not isinstance(name, str) or name not in _POLICIES:
+                return f"policy must be one of {', '.join(_POLICIES)}"
+            policy = _POLICIES[name]
+        if "max_rate" in options:
+            rate = options.pop("max_rate")
+            if type(rate) not in (int, float) or not 0 < rate <= MAX_RATE:
+                return f"max_rate must be a number of updates a second in (0, {MAX_RATE:g}]"
+            interval = 1.0 / rate
+        if options:
+            return f"unknown options: {', '.join(sorted(options))}"
+        return policy, interval
+
+    @staticmethod
+    def _effective(
+        options: tuple[Overflow | None, float | None], topic: Topic
+    ) -> tuple[Overflow | None, float | None]:
+        """A subscription's options as they apply to *topic*: a stream has no rate limit."""
+        policy, interval = options
+        return policy, interval if topic.table is not None else None
+
     def _subscribe(self, event: Subscribe) -> None:
-        if event.options:
-            unknown = ", ".join(sorted(event.options))
-            self.send(Error(event.request_id, ErrorCode.BAD_REQUEST, f"unknown options: {unknown}"))
+        request_id = event.request_id
+        options = self._parse_options(event)
+        if isinstance(options, str):
+            self.send(Error(request_id, ErrorCode.BAD_REQUEST, options))
             return
         if len(self._subscriptions) >= self.config.max_subscriptions:
-            self.send(Error(event.request_id, ErrorCode.TOO_LARGE, "too many subscriptions"))
+            self.send(Error(request_id, ErrorCode.TOO_LARGE, "too many subscriptions"))
             return
         if not self._allowed("subscribe", event.pattern):
-            self.send(Error(event.request_id, ErrorCode.FORBIDDEN, f"forbidden: {event.pattern}"))
+            self.send(Error(request_id, ErrorCode.FORBIDDEN, f"forbidden: {event.pattern}"))
             return
-        if event.resume is not None and "*" in event.pattern.split("."):
+        exact = "*" not in event.pattern.split(".")
+        if event.resume is not None and not exact:
             message = "resume needs an exact topic name; use RESYNC per topic"
-            self.send(Error(event.request_id, ErrorCode.BAD_REQUEST, message))
+            self.send(Error(request_id, ErrorCode.BAD_REQUEST, message))
             return
+        if exact and options[1] is not None:
+            topic = self.hub.topic_by_name(event.pattern)
+            if topic is not None and topic.table is None:
+                message = "max_rate applies to table topics; this is a stream"
+                self.send(Error(request_id, ErrorCode.BAD_REQUEST, message))
+                return
         try:
-            topics = self.hub.subscribe(self, event.pattern, event.request_id)
+            topics = self.hub.subscribe(self, event.pattern, request_id)
         except ValueError as exc:
             code = ErrorCode.CONFLICT if "already" in str(exc) else ErrorCode.BAD_REQUEST
-            self.send(Error(event.request_id, code, str(exc)))
+            self.send(Error(request_id, code, str(exc)))
             return
-        self._subscriptions[event.pattern] = event.request_id
+        self._subscriptions[event.pattern] = request_id
+        if options != (None, None):
+            self._options[request_id] = options
         for topic in topics:
+            if options != (None, None):
+                self._custom[topic.topic_id] = self._effective(options, topic)
             if event.resume is None:
-                self.send(
-                    Subscribed(
-                        event.request_id,
-                        topic.topic_id,
-                        topic.name,
-                        topic.epoch,
-                        topic.sent_offset,
-                        Outcome.NEW,
-                    )
-                )
+                self._announce(request_id, topic, Outcome.NEW, topic.sent_offset)
             else:
-                self._recover(event.request_id, topic, event.resume)
-        self.send(Ack(event.request_id))  # §4.4: the initial matches are complete
+                self._recover(request_id, topic, event.resume)
+        self.send(Ack(request_id))  # §4.4: the initial matches are complete
 
     def _recover(self, request_id: int, topic: Topic, resume: Position) -> None:
-        """SUBSCRIBED with the recovery outcome, then the replay, in order (§4.4)."""
+        """SUBSCRIBED with the recovery outcome, then the replay, in order (§4.4); a table
+        that cannot recover gets a SNAPSHOT."""
         outcome, offset, replay = topic.recover(resume, self.hub.clock())
-        self.send(Subscribed(request_id, topic.topic_id, topic.name, topic.epoch, offset, outcome))
+        self._announce(request_id, topic, outcome, offset)
         for entry in replay:
             self.deliver_nowait(
                 self.hub.frames(topic, entry, self._variant),
@@ -546,6 +634,7 @@ class ServerConnection:
                 first=entry.offset,
                 last=entry.offset,
                 overflow=topic.config.overflow,
+                delta=entry.delta,
             )
 
     def _resync(self, event: Resync) -> None:
@@ -553,12 +642,20 @@ class ServerConnection:
         if topic is None or self not in topic.subscribers:
             self.send(Error(event.request_id, ErrorCode.NOT_FOUND, "not subscribed to that topic"))
             return
+        if event.offset is None and topic.table is not None:
+            self._announce(event.request_id, topic, Outcome.NOT_RECOVERED, topic.offset)
+            return
         offset = topic.offset if event.offset is None else event.offset
         self._recover(event.request_id, topic, Position(topic.epoch, offset))
 
     def _publish(self, event: Publish) -> None:
         if not self._allowed("publish", event.topic):
             self.send(Error(event.request_id, ErrorCode.FORBIDDEN, f"forbidden: {event.topic}"))
+            return
+        topic = self.hub.topic_by_name(event.topic)
+        if topic is not None and topic.table is not None:
+            message = f"{event.topic} is a table topic: only the server changes it"
+            self.send(Error(event.request_id, ErrorCode.BAD_REQUEST, message))
             return
         try:
             offset = self.hub.publish_nowait(event.topic, event.payload)

@@ -176,7 +176,7 @@ class Server:
             # Connections live in a shielded nursery: cancelling this starts the graceful
             # shutdown below instead of killing them all at once.
             handlers: trio.Nursery = await outer.start(self._host_handlers)
-            outer.start_soon(self.hub.run_batches)
+            outer.start_soon(self.hub.run)
             try:
                 with trio.CancelScope() as self._accepting:
                     self.ready = True

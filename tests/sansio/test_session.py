@@ -12,7 +12,7 @@ from tickwire.errors import LocalProtocolError, RemoteProtocolError
 from tickwire.sansio import envelope
 from tickwire.sansio.codec import encode_body
 from tickwire.sansio.compression import CompressionConfig, Dictionary
-from tickwire.sansio.events import Data, Hello, Publish, Subscribe
+from tickwire.sansio.events import Data, DictData, DictOffer, Hello, Publish, Subscribe
 from tickwire.sansio.negotiation import JSON, MSGPACK, MSGPACK_ZSTD, Negotiated
 from tickwire.sansio.session import Role, Session, decode_message, encode_message
 from tickwire.sim import MarketFeed
@@ -114,13 +114,61 @@ def test_5_3_dictionary_use_between_sessions() -> None:
     message = server.send(Data(1, 1001, quotes[1001]))
     assert isinstance(message, bytes)
     assert (message[0] & envelope.DICT_ID_MASK) >> 1 == d.dict_id
-    with pytest.raises(RemoteProtocolError) as info:  # offered but not fetched yet
-        client.receive_message(message)
-    assert info.value.close_code == 4002
-    for dict_id in client.dictionaries.offered(received.dictionaries):
-        client.dictionaries.load(dict_id, server.dictionaries.get(dict_id).data)
+    assert client.dictionaries_to_fetch() == [d.dict_id]  # fetch it now, from HELLO
+    assert client.dictionaries_to_fetch() == []  # asked once
+    # Offered but not fetched yet: held, with everything after it, until DICT_DATA.
     client.receive_message(message)
+    client.receive_message(server.send(Data(1, 1002, quotes[1002])))
+    assert client.events_received() == []
+    client.receive_message(server.send(DictData(d.dict_id, d.data)))
+    assert client.events_received() == [
+        DictData(d.dict_id, d.data),
+        Data(1, 1001, quotes[1001]),
+        Data(1, 1002, quotes[1002]),
+    ]
+    client.receive_message(message)  # loaded now: decoded at once
     assert client.events_received() == [Data(1, 1001, quotes[1001])]
+
+
+def test_5_3_rotation_on_a_client_session() -> None:
+    quotes = MarketFeed(seed=4).take(1000)
+    samples = [encode_body(Data(1, i, q)) for i, q in enumerate(quotes)]
+    negotiated = Negotiated.of(MSGPACK_ZSTD)
+    server = Session(Role.SERVER, negotiated)
+    one = server.dictionaries.rotate(Dictionary.train(samples, dict_id=1, size=4096))
+    client = Session(Role.CLIENT, negotiated)
+    client.receive_message(server.send(DictOffer(server.dictionaries.offer())))
+    assert client.dictionaries_to_fetch() == [one.dict_id]
+    client.receive_message(server.send(DictData(one.dict_id, one.data)))
+    # The same bytes offered again under another id load from memory, without a fetch.
+    two = server.dictionaries.rotate(one)
+    client.receive_message(server.send(DictOffer(server.dictionaries.offer())))
+    assert client.dictionaries_to_fetch() == []
+    assert client.dictionaries.is_loaded(two.dict_id)
+    # Bytes the application cached (on disk, say) work the same way.
+    other = Dictionary.train(samples[::-1], dict_id=1, size=2048)
+    client.remember(other.data)
+    three = server.dictionaries.rotate(other)
+    client.receive_message(server.send(DictOffer(server.dictionaries.offer())))
+    assert client.dictionaries_to_fetch() == []
+    assert client.dictionaries.is_loaded(three.dict_id)
+    client.events_received()
+    # A DICT_DATA whose bytes do not match the offer is a 1007.
+    with pytest.raises(RemoteProtocolError) as info:
+        client.receive_message(server.send(DictData(three.dict_id, one.data)))
+    assert info.value.close_code == 1007
+
+
+def test_5_3_what_waits_for_a_dictionary_is_bounded() -> None:
+    negotiated = Negotiated.of(MSGPACK_ZSTD)
+    client = Session(Role.CLIENT, negotiated, limits=Limits.for_message_bytes(1024))
+    client.receive_message(encode_message(DictOffer([_DICT.info])))
+    compressed = bytes([envelope.header(compressed=True, dict_id=_DICT.dict_id)]) + b"x" * 1000
+    for _ in range(4):
+        client.receive_message(compressed)  # 4,000 bytes held of the 4,096 allowed
+    with pytest.raises(RemoteProtocolError) as info:
+        client.receive_message(compressed)
+    assert info.value.close_code == 1009
 
 
 _DICT = Dictionary.train(

@@ -131,9 +131,15 @@ class Compressor:
     _header: bytes = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        dictionary = self.config.dictionary
+        self.reconfigure(self.config)
+
+    def reconfigure(self, config: CompressionConfig) -> None:
+        """Compress with *config* from now on (a dictionary rotation): everyone sharing
+        this compressor switches at once."""
+        self.config = config
+        dictionary = config.dictionary
         self._cctx = zstandard.ZstdCompressor(
-            level=self.config.level,
+            level=config.level,
             dict_data=dictionary._zdict if dictionary else None,
             write_checksum=False,
             write_content_size=True,
@@ -273,6 +279,10 @@ class DictionaryRegistry:
         dictionary = Dictionary.from_bytes(data, dict_id=dict_id)
         self._loaded[dict_id] = dictionary
         return dictionary
+
+    def is_offered(self, dict_id: int) -> bool:
+        """Whether the peer's current offer names *dict_id*."""
+        return dict_id in self._offered
 
     def is_loaded(self, dict_id: int) -> bool:
         """Whether the bytes of dictionary *dict_id* are here."""

@@ -15,7 +15,11 @@ with. :meth:`Session.send` turns an event into the message to write; the module 
 
 from __future__ import annotations
 
+import collections
 import enum
+import hashlib
+from collections.abc import Iterable
+from typing import Final
 
 import attrs
 
@@ -25,13 +29,29 @@ from tickwire.sansio import codec, envelope
 from tickwire.sansio.compression import (
     CompressionConfig,
     Compressor,
+    DictionaryInfo,
     DictionaryRegistry,
     decompress,
 )
-from tickwire.sansio.events import CLIENT_KINDS, KIND_OF, SERVER_KINDS, Event, Ignored
+from tickwire.sansio.events import (
+    CLIENT_KINDS,
+    KIND_OF,
+    SERVER_KINDS,
+    DictData,
+    DictOffer,
+    Event,
+    Hello,
+    Ignored,
+)
 from tickwire.sansio.negotiation import Codec, Negotiated
 
 __all__ = ["Role", "Session", "decode_message", "encode_message"]
+
+
+# §5.3: the messages that carry dictionaries are never compressed: the receiver may not
+# hold the dictionary in use yet.
+_NEVER_COMPRESSED: Final = frozenset({Hello, DictOffer, DictData})
+KNOWN_DICTIONARIES: Final = 4  # dictionaries a client session keeps by SHA-256
 
 
 class Role(enum.Enum):
@@ -47,12 +67,13 @@ def encode_message(
     """The wire message for *event*: envelope + (compressed) msgpack, or JSON text.
 
     Pass the same *compressor* for every receiver of one variant and reuse the result: that
-    is how one broadcast is encoded and compressed once for all its subscribers.
+    is how one broadcast is encoded and compressed once for all its subscribers. HELLO,
+    DICT_OFFER and DICT_DATA are never compressed (§5.3).
     """
     if codec_ is Codec.JSON:
         return codec.encode_json(event)
     body = codec.encode_body(event)
-    if compressor is None:
+    if compressor is None or type(event) in _NEVER_COMPRESSED:
         return envelope.PLAIN + body
     return compressor.pack(body)
 
@@ -115,6 +136,12 @@ class Session:
     dictionaries: DictionaryRegistry = attrs.field(factory=DictionaryRegistry)
     compressor: Compressor | None = None
     _events: list[Event] = attrs.field(init=False, factory=list)
+    # A client's messages waiting for a dictionary, and events decoded behind them (§5.3).
+    _held: collections.deque[bytes | Event] = attrs.field(init=False, factory=collections.deque)
+    _held_bytes: int = attrs.field(init=False, default=0)
+    _to_fetch: list[int] = attrs.field(init=False, factory=list)
+    _requested: set[tuple[int, bytes]] = attrs.field(init=False, factory=set)  # id, SHA-256
+    _known: dict[bytes, bytes] = attrs.field(init=False, factory=dict)  # SHA-256 -> bytes
 
     def __attrs_post_init__(self) -> None:
         if not self.negotiated.compression:
@@ -125,11 +152,56 @@ class Session:
     def receive_message(self, message: bytes | str) -> None:
         """Decode one whole received message; read the result with :meth:`events_received`.
 
-        Extension kinds (64-127) are dropped, as §4.1 requires.
+        Extension kinds (64-127) are dropped, as §4.1 requires. A client session keeps the
+        server's dictionary offer (HELLO, DICT_OFFER) and loads DICT_DATA itself; a message
+        compressed with an offered dictionary it has not loaded yet is held, with every
+        later one, until the bytes arrive (§5.3): send DICT_REQUEST for each id that
+        :meth:`dictionaries_to_fetch` returns.
 
         Raises:
-            RemoteProtocolError: carrying the close code to use (§6).
+            RemoteProtocolError: carrying the close code to use (§6); MessageTooBig (1009)
+                when more than ``max_decompressed_bytes`` wait for a dictionary.
         """
+        if self.role is Role.CLIENT and (self._held or self._must_wait(message)):
+            if self._must_wait(message):
+                assert isinstance(message, bytes | bytearray)
+                self._held_bytes += len(message)
+                if self._held_bytes > self.limits.max_decompressed_bytes:
+                    raise MessageTooBig("too many messages waiting for a dictionary")
+                self._held.append(bytes(message))
+                return
+            event = self._decode(message)
+            if event is None:
+                return
+            if isinstance(event, DictData):
+                self._load(event)
+                self._events.append(event)
+                self._drain()
+            else:
+                self._held.append(event)
+            return
+        event = self._decode(message)
+        if event is not None:
+            self._accept(event)
+            self._events.append(event)
+
+    def dictionaries_to_fetch(self) -> list[int]:
+        """Dictionary ids to ask for with DICT_REQUEST (each returned once per offer)."""
+        ids, self._to_fetch = self._to_fetch, []
+        return ids
+
+    def _must_wait(self, message: bytes | str) -> bool:
+        if not isinstance(message, bytes | bytearray) or not message:
+            return False
+        dict_id = (message[0] & envelope.DICT_ID_MASK) >> envelope.DICT_ID_SHIFT
+        return (
+            bool(message[0] & envelope.COMPRESSED)
+            and dict_id != 0
+            and self.dictionaries.is_offered(dict_id)
+            and not self.dictionaries.is_loaded(dict_id)
+        )
+
+    def _decode(self, message: bytes | str) -> Event | None:
         event = decode_message(
             message,
             negotiated=self.negotiated,
@@ -137,13 +209,65 @@ class Session:
             dictionaries=self.dictionaries,
         )
         if isinstance(event, Ignored):
-            return
+            return None
         allowed = CLIENT_KINDS if self.role is Role.SERVER else SERVER_KINDS
         kind = KIND_OF[type(event)]
         if kind not in allowed:
             sender = "client" if self.role is Role.SERVER else "server"
             raise RemoteProtocolError(f"a {sender} may not send {kind.name}", close_code=1002)
-        self._events.append(event)
+        return event
+
+    def _accept(self, event: Event) -> None:
+        """What a client session does itself with the dictionary messages."""
+        if self.role is not Role.CLIENT:
+            return
+        if isinstance(event, Hello | DictOffer):
+            self._offered(event.dictionaries)
+        elif isinstance(event, DictData):
+            self._load(event)
+
+    def _offered(self, infos: Iterable[DictionaryInfo]) -> None:
+        infos = tuple(infos)
+        self.dictionaries.offered(infos)
+        for info in infos:
+            if self.dictionaries.is_loaded(info.dict_id):
+                continue
+            known = self._known.get(info.sha256)
+            if known is not None:  # the same bytes under a new id: no fetch
+                self.dictionaries.load(info.dict_id, known)
+            elif (info.dict_id, info.sha256) not in self._requested:
+                self._requested.add((info.dict_id, info.sha256))
+                self._to_fetch.append(info.dict_id)
+
+    def _load(self, event: DictData) -> None:
+        dictionary = self.dictionaries.load(event.dict_id, event.data)
+        self._known[dictionary.sha256] = dictionary.data
+        while len(self._known) > KNOWN_DICTIONARIES:
+            del self._known[next(iter(self._known))]
+
+    def remember(self, data: bytes) -> None:
+        """Make dictionary bytes known (a client's cache): an offer of the same SHA-256 is
+        then loaded without a fetch."""
+        self._known[hashlib.sha256(data).digest()] = bytes(data)
+
+    def _drain(self) -> None:
+        """Decode what was held, in order, as far as the dictionaries loaded allow."""
+        held = self._held
+        while held:
+            head = held[0]
+            if isinstance(head, bytes):
+                if self._must_wait(head):
+                    return
+                held.popleft()
+                self._held_bytes -= len(head)
+                event = self._decode(head)
+                if event is None:
+                    continue
+            else:
+                held.popleft()
+                event = head
+            self._accept(event)
+            self._events.append(event)
 
     def events_received(self) -> list[Event]:
         """The events decoded since the last call, oldest first."""

@@ -34,6 +34,7 @@ from tickwire.errors import DecodeError
 
 __all__ = [
     "MAX_FIELDS",
+    "Changes",
     "Delta",
     "Field",
     "FieldType",
@@ -43,6 +44,7 @@ __all__ = [
     "Schema",
     "Table",
     "TableView",
+    "encode_changes",
     "merge_into",
 ]
 
