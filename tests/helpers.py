@@ -105,9 +105,11 @@ class RawClient:
         self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
         self.events: list[Any] = []
 
-    async def handshake(self, subprotocols: list[str] | None = None, **kwargs: Any) -> Any:
+    async def handshake(
+        self, subprotocols: list[str] | None = None, *, target: str = "/", **kwargs: Any
+    ) -> Any:
         request = Request(
-            host="localhost", target="/", subprotocols=subprotocols or client_offer(), **kwargs
+            host="localhost", target=target, subprotocols=subprotocols or client_offer(), **kwargs
         )
         await self.stream.send_all(self.ws.send(request))
         while True:

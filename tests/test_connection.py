@@ -440,3 +440,31 @@ async def test_shutdown_sends_the_pending_batch(autojump_clock: trio.testing.Moc
         assert batch.payloads == ("last words",)
         assert await raw.close_code(answer_pings=True) == 1001
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("config_rate", "target", "rate"),
+    [
+        (20_000, "/", 20_000),
+        (None, "/?max_bandwidth=10000", 10_000),
+        (20_000, "/?max_bandwidth=x", 20_000),
+    ],
+)
+async def test_a_bandwidth_cap_paces_what_a_connection_is_sent(
+    autojump_clock: trio.testing.MockClock, config_rate: float | None, target: str, rate: float
+) -> None:
+    config = ServerConfig(send_bytes_per_second=config_rate, send_burst_bytes=10_000)
+    async with trio.open_nursery() as nursery:
+        server, listener = await start(nursery, config)
+        raw = await open_raw(listener, target=target)
+        await raw.send_bytes(encode(Subscribe(1, "video")))
+        await raw.messages(2)
+        begun = trio.current_time()
+        for i in range(100):
+            server.hub.publish_nowait("video", bytes([i]) * 1000)  # 100 kB in all
+        received = [decode(m) for m in await raw.messages(100)]
+        assert [d.offset for d in received] == list(range(1, 101))  # nothing lost
+        elapsed = trio.current_time() - begun
+        expected = (100 * 1010 - 10_000) / rate  # what the burst does not cover
+        assert elapsed == pytest.approx(expected, rel=0.15)
+        nursery.cancel_scope.cancel()

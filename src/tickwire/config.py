@@ -91,7 +91,13 @@ class ServerConfig:
             sends, with *rate_burst_seconds* of allowance; over them an ERROR 429, then a
             1008 close if it goes on.
         outbox_max_bytes, outbox_max_messages: bound each connection's queue of outgoing
-            messages; beyond them the connection is a slow consumer (4000).
+            messages; beyond them the topic's slow-consumer policy applies.
+        send_bytes_per_second: a bandwidth cap on what each connection is sent, or None.
+            A client may ask for less with ``?max_bandwidth=<bytes a second>`` in the
+            request target, and a principal with a ``send_bytes_per_second`` attribute
+            gets its own. Messages wait in the outbox meanwhile, so the topics' policies
+            (conflate, drop oldest, disconnect) decide what a capped client receives.
+        send_burst_bytes: what a capped connection may send at once after being idle.
         allowed_origins: the Origin allowlist (exact or ``https://*.example.com``), or None
             to accept any origin.
         allow_missing_origin: accept handshakes without an Origin header (non-browser
@@ -117,6 +123,8 @@ class ServerConfig:
     rate_burst_seconds: float = attrs.field(default=2.0, validator=gt(0))
     outbox_max_bytes: int = attrs.field(default=4 * MiB, validator=_POSITIVE_INT)
     outbox_max_messages: int = attrs.field(default=8192, validator=_POSITIVE_INT)
+    send_bytes_per_second: float | None = attrs.field(default=None, validator=_optional_positive)
+    send_burst_bytes: int = attrs.field(default=64 * KiB, validator=_POSITIVE_INT)
     allowed_origins: tuple[str, ...] | None = attrs.field(default=None, converter=_origins)
     allow_missing_origin: bool = True
 

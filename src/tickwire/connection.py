@@ -39,7 +39,7 @@ from tickwire.auth import AuthenticationError, Principal, seconds_until
 from tickwire.broadcast import Hub, Topic
 from tickwire.config import ServerConfig
 from tickwire.errors import RemoteProtocolError
-from tickwire.sansio.admission import RateLimiter, RateVerdict
+from tickwire.sansio.admission import RateLimiter, RateVerdict, Throttle
 from tickwire.sansio.events import (
     Ack,
     Auth,
@@ -185,6 +185,7 @@ class ServerConnection:
         verify_token: Callable[[str], Any] | None = None,
         auth_pending: bool = False,
         remote: str = "",
+        send_bytes_per_second: float | None = None,
     ) -> None:
         self.id = os.urandom(6).hex()
         self.ws = ws
@@ -215,6 +216,16 @@ class ServerConnection:
         self._interrupted = False  # a write was cut off: the stream may end mid-frame
         self._close: tuple[int, str] | None = None
         self._going_away: tuple[int, str] | None = None
+        caps = [
+            c
+            for c in (
+                config.send_bytes_per_second,
+                send_bytes_per_second,
+                getattr(principal, "send_bytes_per_second", None),
+            )
+            if c is not None
+        ]
+        self._throttle = Throttle(min(caps), config.send_burst_bytes) if caps else None
         self._rate = RateLimiter(
             messages_per_second=config.messages_per_second,
             bytes_per_second=config.bytes_per_second,
@@ -278,7 +289,10 @@ class ServerConnection:
                 return
         elif optional and (outbox.busy() or self.ws._tail):
             return
-        if not outbox.busy():
+        throttle = self._throttle
+        if not outbox.busy() and (
+            throttle is None or throttle.allows(trio.current_time(), len(framed))
+        ):
             # Nothing queued: write straight away from here, without waking the writer.
             try:
                 sent = self.ws.write_nowait(framed)
@@ -286,6 +300,8 @@ class ServerConnection:
                 self.finish(1006, "connection lost")
                 return
             if sent >= 0:
+                if throttle is not None:
+                    throttle.spend(trio.current_time(), len(framed))
                 self.messages_out += 1
                 self.bytes_out += sent
                 if sent < len(framed):
@@ -432,7 +448,15 @@ class ServerConnection:
                     with trio.move_on_at(outbox.next_due() or math.inf):
                         await self._wake.wait()
                     continue
-            taken = outbox.take(now)
+            budget = math.inf
+            throttle = self._throttle
+            if throttle is not None and now != math.inf:
+                delay = throttle.delay(now)
+                if delay > 0:  # over the bandwidth cap: let the outbox's policies work
+                    await trio.sleep(delay)
+                    continue
+                budget = max(1.0, throttle.available(now))
+            taken = outbox.take(now, max_bytes=budget)
             # Offsets dropped come before anything still queued of their topics (§4.9).
             frames = [frame(self.session.send(Gap(*gap))) for gap in taken.gaps]
             frames += taken.frames
@@ -440,7 +464,10 @@ class ServerConnection:
                 event = Data(merged.topic_id, merged.last, encode_changes(merged.changes))
                 frames.append(frame(self.session.send(event)))
             self.messages_out += len(frames)
-            await self._write(b"".join(frames))
+            data = b"".join(frames)
+            if throttle is not None:
+                throttle.spend(trio.current_time(), len(data))
+            await self._write(data)
             self._drained.set()
             self._drained = trio.Event()
 

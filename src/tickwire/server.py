@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import ssl
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -98,6 +100,16 @@ def _remote(stream: trio.abc.Stream) -> str:
         return str(sock.getpeername()[0])
     except OSError:
         return "unknown"
+
+
+def _query_number(target: str, name: str) -> float | None:
+    """A positive number from the query of request target *target*, if given and valid."""
+    values = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query).get(name)
+    try:
+        number = float(values[0]) if values else None
+    except ValueError:
+        return None
+    return number if number is not None and 0 < number < math.inf else None
 
 
 def _bearer(headers: Sequence[tuple[str, str]], subprotocols: Sequence[str]) -> str | None:
@@ -297,6 +309,7 @@ class Server:
             return
         connection = ServerConnection(
             ws,  # type: ignore[arg-type]
+            send_bytes_per_second=_query_number(request.path, "max_bandwidth"),
             hub=self.hub,
             config=config,
             negotiated=negotiated,

@@ -8,6 +8,7 @@ from tickwire.sansio.admission import (
     AdmissionControl,
     RateLimiter,
     RateVerdict,
+    Throttle,
     TokenBucket,
     origin_allowed,
 )
@@ -103,3 +104,17 @@ def test_origin_missing_and_open() -> None:
     assert not origin_allowed(None, ALLOWED, allow_missing=False)
     assert origin_allowed("https://any.where", None, allow_missing=False)
     assert origin_allowed("https://any.where", ["*"], allow_missing=False)
+
+
+def test_a_throttle_may_be_overdrawn_and_the_debt_is_a_delay() -> None:
+    throttle = Throttle(rate=1000, burst=500)
+    assert throttle.allows(0.0, 500)
+    assert not throttle.allows(0.0, 501)
+    throttle.spend(0.0, 1500)  # one big frame: never split
+    assert throttle.available(0.0) == -1000
+    assert throttle.delay(0.0) == pytest.approx(1.0)
+    assert throttle.delay(0.5) == pytest.approx(0.5)
+    assert throttle.delay(1.0) == 0
+    assert throttle.available(10.0) == 500  # refills up to the burst only
+    throttle.spend(10.0, 500 + 1e-9)  # a rounding error's worth of debt is none
+    assert throttle.delay(10.0) == 0

@@ -166,3 +166,16 @@ def test_an_overflow_forgets_conflated_deltas_too() -> None:
     assert box.take() == Taken([], [], [])
     box.hold(5, 2, 2, {"A": {0: 2}}, interval=1.0, now=0.0)
     assert box.next_due() is None
+
+
+def test_a_bandwidth_budget_takes_frames_from_the_front() -> None:
+    box = Outbox(max_bytes=1000, max_items=100)
+    for i in range(5):
+        box.offer(bytes([i]) * 10)
+    box.hold(5, 1, 1, {"A": {0: 1}}, interval=1.0, now=0.0)
+    first = box.take(0.0, max_bytes=25)
+    assert first.frames == [b"\x00" * 10, b"\x01" * 10]
+    assert first.conflated == []  # frames are still queued: the delta waits behind them
+    assert box.take(0.0, max_bytes=1).frames == [b"\x02" * 10]  # at least one
+    rest = box.take(0.0, max_bytes=100)
+    assert (len(rest.frames), len(rest.conflated), box.queued_bytes) == (2, 1, 0)

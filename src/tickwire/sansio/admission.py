@@ -18,6 +18,7 @@ __all__ = [
     "AdmissionControl",
     "RateLimiter",
     "RateVerdict",
+    "Throttle",
     "TokenBucket",
     "origin_allowed",
 ]
@@ -52,6 +53,49 @@ class TokenBucket:
         """Seconds until *amount* tokens will be there (0 if they are now)."""
         self._refill(now)
         return max(0.0, (amount - self._tokens) / self.rate)
+
+
+@attrs.define(eq=False)
+class Throttle:
+    """A bandwidth cap: *rate* bytes a second, with *burst* bytes of allowance.
+
+    Unlike :class:`TokenBucket` a spend may overdraw it (a frame is never split); the debt
+    is then the delay before the next write.
+    """
+
+    rate: float = attrs.field(validator=gt(0))
+    burst: float = attrs.field(validator=gt(0))
+    _tokens: float = attrs.field(init=False)
+    _stamp: float | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        self._tokens = self.burst
+
+    def _refill(self, now: float) -> None:
+        if self._stamp is not None and now > self._stamp:
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now if self._stamp is None else max(self._stamp, now)
+
+    def allows(self, now: float, size: int) -> bool:
+        """Whether *size* bytes may go now without overdrawing."""
+        self._refill(now)
+        return self._tokens >= size
+
+    def available(self, now: float) -> float:
+        """Bytes that may go now (negative while in debt)."""
+        self._refill(now)
+        return self._tokens
+
+    def spend(self, now: float, size: float) -> None:
+        """Record *size* bytes sent at *now*."""
+        self._refill(now)
+        self._tokens -= size
+
+    def delay(self, now: float) -> float:
+        """Seconds until the debt is paid (0 when there is none)."""
+        self._refill(now)
+        # Under a byte of debt is none: a delay below the clock's resolution never passes.
+        return 0.0 if self._tokens > -1.0 else -self._tokens / self.rate
 
 
 class RateVerdict(enum.Enum):

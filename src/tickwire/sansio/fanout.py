@@ -265,15 +265,28 @@ class Outbox:
         else:
             gap[0], gap[1] = min(gap[0], first), max(gap[1], last)
 
-    def take(self, now: float = math.inf) -> Taken:
+    def take(self, now: float = math.inf, *, max_bytes: float = math.inf) -> Taken:
         """Everything for the writer at *now*: gaps first, then frames, then the conflated
-        deltas that are due."""
+        deltas that are due.
+
+        With *max_bytes* (a bandwidth cap), frames are taken from the front only while they
+        fit (always at least one), and conflated deltas only once no frame is left behind.
+        """
         gaps = [(topic_id, first, last) for topic_id, (first, last) in self._gaps.items()]
-        frames = [item.frame for item in self._items]
         self._gaps.clear()
-        self._items.clear()
-        self._bytes = 0
-        due = [s for s in self._slots.values() if s.not_before <= now]
+        items = self._items
+        if max_bytes == math.inf or self._bytes <= max_bytes:
+            frames = [item.frame for item in items]
+            items.clear()
+            self._bytes = 0
+        else:
+            frames, budget = [], max_bytes
+            while items and (not frames or len(items[0].frame) <= budget):
+                item = items.popleft()
+                frames.append(item.frame)
+                budget -= len(item.frame)
+                self._bytes -= len(item.frame)
+        due = [] if items else [s for s in self._slots.values() if s.not_before <= now]
         for slot in due:
             del self._slots[slot.topic_id]
             if slot.topic_id in self._released:
