@@ -30,6 +30,7 @@ from typing import Any
 import msgpack
 import zstandard
 
+from support import table, ws_header
 from tickwire.config import KiB, Limits
 from tickwire.sansio.codec import encode_body
 from tickwire.sansio.compression import CompressionConfig, Compressor, Dictionary
@@ -47,10 +48,6 @@ except ImportError:  # pragma: no cover - a dev extra
 Encoder = Callable[[Any], bytes]
 Decoder = Callable[[bytes], Any]
 SYNC_TAIL = b"\x00\x00\xff\xff"  # RFC 7692 strips it from each compressed message
-
-
-def ws_header(n: int) -> int:
-    return 2 if n < 126 else 4 if n < 65536 else 10
 
 
 # -- streams --------------------------------------------------------------------------------
@@ -415,16 +412,6 @@ def fanout(
 
 
 # -- output ---------------------------------------------------------------------------------
-
-
-def table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(r: list[str]) -> str:
-        cells = zip(r, widths, strict=True)
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(cells))
-
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

@@ -37,6 +37,8 @@ import sys
 import time
 from typing import Any
 
+from support import table
+
 PAYLOAD = 100
 SERVERS = ("tickwire", "websockets", "trio-websocket")
 
@@ -382,16 +384,6 @@ def percentile(values: list[int], q: float) -> float:
     if not values:
         return float("nan")
     return float(values[min(len(values) - 1, int(q * len(values)))])
-
-
-def table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(r: list[str]) -> str:
-        cells = zip(r, widths, strict=True)
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(cells))
-
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,10 @@
 """A ticker server embedded in a trio program, publishing its own (simulated) feed.
 
-Shows: tickwire.open_server() inside your own nursery, publish_nowait() from your feed loop,
-and a graceful shutdown when the block ends. Connect with any WebSocket client offering the
-subprotocol "tickwire.v1+zstd" and send SUBSCRIBE for "quotes.*" (docs/PROTOCOL.md §4.4).
+Shows: tickwire.open_server() inside your own nursery, a table topic of the latest quote
+per symbol (fixed-point prices, 10 ms windows), a stream topic per symbol's trades, and a
+graceful shutdown when the block ends. Connect with any WebSocket client offering the
+subprotocol "tickwire.v1+zstd" and send SUBSCRIBE for "quotes" or "trades.*"
+(docs/PROTOCOL.md §4.4, §9).
 
 Try it:  python examples/ticker_server.py [seconds]    (default: 2 seconds, then it stops)
 """
@@ -17,7 +19,8 @@ import tickwire
 
 
 async def main(seconds: float) -> None:
-    hub = tickwire.Hub()
+    hub = tickwire.Hub(default_topic=tickwire.TopicConfig(batch_window=0.010))
+    hub.table("quotes", tickwire.QUOTE_SCHEMA)
     feed = tickwire.MarketFeed(seed=7, symbols=50, rate=1000)
     async with tickwire.open_server(hub, "127.0.0.1", 0) as server:
         print(f"serving on ws://127.0.0.1:{server.port}/ for {seconds:g} s")
@@ -25,7 +28,10 @@ async def main(seconds: float) -> None:
         with trio.move_on_after(seconds):
             for batch in feed.batches(0.010):
                 for update in batch:
-                    hub.publish_nowait(f"quotes.{update['symbol']}", update)
+                    if update["type"] == "quote":
+                        hub.upsert("quotes", update["symbol"], tickwire.quote_row(update))
+                    else:
+                        hub.publish_nowait(f"trades.{update['symbol']}", update)
                     published += 1
                 await trio.sleep(0.010)
     print(f"published {published} updates; shut down cleanly")

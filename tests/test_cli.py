@@ -13,8 +13,9 @@ import websockets.exceptions
 import websockets.sync.client
 
 from tickwire.cli import main
-from tickwire.sansio import Data, Hello, Role, Session, Subscribe
+from tickwire.sansio import Data, Hello, Role, Schema, Session, Snapshot, Subscribe, Subscribed
 from tickwire.sansio.negotiation import MSGPACK_ZSTD, Negotiated
+from tickwire.sansio.table import TableView
 
 
 def test_decode_explains_a_message(capsys: pytest.CaptureFixture[str]) -> None:
@@ -77,12 +78,24 @@ def test_serve_demo_ticker_end_to_end() -> None:
         with websockets.sync.client.connect(url, subprotocols=[MSGPACK_ZSTD]) as ws:  # type: ignore[list-item]
             client.receive_message(ws.recv(timeout=10))
             assert isinstance(client.events_received()[0], Hello)
-            ws.send(client.send(Subscribe(1, "quotes.*")))
-            quotes: list[Data] = []
-            while len(quotes) < 20:  # bounded: the demo publishes 4,500 quotes a second
+            ws.send(client.send(Subscribe(1, "quotes")))
+            view: TableView | None = None
+            deltas = 0
+            while deltas < 20:  # bounded: the demo publishes a delta every 10 ms
                 client.receive_message(ws.recv(timeout=10))
-                quotes += [e for e in client.events_received() if isinstance(e, Data)]
-            assert all(q.payload["type"] == "quote" for q in quotes)
+                for event in client.events_received():
+                    if isinstance(event, Subscribed):
+                        view = TableView(Schema.from_info(event.info))
+                    elif isinstance(event, Snapshot) and view is not None:
+                        view.apply_snapshot(event.offset, event.payload)
+                    elif isinstance(event, Data) and view is not None:
+                        view.apply_delta(event.offset, event.payload)
+                        deltas += 1
+            assert view is not None
+            assert len(view.rows) > 20  # symbols that quoted since the demo started
+            row = next(iter(view.rows.values()))
+            assert set(row) == {"symbol", "bid", "ask", "bid_size", "ask_size", "ts"}
+            assert all(r["bid"] < r["ask"] for r in view.rows.values())
             process.send_signal(signal.SIGINT)
             with pytest.raises(websockets.exceptions.ConnectionClosed) as info:
                 read_until_closed(ws)

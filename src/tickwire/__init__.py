@@ -21,14 +21,19 @@ from tickwire.errors import (
 )
 from tickwire.sansio.compression import CompressionConfig, Dictionary
 from tickwire.sansio.fanout import Overflow
+from tickwire.sansio.table import Field, FieldType, Schema, TableView
 from tickwire.server import HandshakeRequest, Refusal, Server, open_server, serve
-from tickwire.sim import GameWorld, MarketFeed
+from tickwire.sim import ENTITY_SCHEMA, QUOTE_SCHEMA, GameWorld, MarketFeed, quote_row
 
 __all__ = [
+    "ENTITY_SCHEMA",
+    "QUOTE_SCHEMA",
     "CompressionConfig",
     "ConnectionClosed",
     "DecodeError",
     "Dictionary",
+    "Field",
+    "FieldType",
     "GameWorld",
     "HandshakeRequest",
     "Hub",
@@ -45,13 +50,16 @@ __all__ = [
     "ProtocolError",
     "Refusal",
     "RemoteProtocolError",
+    "Schema",
     "Server",
     "ServerConfig",
     "SlowConsumer",
+    "TableView",
     "TickwireError",
     "TopicConfig",
     "UnknownDictionary",
     "__version__",
     "open_server",
+    "quote_row",
     "serve",
 ]

@@ -26,7 +26,7 @@ import trio
 
 from tickwire._version import __version__
 from tickwire.auth import JWTAuth
-from tickwire.broadcast import Hub
+from tickwire.broadcast import Hub, TopicConfig
 from tickwire.config import Limits, ServerConfig
 from tickwire.errors import TickwireError
 from tickwire.sansio import envelope
@@ -34,7 +34,7 @@ from tickwire.sansio.events import KIND_OF
 from tickwire.sansio.negotiation import MSGPACK_ZSTD, Negotiated
 from tickwire.sansio.session import decode_message
 from tickwire.server import Server, serve
-from tickwire.sim import GameWorld, MarketFeed
+from tickwire.sim import ENTITY_SCHEMA, QUOTE_SCHEMA, GameWorld, MarketFeed, quote_row
 
 __all__ = ["main"]
 
@@ -90,21 +90,32 @@ def _feed(args: argparse.Namespace) -> int:
 
 
 async def _demo_ticker(hub: Hub, rate: float, symbols: int) -> None:
-    """Publish the simulated market in real time: 10 ms batches of about rate/100 updates."""
+    """Publish the simulated market in real time: the ``quotes`` table (the latest quote per
+    symbol) and the ``trades.<symbol>`` streams, both in 10 ms windows."""
+    hub.configure("quotes", TopicConfig(batch_window=0.010))
+    hub.configure("trades.*", TopicConfig(batch_window=0.010))
+    hub.table("quotes", QUOTE_SCHEMA)
     feed = MarketFeed(seed=int(time.time()), symbols=symbols, rate=rate)
     start = trio.current_time()
     for tick, batch in enumerate(feed.batches(0.010), start=1):
         for update in batch:
-            hub.publish_nowait(f"{update['type']}s.{update['symbol']}", update)
+            if update["type"] == "quote":
+                hub.upsert("quotes", update["symbol"], quote_row(update))
+            else:
+                hub.publish_nowait(f"trades.{update['symbol']}", update)
         await trio.sleep_until(start + tick * 0.010)
 
 
 async def _demo_game(hub: Hub, tick_rate: float, entities: int) -> None:
-    """Publish a simulated game world's ticks on topic ``world``, in real time."""
+    """Publish a simulated game world in real time: the ``world`` table of entities, one
+    delta per tick."""
     world = GameWorld(seed=int(time.time()), entities=entities, tick_rate=tick_rate)
+    hub.table("world", ENTITY_SCHEMA)
+    hub.update("world", {e.pop("id"): e for e in world.snapshot()})
     start = trio.current_time()
     for tick in itertools.count(1):
-        hub.publish_nowait("world", world.tick().payload())
+        changes = world.tick()
+        hub.update("world", changes.changes(), deletes=changes.despawned)
         await trio.sleep_until(start + tick / tick_rate)
 
 
@@ -137,7 +148,10 @@ async def _serve_async(args: argparse.Namespace) -> None:
             )
         )
         scheme = "wss" if context else "ws"
-        topics = {"ticker": "quotes.* and trades.*", "game": "world"}.get(args.demo or "", "")
+        topics = {
+            "ticker": "the table quotes and the streams trades.*",
+            "game": "the table world",
+        }.get(args.demo or "", "")
         print(
             f"tickwire serving on {scheme}://{args.host}:{server.port}/"
             + (f" (demo {args.demo}: topics {topics})" if args.demo else ""),

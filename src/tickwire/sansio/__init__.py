@@ -46,6 +46,7 @@ from tickwire.sansio.negotiation import (
     select,
 )
 from tickwire.sansio.session import Role, Session, decode_message, encode_message
+from tickwire.sansio.table import Field, FieldType, RowChange, Schema, Table, TableView
 
 __all__ = [
     "Ack",
@@ -64,6 +65,8 @@ __all__ = [
     "Error",
     "ErrorCode",
     "Event",
+    "Field",
+    "FieldType",
     "Gap",
     "Hello",
     "Ignored",
@@ -75,10 +78,14 @@ __all__ = [
     "Publish",
     "Resync",
     "Role",
+    "RowChange",
+    "Schema",
     "Session",
     "Snapshot",
     "Subscribe",
     "Subscribed",
+    "Table",
+    "TableView",
     "Unsubscribe",
     "Unsubscribed",
     "client_offer",

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, TypeAlias
 
 import attrs
@@ -51,10 +51,15 @@ __all__ = [
 MAX_FIELDS: Final = 63  # §9.2: the mask is a uint below 2^63
 MAX_DECIMALS: Final = 15  # a float holds about 15 significant decimal digits
 MAX_FIXED: Final = 2**63 - 1
+_INFINITIES: Final = (math.inf, -math.inf)
 
 Key: TypeAlias = str | int
 Row: TypeAlias = dict[str, Any]
 Changes: TypeAlias = dict[Key, dict[int, Any] | None]
+
+
+def _identity(value: Any) -> Any:
+    return value
 
 
 def _strings(values: Iterable[str]) -> tuple[str, ...]:
@@ -96,6 +101,8 @@ class Field:
     type: FieldType = attrs.field(default=FieldType.ANY, converter=FieldType)
     decimals: int = attrs.field(default=0, validator=attrs.validators.instance_of(int))
     choices: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    _encode: Callable[[Any], Any] = attrs.field(init=False, eq=False, repr=False)
+    _decode: Callable[[Any], Any] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if not self.name:
@@ -111,6 +118,8 @@ class Field:
                 raise ValueError(f"ENUM field {self.name!r} has duplicate choices")
         elif self.choices:
             raise ValueError("only ENUM fields have choices")
+        object.__setattr__(self, "_encode", self._make_encoder())
+        object.__setattr__(self, "_decode", self._make_decoder())
 
     @classmethod
     def any(cls, name: str) -> Field:
@@ -157,41 +166,7 @@ class Field:
             TypeError: a value of the wrong type. ValueError: out of range, not finite, or
                 not one of the choices.
         """
-        if value is None:
-            return None
-        kind = self.type
-        if kind is FieldType.ANY:
-            return value
-        if kind is FieldType.FIXED:
-            if type(value) not in (int, float):  # bool is not a number here
-                raise TypeError(f"{self.name}: expected a number, got {type(value).__name__}")
-            scaled = value * 10**self.decimals if self.decimals >= 0 else value / 10**-self.decimals
-            if not math.isfinite(scaled):
-                raise ValueError(f"{self.name}: {value!r} is not finite")
-            wire = round(scaled)
-            if not -MAX_FIXED <= wire <= MAX_FIXED:
-                raise ValueError(f"{self.name}: {value!r} is out of range")
-            return wire
-        if kind is FieldType.INT:
-            if type(value) is not int:
-                raise TypeError(f"{self.name}: expected an int, got {type(value).__name__}")
-            return value
-        if kind is FieldType.FLOAT:
-            if type(value) not in (int, float):
-                raise TypeError(f"{self.name}: expected a number, got {type(value).__name__}")
-            return float(value)
-        if kind is FieldType.STR:
-            if type(value) is not str:
-                raise TypeError(f"{self.name}: expected a str, got {type(value).__name__}")
-            return value
-        if kind is FieldType.BOOL:
-            if type(value) is not bool:
-                raise TypeError(f"{self.name}: expected a bool, got {type(value).__name__}")
-            return value
-        try:
-            return self.choices.index(value)
-        except ValueError:
-            raise ValueError(f"{self.name}: {value!r} is not one of {self.choices}") from None
+        return self._encode(value)
 
     def decode(self, wire: Any) -> Any:
         """The value an application sees for wire value *wire*.
@@ -199,35 +174,134 @@ class Field:
         Raises:
             DecodeError: a wire value of the wrong type or out of range (1007).
         """
-        if wire is None:
-            return None
-        kind = self.type
+        return self._decode(wire)
+
+    def _make_encoder(self) -> Callable[[Any], Any]:
+        """One function per field, chosen once: tables encode millions of values."""
+        name, kind = self.name, self.type
+
+        def wrong(value: Any, want: str) -> TypeError:
+            return TypeError(f"{name}: expected {want}, got {type(value).__name__}")
+
         if kind is FieldType.ANY:
-            return wire
-        if kind is FieldType.FIXED or kind is FieldType.INT:
-            if type(wire) is not int:
-                raise DecodeError(f"table field {self.name!r}: expected an integer")
-            if kind is FieldType.INT or self.decimals == 0:
-                return wire
-            if self.decimals > 0:
-                # Correctly rounded: 18912 / 100 is exactly the float written 189.12.
-                return wire / 10**self.decimals
-            return wire * 10**-self.decimals
+            return _identity
+        if kind is FieldType.FIXED:
+            decimals = self.decimals
+            scale = 10**decimals if decimals >= 0 else 0
+            divisor = 10**-decimals if decimals < 0 else 1
+
+            def fixed(value: Any) -> Any:
+                t = type(value)
+                if t is int:
+                    wire = value * scale if scale else round(value / divisor)
+                elif t is float:
+                    scaled = value * scale if scale else value / divisor
+                    if scaled != scaled or scaled in _INFINITIES:
+                        raise ValueError(f"{name}: {value!r} is not finite")
+                    wire = round(scaled)
+                elif value is None:
+                    return None
+                else:  # bool is not a number here
+                    raise wrong(value, "a number")
+                if -MAX_FIXED <= wire <= MAX_FIXED:
+                    return wire
+                raise ValueError(f"{name}: {value!r} is out of range")
+
+            return fixed
         if kind is FieldType.FLOAT:
-            if type(wire) is not float:
-                raise DecodeError(f"table field {self.name!r}: expected a float")
-            return wire
-        if kind is FieldType.STR:
-            if type(wire) is not str:
-                raise DecodeError(f"table field {self.name!r}: expected a string")
-            return wire
-        if kind is FieldType.BOOL:
-            if type(wire) is not bool:
-                raise DecodeError(f"table field {self.name!r}: expected a boolean")
-            return wire
-        if type(wire) is not int or not 0 <= wire < len(self.choices):
-            raise DecodeError(f"table field {self.name!r}: not a choice index")
-        return self.choices[wire]
+
+            def float64(value: Any) -> Any:
+                t = type(value)
+                if t is float:
+                    return value
+                if t is int:
+                    return float(value)
+                if value is None:
+                    return None
+                raise wrong(value, "a number")
+
+            return float64
+        if kind is FieldType.ENUM:
+            index = {choice: i for i, choice in enumerate(self.choices)}
+            choices = self.choices
+
+            def enum_(value: Any) -> Any:
+                if type(value) is str:
+                    i = index.get(value)
+                    if i is not None:
+                        return i
+                elif value is None:
+                    return None
+                raise ValueError(f"{name}: {value!r} is not one of {choices}")
+
+            return enum_
+        want = {FieldType.INT: int, FieldType.STR: str, FieldType.BOOL: bool}[kind]
+        label = {int: "an int", str: "a str", bool: "a bool"}[want]
+
+        def exact(value: Any) -> Any:
+            if type(value) is want or value is None:
+                return value
+            raise wrong(value, label)
+
+        return exact
+
+    def _make_decoder(self) -> Callable[[Any], Any]:
+        name, kind = self.name, self.type
+
+        def bad(what: str) -> DecodeError:
+            return DecodeError(f"table field {name!r}: expected {what}")
+
+        if kind is FieldType.ANY:
+            return _identity
+        if kind is FieldType.FIXED and self.decimals > 0:
+            divisor = 10**self.decimals
+
+            def fixed(wire: Any) -> Any:
+                if type(wire) is int:
+                    # Correctly rounded: 18912 / 100 is exactly the float written 189.12.
+                    return wire / divisor
+                if wire is None:
+                    return None
+                raise bad("an integer")
+
+            return fixed
+        if kind is FieldType.FIXED and self.decimals < 0:
+            factor = 10**-self.decimals
+
+            def lots(wire: Any) -> Any:
+                if type(wire) is int:
+                    return wire * factor
+                if wire is None:
+                    return None
+                raise bad("an integer")
+
+            return lots
+        if kind is FieldType.ENUM:
+            choices = self.choices
+
+            def enum_(wire: Any) -> Any:
+                if type(wire) is int and 0 <= wire < len(choices):
+                    return choices[wire]
+                if wire is None:
+                    return None
+                raise DecodeError(f"table field {name!r}: not a choice index")
+
+            return enum_
+        want = {
+            FieldType.FIXED: int,
+            FieldType.INT: int,
+            FieldType.FLOAT: float,
+            FieldType.STR: str,
+            FieldType.BOOL: bool,
+        }[kind]
+        label = {int: "an integer", float: "a float", str: "a string", bool: "a boolean"}[want]
+
+        def exact(wire: Any) -> Any:
+            if type(wire) is want or wire is None:
+                return wire
+            raise bad(label)
+
+        return exact
 
     def info(self) -> list[Any]:
         """This field as the schema in SUBSCRIBED carries it (§9.1)."""
@@ -256,6 +330,9 @@ class Schema:
     fields: tuple[Field, ...] = attrs.field(converter=_fields)
     key_type: FieldType = attrs.field(default=FieldType.STR, converter=FieldType)
     _index: dict[str, int] = attrs.field(init=False, eq=False, repr=False)
+    _encoders: dict[str, tuple[int, Callable[[Any], Any]]] = attrs.field(
+        init=False, eq=False, repr=False
+    )
 
     def __attrs_post_init__(self) -> None:
         names = [f.name for f in self.fields]
@@ -270,6 +347,8 @@ class Schema:
         if self.key_type not in (FieldType.STR, FieldType.INT):
             raise ValueError("the key type is STR or INT")
         object.__setattr__(self, "_index", {name: i for i, name in enumerate(names)})
+        encoders = {f.name: (i, f._encode) for i, f in enumerate(self.fields)}
+        object.__setattr__(self, "_encoders", encoders)
 
     def index(self, name: str) -> int:
         """The position of field *name*.
@@ -296,14 +375,23 @@ class Schema:
         Raises:
             KeyError: a name that is not a field. TypeError, ValueError: see :meth:`Field.encode`.
         """
-        out: dict[int, Any] = {}
+        return dict(self.encode_items(values))
+
+    def encode_items(self, values: Mapping[str, Any]) -> list[tuple[int, Any]]:
+        """(position, wire value) for the named fields of *values* (the key is skipped).
+
+        Raises:
+            KeyError, TypeError, ValueError: as :meth:`encode_fields`.
+        """
+        encoders = self._encoders
+        out: list[tuple[int, Any]] = []
         for name, value in values.items():
-            if name == self.key:
-                continue  # the key may ride along in a row dict
-            i = self._index.get(name)
-            if i is None:
+            slot = encoders.get(name)
+            if slot is None:
+                if name == self.key:
+                    continue  # the key may ride along in a row dict
                 raise KeyError(f"no field {name!r} in this table")
-            out[i] = self.fields[i].encode(value)
+            out.append((slot[0], slot[1](value)))
         return out
 
     def row(self, key: Key, wire: list[Any]) -> Row:
@@ -445,26 +533,26 @@ class Table:
         """
         schema = self.schema
         schema.check_key(key)
-        encoded = schema.encode_fields(values)  # validates everything before changing
+        encoded = schema.encode_items(values)  # validates everything before changing
         row = self._rows.get(key)
         if row is None:
             row = [None] * len(schema.fields)
-            for i, wire in encoded.items():
+            for i, wire in encoded:
                 row[i] = wire
             self._rows[key] = row
             self._pending[key] = dict(enumerate(row))
             return True
-        changed = {
-            i: wire
-            for i, wire in encoded.items()
-            if row[i] != wire or type(row[i]) is not type(wire)
-        }
-        if not changed:
-            return False
-        for i, wire in changed.items():
-            row[i] = wire
-        merge_into(self._pending, {key: changed})
-        return True
+        pending = self._pending.get(key)  # a dict or missing: a deleted row is not in _rows
+        changed = False
+        for i, wire in encoded:
+            old = row[i]
+            if old != wire or type(old) is not type(wire):
+                row[i] = wire
+                changed = True
+                if pending is None:
+                    pending = self._pending[key] = {}
+                pending[i] = wire
+        return changed
 
     def delete(self, key: Key) -> bool:
         """Delete row *key*; return whether it existed."""
@@ -578,6 +666,7 @@ class TableView:
         if type(payload) is not list:
             raise DecodeError("a table delta is an array")
         fields = self.schema.fields
+        decoders = [(f.name, f._decode) for f in fields]
         limit = 1 << len(fields)
         out: list[tuple[Key, Row | None]] = []
         i, n = 0, len(payload)
@@ -597,8 +686,8 @@ class TableView:
                 if mask & 1:
                     if i >= n:
                         raise DecodeError("a table delta entry is missing values")
-                    field = fields[bit]
-                    values[field.name] = field.decode(payload[i])
+                    name, decode = decoders[bit]
+                    values[name] = decode(payload[i])
                     i += 1
                 mask >>= 1
                 bit += 1

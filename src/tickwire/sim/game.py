@@ -1,6 +1,6 @@
 """A simulated game world: a few hundred entities moving at a fixed tick rate, seeded.
 
-Imports: stdlib, attrs.
+Imports: stdlib, attrs, tickwire.sansio.table (for the entity table's schema).
 
 Players steer and stop, NPCs wander, projectiles fly for a second or two and vanish; health
 changes on hits, and entities spawn and despawn. Each :meth:`GameWorld.tick` returns the
@@ -12,15 +12,31 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any
+from typing import Any, Final
 
 import attrs
 from attrs.validators import ge, gt, instance_of, le
 
-__all__ = ["GameTick", "GameWorld"]
+from tickwire.sansio.table import Field, FieldType, Schema
+
+__all__ = ["ENTITY_SCHEMA", "GameTick", "GameWorld"]
 
 Entity = dict[str, Any]
 WORLD = 1000.0  # metres along each side
+
+ENTITY_SCHEMA: Final = Schema(
+    "id",
+    [
+        Field.enum("kind", ["player", "npc", "projectile"]),
+        Field.fixed("x", 3),  # millimetres
+        Field.fixed("y", 3),
+        Field.fixed("heading", 1),  # tenths of a degree
+        Field.integer("hp"),
+        Field.enum("state", ["idle", "moving", "flying"]),
+    ],
+    key_type=FieldType.INT,
+)
+"""A table of the world's entities by id, for :meth:`tickwire.Hub.table`."""
 
 
 @attrs.frozen
@@ -42,6 +58,16 @@ class GameTick:
             "update": self.updated,
             "despawn": self.despawned,
         }
+
+    def changes(self) -> dict[int, Entity]:
+        """The tick's spawns and updates as rows of :data:`ENTITY_SCHEMA` by id (apply
+        them with ``hub.update("world", tick.changes(), deletes=tick.despawned)``)."""
+        rows: dict[int, Entity] = {}
+        for entity in (*self.spawned, *self.updated):
+            rows.setdefault(entity["id"], {}).update(entity)
+        for row in rows.values():
+            del row["id"]
+        return rows
 
 
 @attrs.define(eq=False, kw_only=True)

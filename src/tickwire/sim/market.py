@@ -1,6 +1,6 @@
 """A simulated market: quotes and trades on hundreds of symbols, seeded and repeatable.
 
-Imports: stdlib, attrs.
+Imports: stdlib, attrs, tickwire.sansio.table (for the quote table's schema).
 
 Activity is skewed as on a real exchange (Zipf-like: the busiest symbol trades far more than
 the median one), prices move in whole ticks around a spread of one to a few ticks, sizes come
@@ -15,14 +15,34 @@ import itertools
 import random
 import string
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 import attrs
 from attrs.validators import ge, gt, instance_of, le
 
-__all__ = ["MarketFeed"]
+from tickwire.sansio.table import Field, Schema
+
+__all__ = ["QUOTE_SCHEMA", "MarketFeed", "quote_row"]
 
 Update = dict[str, Any]
+
+QUOTE_SCHEMA: Final = Schema(
+    "symbol",
+    [
+        Field.fixed("bid", 2),  # prices in cents
+        Field.fixed("ask", 2),
+        Field.fixed("bid_size", -2),  # sizes in round lots of 100
+        Field.fixed("ask_size", -2),
+        Field.integer("ts"),  # nanoseconds since the epoch
+    ],
+)
+"""A table of the latest quote per symbol, for :meth:`tickwire.Hub.table`. Prices below a
+dollar (tick 0.0001) would need 4 decimals; the simulated market has none."""
+
+
+def quote_row(update: Update) -> Update:
+    """The fields of a quote update as a row of :data:`QUOTE_SCHEMA` (without the key)."""
+    return {k: v for k, v in update.items() if k not in ("type", "symbol")}
 
 
 @attrs.define(eq=False)
