@@ -425,7 +425,7 @@ class Hub:
     def update(
         self,
         topic: str,
-        upserts: Mapping[Key, Mapping[str, Any]] | None = None,
+        upserts: Mapping[Any, Mapping[str, Any]] | None = None,
         *,
         deletes: Iterable[Key] = (),
     ) -> int:
