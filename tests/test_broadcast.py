@@ -6,7 +6,15 @@ import attrs
 import pytest
 import trio
 
-from tickwire.broadcast import Hub, Topic, TopicConfig, pattern_matches, valid_pattern
+from tickwire.broadcast import (
+    MIN_KEYS,
+    DuplicateKey,
+    Hub,
+    Topic,
+    TopicConfig,
+    pattern_matches,
+    valid_pattern,
+)
 from tickwire.sansio.events import Outcome, Position
 from tickwire.sansio.fanout import Overflow
 from tickwire.sansio.negotiation import JSON, MSGPACK, MSGPACK_ZSTD, Negotiated
@@ -176,3 +184,25 @@ def test_replayed_frames_are_encoded_once_per_variant() -> None:
     assert hub.frames(topic, entry, live.variant) is live.frames[0]  # the live bytes, reused
     json_frame = hub.frames(topic, entry, Negotiated.of(JSON))
     assert hub.frames(topic, entry, Negotiated.of(JSON)) is json_frame
+
+
+def test_an_idempotency_key_publishes_once() -> None:
+    hub, sub = Hub(), Recorder()
+    hub.subscribe(sub, "orders", 1)
+    assert hub.publish_nowait("orders", {"qty": 1}, key="a") == 1
+    assert hub.publish_nowait("orders", {"qty": 2}, key="b") == 2
+    assert hub.publish_nowait("orders", {"qty": 1}, key="a") == 1  # the original offset
+    assert len(sub.frames) == 2
+    with pytest.raises(DuplicateKey, match="another payload"):
+        hub.publish_nowait("orders", {"qty": 3}, key="a")
+    assert hub.topic("orders").offset == 2
+
+
+def test_idempotency_keys_are_bounded() -> None:
+    hub = Hub(default_topic=TopicConfig(history_size=10))
+    for i in range(MIN_KEYS + 5):
+        hub.publish_nowait("orders", i, key=f"k{i}")
+    keys = hub.topic("orders").keys
+    assert len(keys) == MIN_KEYS
+    assert "k0" not in keys
+    assert f"k{MIN_KEYS + 4}" in keys

@@ -468,3 +468,22 @@ async def test_a_bandwidth_cap_paces_what_a_connection_is_sent(
         expected = (100 * 1010 - 10_000) / rate  # what the burst does not cover
         assert elapsed == pytest.approx(expected, rel=0.15)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_repeated_idempotency_key_gets_the_original_ack(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        server, listener = await start(nursery)
+        raw = await open_raw(listener)
+        await raw.send_bytes(encode(Publish(1, "orders", {"qty": 5}, "ord-1")))
+        first = decode((await raw.messages(1))[0])
+        await raw.send_bytes(encode(Publish(2, "orders", {"qty": 5}, "ord-1")))
+        again = decode((await raw.messages(1))[0])
+        assert (first.offset, again.offset) == (1, 1)
+        assert again == Ack(2, first.topic_id, 1)
+        await raw.send_bytes(encode(Publish(3, "orders", {"qty": 6}, "ord-1")))
+        conflict = decode((await raw.messages(1))[0])
+        assert (conflict.request_id, conflict.code) == (3, 409)
+        assert server.hub.topic("orders").offset == 1
+        nursery.cancel_scope.cancel()

@@ -42,7 +42,22 @@ from tickwire.sansio.negotiation import Codec, Negotiated
 from tickwire.sansio.session import encode_message
 from tickwire.sansio.table import Changes, Key, Schema, Table
 
-__all__ = ["Hub", "Subscriber", "Topic", "TopicConfig", "pattern_matches", "valid_pattern"]
+__all__ = [
+    "DuplicateKey",
+    "Hub",
+    "Subscriber",
+    "Topic",
+    "TopicConfig",
+    "pattern_matches",
+    "valid_pattern",
+]
+
+MIN_KEYS = 1024  # idempotency keys kept per topic, at least
+
+
+class DuplicateKey(ValueError):
+    """An idempotency key was reused with another payload (ERROR 409 on the wire)."""
+
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_\-:]+")
 
@@ -159,6 +174,10 @@ class Topic:
     history: collections.deque[Entry] = attrs.field(factory=collections.deque)
     pending: list[Any] = attrs.field(factory=list)  # payloads waiting for the batch window
     table: Table | None = None
+    # Idempotency keys of recent publishes: key -> (offset, payload).
+    keys: collections.OrderedDict[str, tuple[int, Any]] = attrs.field(
+        factory=collections.OrderedDict
+    )
     _snapshot: tuple[int, dict[Negotiated, bytes]] = attrs.field(init=False, default=(-1, {}))
     keyframe_offset: int = attrs.field(init=False, default=0)
 
@@ -366,20 +385,33 @@ class Hub:
 
     # -- publishing ---------------------------------------------------------------------------
 
-    def publish_nowait(self, topic: str, payload: Any) -> int:
+    def publish_nowait(self, topic: str, payload: Any, *, key: str | None = None) -> int:
         """Publish *payload* on stream topic *topic* to every subscriber now; return its
         offset.
 
         The message is encoded, compressed and framed once per subscriber variant in use
-        (at most three), and the same bytes go to every subscriber.
+        (at most three), and the same bytes go to every subscriber. With an idempotency
+        *key* seen recently on this topic (as long as the history keeps its message, and at
+        least the last 1,024 keys), nothing is published and the original offset is
+        returned (PROTOCOL.md §4.10).
 
         Raises:
             ValueError: an invalid topic name, or a table topic (use :meth:`upsert`).
+            DuplicateKey: *key* was used for another payload.
             TypeError: a payload msgpack cannot carry.
         """
         t = self.topic(topic)
         if t.table is not None:
             raise ValueError(f"{topic!r} is a table topic: use upsert(), delete() or update()")
+        if key is not None:
+            seen = t.keys.get(key)
+            if seen is not None:
+                if seen[1] != payload:
+                    raise DuplicateKey(f"idempotency key {key!r} was used for another payload")
+                return seen[0]
+            t.keys[key] = (t.offset + 1, payload)
+            while len(t.keys) > max(MIN_KEYS, t.config.history_size):
+                t.keys.popitem(last=False)
         t.offset += 1
         framed: dict[Negotiated, bytes] = {}
         if t.config.history_size:
@@ -575,7 +607,9 @@ class Hub:
         """Deprecated name of :meth:`run`."""
         await self.run()
 
-    async def publish(self, topic: str, payload: Any, *, timeout: float = 10.0) -> int:
+    async def publish(
+        self, topic: str, payload: Any, *, key: str | None = None, timeout: float = 10.0
+    ) -> int:
         """Publish with backpressure: wait until every subscriber of *topic* has room.
 
         For lossless pipelines: nothing is dropped while subscribers keep up. A subscriber
@@ -584,6 +618,7 @@ class Hub:
 
         Raises:
             ValueError: an invalid topic name, or a table topic.
+            DuplicateKey: as :meth:`publish_nowait`.
             TypeError: a payload msgpack cannot carry.
         """
         t = self.topic(topic)
@@ -597,7 +632,7 @@ class Hub:
                 if not subscriber.has_room():
                     subscriber.slow_consumer()
         await trio.lowlevel.checkpoint()
-        return self.publish_nowait(topic, payload)
+        return self.publish_nowait(topic, payload, key=key)
 
     # -- dictionaries -------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
 from tickwire.auth import AuthenticationError, Principal, seconds_until
-from tickwire.broadcast import Hub, Topic
+from tickwire.broadcast import DuplicateKey, Hub, Topic
 from tickwire.config import ServerConfig
 from tickwire.errors import RemoteProtocolError
 from tickwire.sansio.admission import RateLimiter, RateVerdict, Throttle
@@ -197,6 +197,8 @@ class ServerConnection:
         self._verify_token = verify_token
         self._auth_pending = auth_pending
         self._auth_changed = trio.Event()
+        self._watching = False  # whether the credentials watcher task runs
+        self._nursery: trio.Nursery | None = None
         self._expires: float | None = None  # on trio's clock
         self._set_principal(principal)
         self._variant = negotiated
@@ -236,7 +238,6 @@ class ServerConnection:
         self._options: dict[int, tuple[Overflow | None, float | None]] = {}
         self._custom: dict[int, tuple[Overflow | None, float | None]] = {}
         self._last_heard = trio.current_time()
-        self._nursery: trio.Nursery | None = None
         self.closed = trio.Event()
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
 
@@ -370,6 +371,11 @@ class ServerConnection:
         )
         self._auth_changed.set()
         self._auth_changed = trio.Event()
+        if self._expires is not None and not self._watching and self._nursery is not None:
+            # Credentials that expire arrived by AUTH: watch them from now on (an idle
+            # connection without expiry runs no watcher task at all).
+            self._watching = True
+            self._nursery.start_soon(self._watch_credentials)
 
     # -- the tasks ----------------------------------------------------------------------
 
@@ -383,7 +389,9 @@ class ServerConnection:
                 nursery.start_soon(self._reader)
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._heartbeat)
-                nursery.start_soon(self._watch_credentials)
+                if self._auth_pending or self._expires is not None:
+                    self._watching = True
+                    nursery.start_soon(self._watch_credentials)
         except Exception:  # a bug in this connection: it alone goes
             log.exception("connection %s failed; closing it with 1011", self.id)
             self.finish(1011, "internal error")
@@ -685,7 +693,10 @@ class ServerConnection:
             self.send(Error(event.request_id, ErrorCode.BAD_REQUEST, message))
             return
         try:
-            offset = self.hub.publish_nowait(event.topic, event.payload)
+            offset = self.hub.publish_nowait(event.topic, event.payload, key=event.key)
+        except DuplicateKey as exc:
+            self.send(Error(event.request_id, ErrorCode.CONFLICT, str(exc)))
+            return
         except ValueError as exc:
             self.send(Error(event.request_id, ErrorCode.BAD_REQUEST, str(exc)))
             return

@@ -45,7 +45,7 @@ from tickwire.sansio.events import (
 )
 from tickwire.sansio.negotiation import Codec, Negotiated
 
-__all__ = ["Role", "Session", "decode_message", "encode_message"]
+__all__ = ["Role", "Session", "decode_message", "decode_sized", "encode_message"]
 
 
 # §5.3: the messages that carry dictionaries are never compressed: the receiver may not
@@ -90,12 +90,27 @@ def decode_message(
     Raises:
         RemoteProtocolError: with the close code §6 assigns (see the module docstring).
     """
+    return decode_sized(message, negotiated=negotiated, limits=limits, dictionaries=dictionaries)[0]
+
+
+def decode_sized(
+    message: bytes | str,
+    *,
+    negotiated: Negotiated,
+    limits: Limits,
+    dictionaries: DictionaryRegistry | None = None,
+) -> tuple[Event, int]:
+    """:func:`decode_message`, and the size of the body once decompressed.
+
+    Raises:
+        RemoteProtocolError: as :func:`decode_message`.
+    """
     if negotiated.codec is Codec.JSON:
         if not isinstance(message, str):
             raise RemoteProtocolError("binary frame on tickwire.v1.json", close_code=1003)
         if len(message) > limits.max_message_bytes:  # a cheap bound before encoding
             raise MessageTooBig(f"message exceeds {limits.max_message_bytes} bytes")
-        return codec.decode_json(message, limits)
+        return codec.decode_json(message, limits), len(message)
     if not isinstance(message, bytes | bytearray):
         raise RemoteProtocolError(f"text frame on {negotiated.subprotocol}", close_code=1003)
     if len(message) > limits.max_message_bytes:
@@ -109,10 +124,9 @@ def decode_message(
         dictionary = None
         if dict_id:
             dictionary = (dictionaries or DictionaryRegistry()).get(dict_id)
-        return codec.decode_body(
-            decompress(body, limit=limits.max_decompressed_bytes, dictionary=dictionary), limits
-        )
-    return codec.decode_body(body, limits)
+        plain = decompress(body, limit=limits.max_decompressed_bytes, dictionary=dictionary)
+        return codec.decode_body(plain, limits), len(plain)
+    return codec.decode_body(body, limits), len(body)
 
 
 @attrs.define(eq=False)
@@ -136,6 +150,8 @@ class Session:
     dictionaries: DictionaryRegistry = attrs.field(factory=DictionaryRegistry)
     compressor: Compressor | None = None
     _events: list[Event] = attrs.field(init=False, factory=list)
+    bytes_received: int = attrs.field(init=False, default=0)  # messages decoded, as received
+    bytes_decoded: int = attrs.field(init=False, default=0)  # their bodies, decompressed
     # A client's messages waiting for a dictionary, and events decoded behind them (§5.3).
     _held: collections.deque[bytes | Event] = attrs.field(init=False, factory=collections.deque)
     _held_bytes: int = attrs.field(init=False, default=0)
@@ -202,12 +218,14 @@ class Session:
         )
 
     def _decode(self, message: bytes | str) -> Event | None:
-        event = decode_message(
+        event, size = decode_sized(
             message,
             negotiated=self.negotiated,
             limits=self.limits,
             dictionaries=self.dictionaries,
         )
+        self.bytes_received += len(message)
+        self.bytes_decoded += size
         if isinstance(event, Ignored):
             return None
         allowed = CLIENT_KINDS if self.role is Role.SERVER else SERVER_KINDS
