@@ -8,13 +8,16 @@ from __future__ import annotations
 
 __all__ = [
     "ConnectionClosed",
+    "ConnectionRefused",
     "DecodeError",
     "LocalProtocolError",
     "MessageTooBig",
     "NegotiationError",
     "ProtocolError",
+    "PublishError",
     "RemoteProtocolError",
     "SlowConsumer",
+    "SubscriptionError",
     "TickwireError",
     "UnknownDictionary",
 ]
@@ -84,3 +87,34 @@ class ConnectionClosed(TickwireError):
 
 class SlowConsumer(TickwireError):
     """The hub dropped this subscriber because its outbox overflowed (close 4000)."""
+
+
+class ConnectionRefused(TickwireError):
+    """A client could not connect and will not retry: HTTP 401 or 403 at the handshake,
+    or its reconnection attempts ran out.
+
+    Attributes:
+        status: the HTTP status, when the server answered with one.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class SubscriptionError(TickwireError):
+    """The server refused or ended a subscription (ERROR or UNSUBSCRIBED with a code).
+
+    Attributes:
+        code: the ERROR code (400, 403, 404, 409, 413, ...).
+        text: the server's explanation.
+    """
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(f"{code} {text}")
+        self.code = code
+        self.text = text
+
+
+class PublishError(SubscriptionError):
+    """The server refused a PUBLISH (ERROR with the request's id)."""

@@ -27,6 +27,7 @@ import attrs
 import trio
 import trio_websocket
 
+from tickwire._groups import unwrapped
 from tickwire.auth import PENDING
 from tickwire.broadcast import Hub
 from tickwire.config import ServerConfig
@@ -383,22 +384,26 @@ async def open_server(
     authenticate: Authenticator | None = None,
     authorize: Authorizer | None = None,
 ) -> AsyncIterator[Server]:
-    """Run a server for the duration of the block; leaving it shuts down gracefully."""
-    async with trio.open_nursery() as nursery:
-        server: Server = await nursery.start(
-            functools.partial(
-                serve,
-                hub,
-                host,
-                port,
-                config=config,
-                ssl_context=ssl_context,
-                negotiation=negotiation,
-                authenticate=authenticate,
-                authorize=authorize,
+    """Run a server for the duration of the block; leaving it shuts down gracefully.
+
+    An exception raised in the block comes out as itself, not inside an exception group.
+    """
+    with unwrapped():
+        async with trio.open_nursery() as nursery:
+            server: Server = await nursery.start(
+                functools.partial(
+                    serve,
+                    hub,
+                    host,
+                    port,
+                    config=config,
+                    ssl_context=ssl_context,
+                    negotiation=negotiation,
+                    authenticate=authenticate,
+                    authorize=authorize,
+                )
             )
-        )
-        try:
-            yield server
-        finally:
-            nursery.cancel_scope.cancel()
+            try:
+                yield server
+            finally:
+                nursery.cancel_scope.cancel()
