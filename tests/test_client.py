@@ -346,3 +346,89 @@ async def test_an_expired_token_ends_the_client_without_retrying() -> None:
                         await fills.receive()
                     assert info.value.code == 4001
                 assert client.statistics().reconnects == 0
+
+
+async def test_a_keyed_publish_survives_a_restart_and_an_unkeyed_one_times_out() -> None:
+    hub = Hub()
+    with trio.fail_after(15):
+        async with running(hub) as first:
+            port = first.port
+            async with open_client(url(first), config=FAST) as client:
+                await first.aclose()
+                with pytest.raises(TimeoutError):
+                    await client.publish("orders", {"qty": 1}, timeout=0.2)
+                results: list[Any] = []
+                async with trio.open_nursery() as nursery:
+
+                    async def order() -> None:
+                        results.append(await client.publish("orders", {"qty": 2}, key="o-2"))
+
+                    nursery.start_soon(order)
+                    await trio.sleep(0.05)  # the publish waits for a connection meanwhile
+                    async with running(hub, port):
+                        await wait_until(lambda: bool(results))
+                assert results[0].offset == 1
+                assert hub.topic("orders").offset == 1  # published once
+
+
+class SilentServer:
+    """Accepts WebSocket upgrades, sends HELLO, then neither reads nor answers pings."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.port = 0
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        import wsproto
+        from wsproto.events import AcceptConnection, BytesMessage, Request
+
+        from tickwire.sansio import Hello, Negotiated, Role, Session
+
+        async def handle(stream: trio.SocketStream) -> None:
+            self.connections += 1
+            ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+            while True:
+                ws.receive_data(await stream.receive_some(65536))
+                requests = [e for e in ws.events() if isinstance(e, Request)]
+                if requests:
+                    break
+            await stream.send_all(ws.send(AcceptConnection(subprotocol="tickwire.v1")))
+            hello = Session(Role.SERVER, Negotiated.of("tickwire.v1")).send(
+                Hello("s", 0, 200, 1 << 20, 1 << 22, 1024, 1024, 32, 16)
+            )
+            assert isinstance(hello, bytes)
+            await stream.send_all(ws.send(BytesMessage(hello)))
+            await trio.sleep_forever()  # a frozen server: no pongs
+
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(handle, listeners)
+
+
+async def test_a_server_that_stops_answering_is_left_and_reconnected() -> None:
+    silent = SilentServer()
+    config = ClientConfig(
+        heartbeat_interval=0.1,
+        heartbeat_timeout=0.1,
+        reconnect=Reconnect(initial_delay=0.01, max_delay=0.02),
+    )
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(silent.run)
+            async with open_client(f"ws://127.0.0.1:{silent.port}/", config=config) as client:
+                await wait_until(lambda: silent.connections >= 3)
+                assert client.statistics().reconnects >= 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_the_client_answers_the_servers_heartbeat() -> None:
+    hub = Hub()
+    config = ServerConfig(heartbeat_interval=0.05, heartbeat_timeout=0.04)
+    with trio.fail_after(10):
+        async with running(hub, config=config) as server:
+            async with open_client(url(server), config=FAST) as client:
+                await trio.sleep(0.5)  # ten of the server's heartbeats go by
+                stats = client.statistics()
+                assert (stats.connected, stats.reconnects) == (True, 0)
+                assert len(server.connections) == 1

@@ -559,7 +559,8 @@ class Client:
         self._subscriptions[pattern] = subscription
         try:
             if self._ws is not None and self._connected.is_set():
-                await self._send_subscribe(subscription)
+                with suppress(_NotConnected):  # else the next connection restores it
+                    await self._send_subscribe(subscription)
             await subscription._ready.wait()
             if subscription._error is not None:
                 raise subscription._error
@@ -589,8 +590,13 @@ class Client:
         self._pending[request_id] = pending
         try:
             with trio.fail_after(timeout):
-                await self._wait_connected()
-                await self._send(message)
+                while True:
+                    await self._wait_connected()
+                    try:
+                        await self._send(message)
+                        break
+                    except _NotConnected:  # not sent: wait for the next connection
+                        await self._next_connection()
                 await pending.done.wait()
         except trio.TooSlowError:
             raise TimeoutError(f"no ACK for {topic!r} within {timeout} s") from None
@@ -825,6 +831,8 @@ class Client:
             self._bytes_received += session.bytes_received
             self._bytes_decoded += session.bytes_decoded
             self._ws = self._session = None
+            if self._connected.is_set() and self._closed is None:
+                self._connected = trio.Event()
 
     def _closed_by(self, exc: trio_websocket.ConnectionClosed) -> BaseException:
         if self._closed is not None:
@@ -880,6 +888,12 @@ class Client:
             await self._connected.wait()
         if self._closed is not None:
             raise self._closed
+
+    async def _next_connection(self) -> None:
+        """Wait for a connection to send on, after a send found none (or a closing one:
+        the reader notices that within moments and clears the connected state)."""
+        await trio.sleep(0.01)
+        await self._wait_connected()
 
     def _connection_lost(self) -> None:
         self._connected = trio.Event() if self._connected.is_set() else self._connected
