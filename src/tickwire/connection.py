@@ -287,6 +287,7 @@ class ServerConnection:
                     overflow=overflow,
                     delta=delta,
                 )
+                self._wake.set()
                 return
         elif optional and (outbox.busy() or self.ws._tail):
             return
