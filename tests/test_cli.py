@@ -109,3 +109,31 @@ def test_serve_demo_ticker_end_to_end() -> None:
             process.wait()
         if process.stdout is not None:
             process.stdout.close()
+
+
+def test_serve_shuts_down_gracefully_on_sigterm() -> None:
+    """What an orchestrator sends: clients get 1001 with a retry hint, the exit status is 0."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tickwire.cli", "serve", "--port", "0", "--log-level", "warning"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        port = int(re.search(r"127\.0\.0\.1:(\d+)/", line).group(1))  # type: ignore[union-attr]
+        url = f"ws://127.0.0.1:{port}/"
+        with websockets.sync.client.connect(url, subprotocols=[MSGPACK_ZSTD]) as ws:  # type: ignore[list-item]
+            ws.recv(timeout=10)  # HELLO
+            process.send_signal(signal.SIGTERM)
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as info:
+                read_until_closed(ws)
+            assert info.value.rcvd is not None
+            assert info.value.rcvd.code == 1001
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()

@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import os
+import signal
 import ssl
 import sys
 import time
@@ -161,6 +162,13 @@ async def _serve_async(args: argparse.Namespace) -> None:
             nursery.start_soon(_demo_ticker, hub, args.rate, args.symbols)
         elif args.demo == "game":
             nursery.start_soon(_demo_game, hub, args.tick_rate, args.entities)
+        # SIGTERM (what orchestrators send) shuts down as gracefully as Ctrl+C: cancelling
+        # serve() says 1001 to every client and drains within shutdown_timeout.
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async for _ in signals:
+                print("tickwire: SIGTERM, shutting down", flush=True)
+                nursery.cancel_scope.cancel()
+                break
 
 
 def _serve(args: argparse.Namespace) -> int:
