@@ -33,7 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from support import median_of, table
-from tickwire import GameWorld, Hub, MarketFeed, TopicConfig
+from tickwire import (
+    ENTITY_SCHEMA,
+    QUOTE_SCHEMA,
+    GameWorld,
+    Hub,
+    MarketFeed,
+    TopicConfig,
+    quote_row,
+)
 from tickwire.broadcast import Topic
 from tickwire.config import KiB, Limits, MiB
 from tickwire.sansio import (
@@ -49,34 +57,12 @@ from tickwire.sansio.compression import Compressor
 from tickwire.sansio.fanout import Overflow
 from tickwire.sansio.framing import frame
 from tickwire.sansio.negotiation import MSGPACK_ZSTD, Negotiated
-from tickwire.sansio.table import Changes, Field, FieldType, Schema, TableView
+from tickwire.sansio.table import Changes, Schema, TableView
 
 ZSTD = Negotiated.of(MSGPACK_ZSTD)
 LIMITS = Limits(max_message_bytes=16 * MiB, max_decompressed_bytes=64 * MiB)
 WINDOW = 0.010
 KEYFRAME_SECONDS = 30.0
-QUOTES = Schema(
-    "symbol",
-    [
-        Field.fixed("bid", 2),
-        Field.fixed("ask", 2),
-        Field.fixed("bid_size", -2),
-        Field.fixed("ask_size", -2),
-        Field.integer("ts"),
-    ],
-)
-ENTITIES = Schema(
-    "id",
-    [
-        Field.enum("kind", ["player", "npc", "projectile"]),
-        Field.fixed("x", 3),  # millimetres
-        Field.fixed("y", 3),
-        Field.fixed("heading", 1),  # tenths of a degree
-        Field.integer("hp"),
-        Field.enum("state", ["idle", "moving", "flying"]),
-    ],
-    key_type=FieldType.INT,
-)
 
 
 class Recorder:
@@ -140,10 +126,6 @@ def market_windows(seed: int, windows: int) -> list[list[dict[str, Any]]]:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def quote_fields(update: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in update.items() if k not in ("type", "symbol")}
-
-
 def market_hub(dictionary: Dictionary | None, *, tables: bool, batched: bool) -> Hub:
     hub = Hub(
         compression=CompressionConfig(dictionary=dictionary),
@@ -152,7 +134,7 @@ def market_hub(dictionary: Dictionary | None, *, tables: bool, batched: bool) ->
         ),
     )
     if tables:
-        hub.table("quotes", QUOTES)
+        hub.table("quotes", QUOTE_SCHEMA)
     return hub
 
 
@@ -179,7 +161,7 @@ def run_market(
                 topic = "trades" if update["type"] == "trade" else "quotes"
                 hub.publish_nowait(topic, update)
             else:
-                hub.upsert("quotes", update["symbol"], quote_fields(update))
+                hub.upsert("quotes", update["symbol"], quote_row(update))
         hub.flush()
         if tables and n % keyframe_every == 0:
             hub.keyframe(hub.topic("quotes"))
@@ -239,8 +221,8 @@ def run_game(
     )
     keyframe_every = round(KEYFRAME_SECONDS * 20)
     if tables:
-        hub.table("world", ENTITIES)
-        hub.update("world", {e["id"]: _entity(e) for e in start})
+        hub.table("world", ENTITY_SCHEMA)
+        hub.update("world", {e["id"]: {k: v for k, v in e.items() if k != "id"} for e in start})
     else:
         hub.publish_nowait("world", {"snapshot": start})
     recorders = [Recorder() for _ in range(subscribers)]
@@ -249,19 +231,12 @@ def run_game(
     begun = time.perf_counter()
     for n, tick in enumerate(ticks, start=1):
         if tables:
-            changes = {e["id"]: _entity(e) for e in tick.spawned}
-            for e in tick.updated:
-                changes.setdefault(e["id"], {}).update(_entity(e))
-            hub.update("world", changes, deletes=tick.despawned)
+            hub.update("world", tick.changes(), deletes=tick.despawned)
             if n % keyframe_every == 0:
                 hub.keyframe(hub.topic("world"))
         else:
             hub.publish_nowait("world", tick.payload())
     return hub, recorders, time.perf_counter() - begun
-
-
-def _entity(e: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in e.items() if k != "id"}
 
 
 # -- peers ----------------------------------------------------------------------------------

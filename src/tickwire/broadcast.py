@@ -565,10 +565,8 @@ class Hub:
             return
         self._flush_topic(topic)
         topic.keyframe_offset = topic.offset
-        frames = topic.snapshot_cache()
         for subscriber in list(topic.subscribers):
-            variant = subscriber.variant
-            data = frames.get(variant) or self.snapshot(topic, variant)
+            data = self.snapshot(topic, subscriber.variant)  # encoded once per variant
             subscriber.deliver_nowait(data, topic_id=topic.topic_id, optional=True)
 
     async def run(self) -> None:

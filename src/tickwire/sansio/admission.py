@@ -56,25 +56,12 @@ class TokenBucket:
 
 
 @attrs.define(eq=False)
-class Throttle:
+class Throttle(TokenBucket):
     """A bandwidth cap: *rate* bytes a second, with *burst* bytes of allowance.
 
-    Unlike :class:`TokenBucket` a spend may overdraw it (a frame is never split); the debt
-    is then the delay before the next write.
+    Unlike a plain :class:`TokenBucket` a spend may overdraw it (a frame is never split);
+    the debt is then the delay before the next write.
     """
-
-    rate: float = attrs.field(validator=gt(0))
-    burst: float = attrs.field(validator=gt(0))
-    _tokens: float = attrs.field(init=False)
-    _stamp: float | None = attrs.field(init=False, default=None)
-
-    def __attrs_post_init__(self) -> None:
-        self._tokens = self.burst
-
-    def _refill(self, now: float) -> None:
-        if self._stamp is not None and now > self._stamp:
-            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now if self._stamp is None else max(self._stamp, now)
 
     def allows(self, now: float, size: int) -> bool:
         """Whether *size* bytes may go now without overdrawing."""
