@@ -83,6 +83,7 @@ class Recorder:
         overflow: Overflow | None = None,
         delta: Changes | None = None,
         optional: bool = False,
+        published_at: float | None = None,
     ) -> None:
         self.frames.append(framed)
 

@@ -387,17 +387,20 @@ class SilentServer:
         async def handle(stream: trio.SocketStream) -> None:
             self.connections += 1
             ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
-            while True:
-                ws.receive_data(await stream.receive_some(65536))
-                requests = [e for e in ws.events() if isinstance(e, Request)]
-                if requests:
-                    break
-            await stream.send_all(ws.send(AcceptConnection(subprotocol="tickwire.v1")))
             hello = Session(Role.SERVER, Negotiated.of("tickwire.v1")).send(
                 Hello("s", 0, 200, 1 << 20, 1 << 22, 1024, 1024, 32, 16)
             )
             assert isinstance(hello, bytes)
-            await stream.send_all(ws.send(BytesMessage(hello)))
+            try:
+                while True:
+                    ws.receive_data(await stream.receive_some(65536))
+                    requests = [e for e in ws.events() if isinstance(e, Request)]
+                    if requests:
+                        break
+                await stream.send_all(ws.send(AcceptConnection(subprotocol="tickwire.v1")))
+                await stream.send_all(ws.send(BytesMessage(hello)))
+            except trio.BrokenResourceError:  # the client gave up on us first: fine
+                return
             await trio.sleep_forever()  # a frozen server: no pongs
 
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")

@@ -27,7 +27,7 @@ import attrs
 import trio
 from attrs.validators import ge, gt, instance_of
 
-from tickwire.sansio import codec
+from tickwire.sansio import codec, envelope
 from tickwire.sansio.compression import (
     CompressionConfig,
     Compressor,
@@ -62,6 +62,14 @@ class DuplicateKey(ValueError):
 _SEGMENT = re.compile(r"[A-Za-z0-9_\-:]+")
 
 
+def _now() -> float | None:
+    """trio's clock, or None outside trio (a hub filled before serving)."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return None
+
+
 def valid_pattern(pattern: str) -> bool:
     """Whether *pattern* is a topic name or a pattern (§4.4): dot-separated segments of
     letters, digits, ``_-:``, where a pattern may use ``*`` for one whole segment."""
@@ -93,12 +101,14 @@ class Subscriber(Protocol):
         overflow: Overflow | None = None,
         delta: Changes | None = None,
         optional: bool = False,
+        published_at: float | None = None,
     ) -> None:
         """Send or queue one framed message (offsets *first*-*last* of *topic_id*, under
         the topic's *overflow* policy; None for a control message); never blocks.
 
         *delta* is the change set of a table delta (for conflation); an *optional* message
-        (a keyframe) is skipped when anything is queued."""
+        (a keyframe) is skipped when anything is queued; *published_at* is when the first
+        message in it was published, on trio's clock (None if unknown)."""
 
     def topic_added(self, topic: Topic, request_id: int) -> None:
         """A topic matching one of its patterns appeared."""
@@ -180,6 +190,10 @@ class Topic:
     )
     _snapshot: tuple[int, dict[Negotiated, bytes]] = attrs.field(init=False, default=(-1, {}))
     keyframe_offset: int = attrs.field(init=False, default=0)
+    since: float | None = attrs.field(init=False, default=None)  # first pending publish
+    # Encoded messages for compressing subscribers, before and after zstd (statistics).
+    bytes_before_compression: int = attrs.field(init=False, default=0)
+    bytes_after_compression: int = attrs.field(init=False, default=0)
 
     @property
     def sent_offset(self) -> int:
@@ -352,19 +366,27 @@ class Hub:
 
     # -- encoding ---------------------------------------------------------------------------
 
-    def encode(self, event: Event, variant: Negotiated) -> bytes:
-        """One event, encoded, compressed when the variant allows, and framed."""
+    def encode(self, event: Event, variant: Negotiated, topic: Topic | None = None) -> bytes:
+        """One event, encoded, compressed when the variant allows, and framed; what
+        compression saves is counted on *topic*."""
         if variant.codec is Codec.JSON:
             return frame(encode_message(event, codec_=Codec.JSON))
-        compressor = self.compressor if variant.compression else None
-        return frame(encode_message(event, compressor=compressor))
+        if not variant.compression:
+            return frame(encode_message(event))
+        if topic is None:
+            return frame(encode_message(event, compressor=self.compressor))
+        body = codec.encode_body(event)
+        message = self.compressor.pack(body)
+        topic.bytes_before_compression += len(envelope.PLAIN) + len(body)
+        topic.bytes_after_compression += len(message)
+        return frame(message)
 
     def frames(self, topic: Topic, entry: Entry, variant: Negotiated) -> bytes:
         """The frame of a history entry for *variant*, encoded once and kept."""
         data = entry.framed.get(variant)
         if data is None:
             event = Data(topic.topic_id, entry.offset, entry.payload)
-            data = entry.framed[variant] = self.encode(event, variant)
+            data = entry.framed[variant] = self.encode(event, variant, topic)
         return data
 
     def snapshot(self, topic: Topic, variant: Negotiated) -> bytes:
@@ -380,7 +402,7 @@ class Hub:
         data = cache.get(variant)
         if data is None:
             event = Snapshot(topic.topic_id, topic.offset, topic.table.snapshot_payload())
-            data = cache[variant] = self.encode(event, variant)
+            data = cache[variant] = self.encode(event, variant, topic)
         return data
 
     # -- publishing ---------------------------------------------------------------------------
@@ -425,7 +447,7 @@ class Hub:
                 self._schedule(t, window)
             return t.offset
         if t.subscribers:
-            self._fan_out(t, Data(t.topic_id, t.offset, payload), t.offset, framed)
+            self._fan_out(t, Data(t.topic_id, t.offset, payload), t.offset, framed, since=_now())
         return t.offset
 
     def upsert(self, topic: str, key: Key, values: Mapping[str, Any]) -> int:
@@ -490,13 +512,12 @@ class Hub:
         return t.offset + 1
 
     def _schedule(self, t: Topic, window: float) -> None:
-        try:
-            self._due[t] = trio.current_time() + window
-        except RuntimeError:  # outside trio (filling a table before serving): due at once
-            self._due[t] = -math.inf
+        t.since = _now()
+        # Outside trio (filling a table before serving): due at once.
+        self._due[t] = -math.inf if t.since is None else t.since + window
         self._wakeup.set()
 
-    def _send_delta(self, t: Topic) -> None:
+    def _send_delta(self, t: Topic, since: float | None = None) -> None:
         """Give the table's pending changes the next offset, keep them, and send them."""
         assert t.table is not None
         delta = t.table.take_delta()
@@ -511,7 +532,12 @@ class Hub:
             t.trim(now)
         if t.subscribers:
             self._fan_out(
-                t, Data(t.topic_id, t.offset, payload), t.offset, framed, delta=delta.changes
+                t,
+                Data(t.topic_id, t.offset, payload),
+                t.offset,
+                framed,
+                delta=delta.changes,
+                since=_now() if since is None else since,
             )
 
     def _fan_out(
@@ -523,15 +549,17 @@ class Hub:
         *,
         delta: Changes | None = None,
         optional: bool = False,
+        since: float | None = None,
     ) -> None:
         """Give every subscriber of *t* the frame of *event* for its variant, each variant
-        encoded once (into *framed*); the event carries offsets *first* to ``t.offset``."""
+        encoded once (into *framed*); the event carries offsets *first* to ``t.offset``,
+        the first of them published at *since* (trio's clock)."""
         overflow = t.config.overflow
         for subscriber in list(t.subscribers):
             variant = subscriber.variant
             data = framed.get(variant)
             if data is None:
-                data = framed[variant] = self.encode(event, variant)
+                data = framed[variant] = self.encode(event, variant, t)
             subscriber.deliver_nowait(
                 data,
                 topic_id=t.topic_id,
@@ -540,6 +568,7 @@ class Hub:
                 overflow=overflow,
                 delta=delta,
                 optional=optional,
+                published_at=since,
             )
 
     def flush(self, now: float | None = None) -> None:
@@ -550,14 +579,15 @@ class Hub:
 
     def _flush_topic(self, t: Topic) -> None:
         self._due.pop(t, None)
+        since, t.since = t.since, None
         if t.table is not None:
-            self._send_delta(t)
+            self._send_delta(t, since)
             return
         payloads, t.pending = t.pending, []
         if not payloads or not t.subscribers:
             return
         first = t.offset - len(payloads) + 1
-        self._fan_out(t, Batch(t.topic_id, first, payloads), first, {})
+        self._fan_out(t, Batch(t.topic_id, first, payloads), first, {}, since=since)
 
     def keyframe(self, topic: Topic) -> None:
         """Send a SNAPSHOT of table *topic* to each subscriber with nothing queued, now."""

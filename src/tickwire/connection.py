@@ -65,6 +65,7 @@ from tickwire.sansio.framing import frame
 from tickwire.sansio.negotiation import Negotiated
 from tickwire.sansio.session import Role, Session
 from tickwire.sansio.table import Changes, encode_changes
+from tickwire.statistics import ServerCounters
 
 __all__ = ["ServerConnection", "WebSocket", "wrap_server_stream"]
 
@@ -186,8 +187,11 @@ class ServerConnection:
         auth_pending: bool = False,
         remote: str = "",
         send_bytes_per_second: float | None = None,
+        counters: ServerCounters | None = None,
     ) -> None:
         self.id = os.urandom(6).hex()
+        self.counters = counters or ServerCounters()
+        self._latency = self.counters.publish_to_send
         self.ws = ws
         self.hub = hub
         self.config = config
@@ -257,12 +261,14 @@ class ServerConnection:
         overflow: Overflow | None = None,
         delta: Changes | None = None,
         optional: bool = False,
+        published_at: float | None = None,
     ) -> None:
         """Send one framed message now if the socket takes it, else queue it under the
         topic's overflow policy (a control message, *overflow* None, is never dropped).
 
         A subscription's own policy replaces the topic's; a rate-limited subscription holds
-        table deltas to merge; an *optional* message is skipped if anything is queued."""
+        table deltas to merge; an *optional* message is skipped if anything is queued.
+        *published_at* (trio's clock) feeds the publish-to-send latency histogram."""
         outbox = self.outbox
         if outbox.overflowed or self._close is not None:
             return
@@ -304,15 +310,28 @@ class ServerConnection:
             if sent >= 0:
                 if throttle is not None:
                     throttle.spend(trio.current_time(), len(framed))
+                if published_at is not None:
+                    self._latency.observe(trio.current_time() - published_at)
                 self.messages_out += 1
                 self.bytes_out += sent
                 if sent < len(framed):
                     self._wake.set()  # the writer finishes the frame
                 return
         outbox.offer(
-            framed, topic_id=topic_id, first=first, last=last, overflow=overflow, delta=delta
+            framed,
+            topic_id=topic_id,
+            first=first,
+            last=last,
+            overflow=overflow,
+            delta=delta,
+            stamp=published_at,
         )
         self._wake.set()
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code this connection ended (or is ending) with, None while open."""
+        return None if self._close is None else self._close[0]
 
     def has_room(self) -> bool:
         outbox, config = self.outbox, self.config
@@ -477,6 +496,8 @@ class ServerConnection:
             if throttle is not None:
                 throttle.spend(trio.current_time(), len(data))
             await self._write(data)
+            if taken.oldest is not None:
+                self._latency.observe(trio.current_time() - taken.oldest)
             self._drained.set()
             self._drained = trio.Event()
 
@@ -507,6 +528,7 @@ class ServerConnection:
         config = self.config
         while True:
             await trio.sleep(config.heartbeat_interval)
+            sent = trio.current_time()
             with trio.move_on_after(config.heartbeat_timeout) as scope:
                 try:
                     await self.ws.ping()
@@ -515,6 +537,7 @@ class ServerConnection:
             if scope.cancelled_caught:
                 self.finish(4007, "heartbeat timeout")
                 return
+            self.counters.heartbeat_rtt.observe(trio.current_time() - sent)
             idle = config.idle_timeout
             if idle is not None and trio.current_time() - self._last_heard > idle:
                 self.finish(4006, "idle timeout")
@@ -662,6 +685,7 @@ class ServerConnection:
         """SUBSCRIBED with the recovery outcome, then the replay, in order (§4.4); a table
         that cannot recover gets a SNAPSHOT."""
         outcome, offset, replay = topic.recover(resume, self.hub.clock())
+        self.counters.recoveries[outcome.name.lower()] += 1
         self._announce(request_id, topic, outcome, offset)
         for entry in replay:
             self.deliver_nowait(
@@ -679,6 +703,7 @@ class ServerConnection:
             self.send(Error(event.request_id, ErrorCode.NOT_FOUND, "not subscribed to that topic"))
             return
         if event.offset is None and topic.table is not None:
+            self.counters.recoveries["snapshot"] += 1
             self._announce(event.request_id, topic, Outcome.NOT_RECOVERED, topic.offset)
             return
         offset = topic.offset if event.offset is None else event.offset

@@ -41,6 +41,7 @@ from tickwire.sansio.negotiation import (
     select,
     token_from_offer,
 )
+from tickwire.statistics import ServerCounters, ServerStatistics, TopicStatistics
 
 __all__ = [
     "HandshakeRequest",
@@ -51,6 +52,13 @@ __all__ = [
 ]
 
 log = logging.getLogger("tickwire.server")
+
+# ServerStatistics.handshakes_refused labels for the admission reasons.
+_ADMISSION_LABELS = {
+    "server full": "server_full",
+    "too many connections from this address": "per_address_limit",
+    "too many new connections": "connection_rate",
+}
 
 
 @attrs.frozen
@@ -144,6 +152,7 @@ class Server:
             retry_after=self.config.retry_after,
         )
         self.connections: dict[ServerConnection, None] = {}
+        self.counters = ServerCounters()
         self.ports: list[int] = []
         self.ready = False
         self._accepting: trio.CancelScope | None = None
@@ -209,6 +218,76 @@ class Server:
                 task_status.started(handlers)
                 await trio.sleep_forever()
 
+    def statistics(self) -> ServerStatistics:
+        """The server's figures now: counters since the start, plus the open connections'
+        own (summed here, not on every message)."""
+        c = self.counters
+        messages_in, messages_out, bytes_in, bytes_out = (
+            c.messages_in,
+            c.messages_out,
+            c.bytes_in,
+            c.bytes_out,
+        )
+        dropped, conflated = c.dropped, c.conflated
+        queued = queued_bytes = largest = 0
+        for connection in self.connections:
+            messages_in += connection.messages_in
+            messages_out += connection.messages_out
+            bytes_in += connection.bytes_in
+            bytes_out += connection.bytes_out
+            outbox = connection.outbox
+            dropped += outbox.dropped
+            conflated += outbox.conflated
+            queued += len(outbox)
+            queued_bytes += outbox.queued_bytes
+            largest = max(largest, outbox.queued_bytes)
+        topics = tuple(
+            TopicStatistics(
+                t.name,
+                t.table is not None,
+                t.offset,
+                len(t.subscribers),
+                t.bytes_before_compression,
+                t.bytes_after_compression,
+            )
+            for t in self.hub.topics
+        )
+        return ServerStatistics(
+            ready=self.ready,
+            connections_open=len(self.connections),
+            connections_opened=c.connections_opened,
+            connections_closed=dict(c.closed),
+            handshakes_refused=dict(c.refused),
+            messages_in=messages_in,
+            messages_out=messages_out,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+            outbox_messages=queued,
+            outbox_bytes=queued_bytes,
+            largest_outbox_bytes=largest,
+            dropped=dropped,
+            conflated=conflated,
+            recoveries=dict(c.recoveries),
+            publish_to_send=c.publish_to_send.statistics(),
+            heartbeat_rtt=c.heartbeat_rtt.statistics(),
+            topics=topics,
+        )
+
+    def _absorb(self, connection: ServerConnection) -> None:
+        """Add a closed connection's counts to the server's."""
+        c = self.counters
+        c.closed[connection.close_code or 1000] += 1
+        c.messages_in += connection.messages_in
+        c.messages_out += connection.messages_out
+        c.bytes_in += connection.bytes_in
+        c.bytes_out += connection.bytes_out
+        c.dropped += connection.outbox.dropped
+        c.conflated += connection.outbox.conflated
+
+    def _refused(self, reason: str, remote: str, status: int) -> None:
+        self.counters.refused[reason] += 1
+        log.debug("handshake from %s refused: %s (%s)", remote, reason, status)
+
     async def aclose(self) -> None:
         """Shut down gracefully, as cancelling :meth:`run` does."""
         await self._shutdown()
@@ -270,6 +349,7 @@ class Server:
         with trio.move_on_after(config.handshake_timeout):
             if not admitted or not self.ready:
                 why = refusal or "server shutting down"
+                self._refused(_ADMISSION_LABELS.get(refusal, "shutting_down"), remote, 503)
                 await request.reject(
                     503,
                     extra_headers=[(b"Retry-After", f"{max(1, round(retry_after))}".encode())],
@@ -284,6 +364,7 @@ class Server:
             if not origin_allowed(
                 origin, config.allowed_origins, allow_missing=config.allow_missing_origin
             ):
+                self._refused("origin", remote, 403)
                 await request.reject(403, body=b"origin not allowed")
                 return
             principal: Any = None
@@ -297,11 +378,14 @@ class Server:
                     principal, pending = None, True
                 elif principal is None or isinstance(principal, Refusal):
                     refusal_ = principal or Refusal()
+                    label = "forbidden" if refusal_.status == 403 else "unauthorized"
+                    self._refused(label, remote, refusal_.status)
                     await request.reject(refusal_.status, body=refusal_.reason.encode())
                     return
             try:
                 negotiated = select(offered, self.negotiation)
             except NegotiationError as exc:
+                self._refused("subprotocol", remote, 101)
                 ws = await request.accept()
                 await ws.aclose(NO_COMMON_SUBPROTOCOL, str(exc)[:120])
                 return
@@ -319,7 +403,9 @@ class Server:
             verify_token=getattr(self._authenticate, "verify", None),
             auth_pending=pending,
             remote=remote,
+            counters=self.counters,
         )
+        self.counters.connections_opened += 1
         self.connections[connection] = None
         self._idle = trio.Event() if len(self.connections) == 1 else self._idle
         log.debug("connection %s from %s: %s", connection.id, remote, negotiated.subprotocol)
@@ -327,6 +413,7 @@ class Server:
             await connection.run(self._hello(negotiated.compression))
         finally:
             del self.connections[connection]
+            self._absorb(connection)
             if not self.connections:
                 self._idle.set()
 

@@ -65,6 +65,7 @@ class _Item:
     last: int
     droppable: bool
     delta: Mapping[Key, dict[int, Any] | None] | None  # a table delta: can be conflated
+    stamp: float | None = None  # when it was published, on the caller's clock
 
 
 @attrs.define(eq=False)
@@ -87,6 +88,7 @@ class Taken:
     gaps: list[tuple[int, int, int]]
     frames: list[bytes]
     conflated: list[Conflated]
+    oldest: float | None = None  # the earliest publish stamp among the frames
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -144,12 +146,14 @@ class Outbox:
         last: int = 0,
         overflow: Overflow | None = None,
         delta: Mapping[Key, dict[int, Any] | None] | None = None,
+        stamp: float | None = None,
     ) -> Offer:
         """Queue *frame* (carrying offsets *first*-*last* of *topic_id*, if data).
 
         *overflow* None marks a control message: never dropped, and over the limits it makes
         the subscriber overflow. *delta* is the change set a table delta frame encodes; with
-        CONFLATE it lets the outbox merge instead of queueing.
+        CONFLATE it lets the outbox merge instead of queueing. *stamp*, when the message
+        was published, comes back as :attr:`Taken.oldest` (publish-to-send latency).
         """
         if self.overflowed:
             return Offer.OVERFLOW
@@ -175,7 +179,7 @@ class Outbox:
                     self._gap(topic_id, first, last)
                     return Offer.DROPPED
         self._items.append(
-            _Item(frame, topic_id, first, last, droppable, delta if conflatable else None)
+            _Item(frame, topic_id, first, last, droppable, delta if conflatable else None, stamp)
         )
         self._bytes += size
         self.peak_bytes = max(self.peak_bytes, self._bytes)
@@ -275,20 +279,24 @@ class Outbox:
         gaps = [(topic_id, first, last) for topic_id, (first, last) in self._gaps.items()]
         self._gaps.clear()
         items = self._items
+        oldest = next((item.stamp for item in items if item.stamp is not None), None)
         if max_bytes == math.inf or self._bytes <= max_bytes:
             frames = [item.frame for item in items]
             items.clear()
             self._bytes = 0
         else:
             frames, budget = [], max_bytes
+            taken: list[_Item] = []
             while items and (not frames or len(items[0].frame) <= budget):
                 item = items.popleft()
+                taken.append(item)
                 frames.append(item.frame)
                 budget -= len(item.frame)
                 self._bytes -= len(item.frame)
+            oldest = next((item.stamp for item in taken if item.stamp is not None), None)
         due = [] if items else [s for s in self._slots.values() if s.not_before <= now]
         for slot in due:
             del self._slots[slot.topic_id]
             if slot.topic_id in self._released:
                 self._released[slot.topic_id] = now
-        return Taken(gaps, frames, due)
+        return Taken(gaps, frames, due, oldest)

@@ -1,0 +1,256 @@
+"""Prometheus metrics, health and readiness over HTTP, served by the trio program itself.
+
+Imports: trio, h11, prometheus_client, tickwire.server.
+
+``server_endpoint = await nursery.start(serve_metrics, server, "127.0.0.1", 9100)`` serves
+
+- ``GET /metrics``: :meth:`Server.statistics` in the Prometheus text format, computed at
+  scrape time by a custom collector (nothing is counted twice on the hot path);
+- ``GET /healthz``: 200 while the process runs its event loop (alive);
+- ``GET /readyz``: 200 while the server accepts connections, 503 before it starts and
+  while it drains (load balancers stop sending new clients).
+
+Every request is bounded in size (8 KiB of headers) and time; the endpoint runs in the
+caller's nursery, so it cannot die silently as a thread would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Final
+
+import attrs
+import h11
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from tickwire.server import Server
+from tickwire.statistics import HistogramStatistics
+
+__all__ = ["MetricsEndpoint", "ServerCollector", "registry_for", "serve_metrics"]
+
+REQUEST_TIMEOUT: Final = 10.0  # seconds a client has to send each request
+MAX_REQUEST_BYTES: Final = 8 * 1024
+
+
+class ServerCollector(Collector):
+    """A prometheus_client collector reading :meth:`Server.statistics` at scrape time.
+
+    Register it in your own registry to expose tickwire's metrics beside your program's:
+    ``prometheus_client.REGISTRY.register(ServerCollector(server))``.
+    """
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.server.statistics()
+        yield GaugeMetricFamily(
+            "tickwire_ready", "1 while accepting connections, 0 while draining", value=s.ready
+        )
+        yield GaugeMetricFamily(
+            "tickwire_connections_open", "Open connections", value=s.connections_open
+        )
+        yield CounterMetricFamily(
+            "tickwire_connections_opened", "Connections accepted", value=s.connections_opened
+        )
+        closed = CounterMetricFamily(
+            "tickwire_connections_closed", "Closed connections by close code", labels=["code"]
+        )
+        for code, count in sorted(s.connections_closed.items()):
+            closed.add_metric([str(code)], count)
+        yield closed
+        refused = CounterMetricFamily(
+            "tickwire_handshakes_refused", "Refused handshakes by reason", labels=["reason"]
+        )
+        for reason, count in sorted(s.handshakes_refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
+        for name, doc, value in (
+            ("messages_received", "WebSocket messages received from clients", s.messages_in),
+            ("messages_sent", "WebSocket messages sent to clients", s.messages_out),
+            ("bytes_received", "Bytes received from clients (as framed)", s.bytes_in),
+            ("bytes_sent", "Bytes sent to clients (as framed)", s.bytes_out),
+            ("messages_dropped", "Messages dropped by the drop-oldest policy", s.dropped),
+            ("deltas_conflated", "Table deltas merged by the conflate policy", s.conflated),
+            (
+                "slow_consumer_disconnects",
+                "Connections closed as slow consumers (4000)",
+                s.slow_consumer_disconnects,
+            ),
+        ):
+            yield CounterMetricFamily(f"tickwire_{name}", doc, value=value)
+        for name, doc, value in (
+            ("outbox_messages", "Messages queued for slow connections", s.outbox_messages),
+            ("outbox_bytes", "Bytes queued for slow connections", s.outbox_bytes),
+            (
+                "outbox_largest_bytes",
+                "Bytes queued for the most behind connection",
+                s.largest_outbox_bytes,
+            ),
+        ):
+            yield GaugeMetricFamily(f"tickwire_{name}", doc, value=value)
+        recoveries = CounterMetricFamily(
+            "tickwire_recoveries",
+            "Resume and resync answers by outcome (recovered, not_recovered, snapshot)",
+            labels=["outcome"],
+        )
+        for outcome, count in sorted(s.recoveries.items()):
+            recoveries.add_metric([outcome], count)
+        yield recoveries
+        before = CounterMetricFamily(
+            "tickwire_topic_uncompressed_bytes",
+            "Encoded messages for compressing subscribers, before zstd, once per message",
+            labels=["topic"],
+        )
+        after = CounterMetricFamily(
+            "tickwire_topic_compressed_bytes",
+            "The same messages after zstd",
+            labels=["topic"],
+        )
+        offsets = GaugeMetricFamily(
+            "tickwire_topic_offset", "The topic's last offset", labels=["topic"]
+        )
+        subscribers = GaugeMetricFamily(
+            "tickwire_topic_subscribers", "Connections subscribed", labels=["topic"]
+        )
+        for t in s.topics:
+            before.add_metric([t.name], t.bytes_before_compression)
+            after.add_metric([t.name], t.bytes_after_compression)
+            offsets.add_metric([t.name], t.offset)
+            subscribers.add_metric([t.name], t.subscribers)
+        yield from (before, after, offsets, subscribers)
+        yield _histogram(
+            "tickwire_publish_to_send_seconds",
+            "Seconds from publish to the socket write, one observation per write",
+            s.publish_to_send,
+        )
+        yield _histogram(
+            "tickwire_heartbeat_rtt_seconds", "Seconds from ping to pong", s.heartbeat_rtt
+        )
+
+
+def _histogram(name: str, doc: str, h: HistogramStatistics) -> HistogramMetricFamily:
+    buckets = [(_go_float(bound), count) for bound, count in h.cumulative()]
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=h.sum)
+
+
+def _go_float(bound: float) -> str:
+    """A bucket bound as Prometheus writes it: ``+Inf``, ``0.005``, ``1.0``."""
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+def registry_for(server: Server) -> CollectorRegistry:
+    """A registry holding only *server*'s metrics."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServerCollector(server))
+    return registry
+
+
+@attrs.define(eq=False)
+class MetricsEndpoint:
+    """The running HTTP endpoint: the ports it listens on."""
+
+    server: Server
+    registry: CollectorRegistry
+    ports: list[int] = attrs.field(factory=list)
+
+    @property
+    def port(self) -> int:
+        return self.ports[0]
+
+    def respond(self, method: str, target: str) -> tuple[int, str, bytes]:
+        """(status, content type, body) for a request."""
+        path = target.split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain", b"only GET and HEAD\n"
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+        if path == "/healthz":
+            return 200, "text/plain", b"ok\n"
+        if path == "/readyz":
+            if self.server.ready:
+                return 200, "text/plain", b"ready\n"
+            return 503, "text/plain", b"not ready: starting or draining\n"
+        return 404, "text/plain", b"not found: try /metrics, /healthz or /readyz\n"
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
+        try:
+            while True:
+                with trio.move_on_after(REQUEST_TIMEOUT) as scope:
+                    request = await _next_request(conn, stream)
+                if scope.cancelled_caught or request is None:
+                    return
+                status, content_type, body = self.respond(
+                    request.method.decode("ascii", "replace"),
+                    request.target.decode("ascii", "replace"),
+                )
+                headers = [("content-type", content_type), ("content-length", str(len(body)))]
+                data = conn.send(h11.Response(status_code=status, headers=headers))
+                if request.method != b"HEAD":
+                    data = (data or b"") + (conn.send(h11.Data(data=body)) or b"")
+                data = (data or b"") + (conn.send(h11.EndOfMessage()) or b"")
+                with trio.move_on_after(REQUEST_TIMEOUT):
+                    await stream.send_all(data)
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return
+                conn.start_next_cycle()
+        except h11.RemoteProtocolError as exc:
+            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                body = f"bad request: {exc}\n".encode()
+                headers = [("content-type", "text/plain"), ("content-length", str(len(body)))]
+                status = exc.error_status_hint
+                data = conn.send(h11.Response(status_code=status, headers=headers))
+                with trio.move_on_after(REQUEST_TIMEOUT):
+                    await stream.send_all((data or b"") + body)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+
+async def _next_request(conn: h11.Connection, stream: trio.abc.Stream) -> h11.Request | None:
+    """The next request, its body (if any) read and ignored; None when the client is
+    done."""
+    request: h11.Request | None = None
+    while True:
+        event: Any = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(MAX_REQUEST_BYTES)
+            conn.receive_data(bytes(data))  # b"" means the client closed
+            continue
+        if isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.EndOfMessage):
+            return request
+        elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+            return None
+
+
+async def serve_metrics(
+    server: Server,
+    host: str,
+    port: int,
+    *,
+    registry: CollectorRegistry | None = None,
+    task_status: trio.TaskStatus[MetricsEndpoint] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` for *server* on *host*:*port*
+    until cancelled: ``endpoint = await nursery.start(serve_metrics, server, host, port)``.
+
+    Pass *registry* to expose your own metrics with tickwire's (register a
+    :class:`ServerCollector` in it); by default only the server's.
+    """
+    endpoint = MetricsEndpoint(server, registry or registry_for(server))
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    endpoint.ports = [listener.socket.getsockname()[1] for listener in listeners]
+    task_status.started(endpoint)
+    await trio.serve_listeners(endpoint.handle, listeners)
