@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 import websockets.exceptions
@@ -62,6 +63,8 @@ def test_serve_demo_ticker_end_to_end() -> None:
             "ticker",
             "--port",
             "0",
+            "--metrics-port",
+            "0",
             "--log-level",
             "warning",
         ],
@@ -72,6 +75,8 @@ def test_serve_demo_ticker_end_to_end() -> None:
         assert process.stdout is not None
         line = process.stdout.readline()
         port = int(re.search(r"127\.0\.0\.1:(\d+)/", line).group(1))  # type: ignore[union-attr]
+        line = process.stdout.readline()
+        metrics = re.search(r"http://127\.0\.0\.1:\d+/metrics", line).group(0)  # type: ignore[union-attr]
         negotiated = Negotiated.of(MSGPACK_ZSTD)
         client = Session(Role.CLIENT, negotiated)
         url = f"ws://127.0.0.1:{port}/"
@@ -96,6 +101,10 @@ def test_serve_demo_ticker_end_to_end() -> None:
             row = next(iter(view.rows.values()))
             assert set(row) == {"symbol", "bid", "ask", "bid_size", "ask_size", "ts"}
             assert all(r["bid"] < r["ask"] for r in view.rows.values())
+            with urllib.request.urlopen(metrics, timeout=10) as response:
+                text = response.read().decode()
+            assert "tickwire_connections_open 1.0" in text.splitlines()
+            assert re.search(r'^tickwire_topic_offset\{topic="quotes"\} [1-9]', text, re.M)
             process.send_signal(signal.SIGINT)
             with pytest.raises(websockets.exceptions.ConnectionClosed) as info:
                 read_until_closed(ws)
@@ -114,7 +123,18 @@ def test_serve_demo_ticker_end_to_end() -> None:
 def test_serve_shuts_down_gracefully_on_sigterm() -> None:
     """What an orchestrator sends: clients get 1001 with a retry hint, the exit status is 0."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "tickwire.cli", "serve", "--port", "0", "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "tickwire.cli",
+            "serve",
+            "--port",
+            "0",
+            "--metrics-port",
+            "off",
+            "--log-level",
+            "warning",
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -14,7 +14,6 @@ import functools
 import itertools
 import json
 import logging
-import os
 import signal
 import ssl
 import sys
@@ -28,16 +27,23 @@ import trio
 from tickwire._version import __version__
 from tickwire.auth import JWTAuth
 from tickwire.broadcast import Hub, TopicConfig
-from tickwire.config import Limits, ServerConfig
+from tickwire.config import Limits
 from tickwire.errors import TickwireError
+from tickwire.logs import configure as configure_logging
+from tickwire.metrics import MetricsEndpoint, serve_metrics
 from tickwire.sansio import envelope
 from tickwire.sansio.events import KIND_OF
 from tickwire.sansio.negotiation import MSGPACK_ZSTD, Negotiated
 from tickwire.sansio.session import decode_message
-from tickwire.server import Server, serve
+from tickwire.server import Server
+from tickwire.settings import ServeSettings, SettingsError
+from tickwire.settings import add_arguments as add_setting_arguments
+from tickwire.settings import load as load_settings
 from tickwire.sim import ENTITY_SCHEMA, QUOTE_SCHEMA, GameWorld, MarketFeed, quote_row
 
 __all__ = ["main"]
+
+log = logging.getLogger("tickwire.cli")
 
 
 def _plain(value: Any) -> Any:
@@ -120,64 +126,89 @@ async def _demo_game(hub: Hub, tick_rate: float, entities: int) -> None:
         await trio.sleep_until(start + tick / tick_rate)
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(f"TICKWIRE_{name}", default)
+async def _summarise(server: Server, interval: float = 60.0) -> None:
+    """One INFO line a minute: what an operator wants in a steady stream."""
+    while True:
+        await trio.sleep(interval)
+        s = server.statistics()
+        log.info(
+            "%d connections open, %d sent, %d slow-consumer disconnects",
+            s.connections_open,
+            s.messages_out,
+            s.slow_consumer_disconnects,
+            extra={
+                "connections": s.connections_open,
+                "messages_out": s.messages_out,
+                "bytes_out": s.bytes_out,
+                "dropped": s.dropped,
+                "refused": sum(s.handshakes_refused.values()),
+            },
+        )
 
 
-async def _serve_async(args: argparse.Namespace) -> None:
+async def _serve_async(settings: ServeSettings) -> None:
     hub = Hub()
     context = None
-    if args.tls_cert:
+    if settings.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(args.tls_cert, args.tls_key)
-    authenticate = JWTAuth(key=args.jwt_secret) if args.jwt_secret else None
-    config = ServerConfig(
-        allowed_origins=args.allowed_origin or None,
-        heartbeat_interval=args.heartbeat_interval,
-        heartbeat_timeout=min(10.0, args.heartbeat_interval / 2),
-    )
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    authenticate = JWTAuth(key=settings.jwt_secret) if settings.jwt_secret else None
+    server = Server(hub, config=settings.server, authenticate=authenticate)
+    host = settings.host
     async with trio.open_nursery() as nursery:
-        server: Server = await nursery.start(
-            functools.partial(
-                serve,
-                hub,
-                args.host,
-                args.port,
-                config=config,
-                ssl_context=context,
-                authenticate=authenticate,
+        # The metrics endpoint outlives the server's drain: /readyz says 503 meanwhile.
+        endpoint: MetricsEndpoint | None = None
+        if settings.metrics_port is not None:
+            endpoint = await nursery.start(serve_metrics, server, host, settings.metrics_port)
+        async with trio.open_nursery() as serving:
+            await serving.start(
+                functools.partial(server.run, host, settings.port, ssl_context=context)
             )
-        )
-        scheme = "wss" if context else "ws"
-        topics = {
-            "ticker": "the table quotes and the streams trades.*",
-            "game": "the table world",
-        }.get(args.demo or "", "")
-        print(
-            f"tickwire serving on {scheme}://{args.host}:{server.port}/"
-            + (f" (demo {args.demo}: topics {topics})" if args.demo else ""),
-            flush=True,
-        )
-        if args.demo == "ticker":
-            nursery.start_soon(_demo_ticker, hub, args.rate, args.symbols)
-        elif args.demo == "game":
-            nursery.start_soon(_demo_game, hub, args.tick_rate, args.entities)
-        # SIGTERM (what orchestrators send) shuts down as gracefully as Ctrl+C: cancelling
-        # serve() says 1001 to every client and drains within shutdown_timeout.
-        with trio.open_signal_receiver(signal.SIGTERM) as signals:
-            async for _ in signals:
-                print("tickwire: SIGTERM, shutting down", flush=True)
-                nursery.cancel_scope.cancel()
-                break
+            scheme = "wss" if context else "ws"
+            topics = {
+                "ticker": "the table quotes and the streams trades.*",
+                "game": "the table world",
+            }.get(settings.demo or "", "")
+            print(
+                f"tickwire serving on {scheme}://{_hostport(host, server.port)}/"
+                + (f" (demo {settings.demo}: topics {topics})" if settings.demo else ""),
+                flush=True,
+            )
+            if endpoint is not None:
+                print(
+                    f"metrics on http://{_hostport(host, endpoint.port)}/metrics "
+                    "(and /healthz, /readyz)",
+                    flush=True,
+                )
+            if settings.demo == "ticker":
+                serving.start_soon(_demo_ticker, hub, settings.rate, settings.symbols)
+            elif settings.demo == "game":
+                serving.start_soon(_demo_game, hub, settings.tick_rate, settings.entities)
+            serving.start_soon(_summarise, server)
+            # SIGTERM (what orchestrators send) shuts down as gracefully as Ctrl+C: the
+            # server says 1001 to every client and drains within shutdown_timeout.
+            with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                async for _ in signals:
+                    print("tickwire: SIGTERM, shutting down", flush=True)
+                    await server.aclose()
+                    serving.cancel_scope.cancel()
+                    break
+        nursery.cancel_scope.cancel()
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    if bool(args.tls_cert) != bool(args.tls_key):
-        print("tickwire serve: --tls-cert and --tls-key go together", file=sys.stderr)
-        return 2
     try:
-        trio.run(_serve_async, args)
+        settings = load_settings(args)
+    except SettingsError as exc:
+        print(f"tickwire serve: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        trio.run(_serve_async, settings)
     except BaseException as exc:  # Ctrl+C: trio may wrap it in an exception group
         interrupted = isinstance(exc, KeyboardInterrupt) or (
             isinstance(exc, BaseExceptionGroup) and exc.split(KeyboardInterrupt)[1] is None
@@ -193,20 +224,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tickwire", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"tickwire {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("serve", help="run a tickwire server (with --demo: a simulated feed)")
-    p.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="default 127.0.0.1")
-    p.add_argument("--port", type=int, default=int(_env("PORT", "8765")), help="default 8765")
-    p.add_argument("--demo", choices=("ticker", "game"), help="publish a simulated feed")
-    p.add_argument("--rate", type=float, default=5000.0, help="ticker updates a second")
-    p.add_argument("--symbols", type=int, default=500, help="ticker symbols")
-    p.add_argument("--tick-rate", type=float, default=20.0, help="game ticks a second")
-    p.add_argument("--entities", type=int, default=200, help="game entities")
-    p.add_argument("--tls-cert", default=_env("TLS_CERT", ""), help="PEM certificate chain")
-    p.add_argument("--tls-key", default=_env("TLS_KEY", ""), help="PEM private key")
-    p.add_argument("--jwt-secret", default=_env("JWT_SECRET", ""), help="require HS256 JWTs")
-    p.add_argument("--allowed-origin", action="append", help="allow this Origin (repeatable)")
-    p.add_argument("--heartbeat-interval", type=float, default=20.0, help="seconds")
-    p.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
+    p = sub.add_parser(
+        "serve",
+        help="run a tickwire server (with --demo: a simulated feed)",
+        description="Run a tickwire server. Each setting comes from its flag, else from "
+        "TICKWIRE_<SETTING> in the environment, else from the --config TOML file, else "
+        "the default (docs/configuration.md).",
+    )
+    add_setting_arguments(p)
     p.set_defaults(run=_serve)
     p = sub.add_parser("decode", help="explain one binary tickwire/1 message given in hex")
     p.add_argument("hex")

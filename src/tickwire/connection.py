@@ -413,7 +413,11 @@ class ServerConnection:
                     self._watching = True
                     nursery.start_soon(self._watch_credentials)
         except Exception:  # a bug in this connection: it alone goes
-            log.exception("connection %s failed; closing it with 1011", self.id)
+            log.exception(
+                "connection %s failed; closing it with 1011",
+                self.id,
+                extra={"conn": self.id, "remote": self.remote},
+            )
             self.finish(1011, "internal error")
         finally:
             self.hub.remove(self)
@@ -429,7 +433,13 @@ class ServerConnection:
                 await self.ws.aclose(code, reason[:120])
         # else a write was cut off mid-frame: no close frame can follow it.
         await self.ws._close_stream()
-        log.debug("connection %s closed: %s %s", self.id, code, reason)
+        log.debug(
+            "connection %s closed: %s %s",
+            self.id,
+            code,
+            reason,
+            extra={"conn": self.id, "remote": self.remote, "code": code},
+        )
 
     async def _reader(self) -> None:
         try:

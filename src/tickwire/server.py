@@ -286,7 +286,13 @@ class Server:
 
     def _refused(self, reason: str, remote: str, status: int) -> None:
         self.counters.refused[reason] += 1
-        log.debug("handshake from %s refused: %s (%s)", remote, reason, status)
+        log.debug(
+            "handshake from %s refused: %s (%s)",
+            remote,
+            reason,
+            status,
+            extra={"remote": remote, "reason": reason, "status": status},
+        )
 
     async def aclose(self) -> None:
         """Shut down gracefully, as cancelling :meth:`run` does."""
@@ -320,7 +326,9 @@ class Server:
                 )
                 nursery.cancel_scope.cancel()  # trio-websocket's reader, if still there
         except Exception:
-            log.exception("connection from %s failed during the handshake", remote)
+            log.exception(
+                "connection from %s failed during the handshake", remote, extra={"remote": remote}
+            )
         finally:
             if admission.admitted:
                 self.admission.release(remote)
@@ -344,7 +352,7 @@ class Server:
             except trio_websocket.ConnectionClosed:
                 return
         if scope.cancelled_caught:
-            log.debug("handshake timeout from %s", remote)
+            log.debug("handshake timeout from %s", remote, extra={"remote": remote})
             return
         with trio.move_on_after(config.handshake_timeout):
             if not admitted or not self.ready:
@@ -408,7 +416,13 @@ class Server:
         self.counters.connections_opened += 1
         self.connections[connection] = None
         self._idle = trio.Event() if len(self.connections) == 1 else self._idle
-        log.debug("connection %s from %s: %s", connection.id, remote, negotiated.subprotocol)
+        log.debug(
+            "connection %s from %s: %s",
+            connection.id,
+            remote,
+            negotiated.subprotocol,
+            extra={"conn": connection.id, "remote": remote},
+        )
         try:
             await connection.run(self._hello(negotiated.compression))
         finally:
