@@ -14,6 +14,7 @@ import functools
 import itertools
 import json
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -40,6 +41,7 @@ from tickwire.settings import ServeSettings, SettingsError
 from tickwire.settings import add_arguments as add_setting_arguments
 from tickwire.settings import load as load_settings
 from tickwire.sim import ENTITY_SCHEMA, QUOTE_SCHEMA, GameWorld, MarketFeed, quote_row
+from tickwire.tail import TailOptions, tail
 
 __all__ = ["main"]
 
@@ -219,6 +221,27 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tail(args: argparse.Namespace) -> int:
+    options = TailOptions(
+        url=args.url,
+        topics=tuple(args.topics),
+        json=args.json,
+        count=args.count,
+        duration=args.duration,
+        stats_interval=None if args.no_stats else args.stats_interval,
+        max_rate=args.max_rate,
+        policy=args.policy,
+        token=args.token or os.environ.get("TICKWIRE_TOKEN") or None,
+        compression=not args.no_compression,
+        retries=args.retries,
+    )
+    logging.basicConfig(level="WARNING", format="%(message)s")
+    try:
+        return trio.run(tail, options)
+    except KeyboardInterrupt:
+        return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = argparse.ArgumentParser(prog="tickwire", description=__doc__.splitlines()[0])
@@ -233,6 +256,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_setting_arguments(p)
     p.set_defaults(run=_serve)
+    p = sub.add_parser(
+        "tail",
+        help="subscribe and print the updates of topics as they arrive",
+        description="Subscribe to TOPICs (names or patterns such as trades.*) and print "
+        "each update on standard output; live counters go to standard error.",
+    )
+    p.add_argument("url", help="ws:// or wss:// address of the server")
+    p.add_argument("topics", nargs="+", metavar="TOPIC")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of text")
+    p.add_argument("--count", type=int, help="stop after this many updates")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--stats-interval", type=float, default=2.0, help="seconds (default 2)")
+    p.add_argument("--no-stats", action="store_true", help="no counters on standard error")
+    p.add_argument("--max-rate", type=float, help="tables: at most this many deltas a second")
+    p.add_argument("--policy", choices=("disconnect", "drop_oldest", "conflate"))
+    p.add_argument("--token", help="bearer token (or TICKWIRE_TOKEN)")
+    p.add_argument("--no-compression", action="store_true", help="do not offer zstd")
+    p.add_argument("--retries", type=int, default=20, help="reconnection attempts")
+    p.set_defaults(run=_tail)
     p = sub.add_parser("decode", help="explain one binary tickwire/1 message given in hex")
     p.add_argument("hex")
     p.set_defaults(run=_decode)

@@ -1,0 +1,276 @@
+"""``tickwire tail URL TOPIC...``: subscribe and print the decoded updates as they arrive.
+
+Imports: trio, rich, tickwire.client.
+
+Updates go to standard output, one line each: readable text, or JSON lines with
+``--json`` (for ``jq`` and scripts). Live counters go to standard error every
+``--stats-interval`` seconds and once at the end: updates a second, bytes a second on the
+wire, the compression ratio, gaps (continuity lost) and reconnects. ``--count`` and
+``--duration`` bound a run; Ctrl+C ends it with the summary.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import attrs
+import trio
+from rich.console import Console
+from rich.table import Table
+
+from tickwire._groups import unwrapped
+from tickwire.client import (
+    ClientConfig,
+    ClientStatistics,
+    Message,
+    Reconnect,
+    TableChanged,
+    TableReset,
+    Update,
+    open_client,
+)
+from tickwire.errors import ConnectionClosed, ConnectionRefused, SubscriptionError, TickwireError
+
+__all__ = ["TailOptions", "format_json", "format_text", "tail"]
+
+
+@attrs.frozen(kw_only=True)
+class TailOptions:
+    """What ``tickwire tail`` was asked for."""
+
+    url: str
+    topics: tuple[str, ...]
+    json: bool = False
+    count: int | None = None  # lines: messages, row changes, resets, losses
+    duration: float | None = None
+    stats_interval: float | None = 2.0
+    max_rate: float | None = None
+    policy: str | None = None
+    token: str | None = None
+    compression: bool = True
+    retries: int = 20
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"$bin": value.hex()}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _clock() -> str:
+    return datetime.datetime.now().strftime("%H:%M:%S.%f")[:-3]
+
+
+def format_json(update: Update) -> list[str]:
+    """JSON lines for one update: ``message``, ``change`` (one a row), ``reset``, ``lost``."""
+    if isinstance(update, Message):
+        line = {"type": "message", "topic": update.topic, "offset": update.offset}
+        return [json.dumps({**line, "payload": _plain(update.payload)})]
+    if isinstance(update, TableChanged):
+        return [
+            json.dumps(
+                {
+                    "type": "change",
+                    "topic": update.topic,
+                    "offset": update.offset,
+                    "key": _plain(change.key),
+                    "row": _plain(change.row),
+                    "changed": list(change.changed),
+                }
+            )
+            for change in update.changes
+        ]
+    if isinstance(update, TableReset):
+        rows = [_plain(row) for row in update.rows.values()]
+        line = {"type": "reset", "topic": update.topic, "offset": update.offset}
+        return [json.dumps({**line, "reason": update.reason, "rows": rows})]
+    return [
+        json.dumps(
+            {
+                "type": "lost",
+                "topic": update.topic,
+                "first": update.first,
+                "last": update.last,
+                "reason": update.reason,
+            }
+        )
+    ]
+
+
+def _fields(row: Any, names: tuple[str, ...] | None = None) -> str:
+    items = row.items() if names is None else ((n, row[n]) for n in names if n in row)
+    return " ".join(f"{k}={json.dumps(_plain(v))}" for k, v in items)
+
+
+def format_text(update: Update) -> list[str]:
+    """Readable lines for one update: time, topic, offset, then what changed."""
+    now = _clock()
+    if isinstance(update, Message):
+        payload = update.payload
+        text = _fields(payload) if isinstance(payload, dict) else json.dumps(_plain(payload))
+        return [f"{now} {update.topic} #{update.offset} {text}"]
+    if isinstance(update, TableChanged):
+        lines = []
+        for change in update.changes:
+            if change.row is None:
+                lines.append(f"{now} {update.topic} #{update.offset} {change.key} deleted")
+            else:
+                text = _fields(change.row, change.changed)
+                lines.append(f"{now} {update.topic} #{update.offset} {change.key} {text}")
+        return lines
+    if isinstance(update, TableReset):
+        count = len(update.rows)
+        return [f"{now} {update.topic} #{update.offset} snapshot: {count} rows ({update.reason})"]
+    span = "?" if update.first is None else f"{update.first}-{update.last}"
+    return [f"{now} {update.topic} LOST offsets {span}: {update.reason}"]
+
+
+@attrs.define
+class _Meter:
+    """Rates between two looks at the client's counters."""
+
+    at: float = 0.0
+    updates: int = 0
+    bytes: int = 0
+
+    def rates(self, now: float, stats: ClientStatistics) -> tuple[float, float]:
+        elapsed = max(now - self.at, 1e-9)
+        rates = (
+            (stats.updates_received - self.updates) / elapsed,
+            (stats.bytes_received - self.bytes) / elapsed,
+        )
+        self.at, self.updates, self.bytes = now, stats.updates_received, stats.bytes_received
+        return rates
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+def _stats_line(stats: ClientStatistics, updates_rate: float, bytes_rate: float) -> str:
+    return (
+        f"{updates_rate:,.0f} updates/s, {_human(bytes_rate)}/s, "
+        f"compression x{stats.compression_ratio:.2f}, {stats.losses} gaps, "
+        f"{stats.reconnects} reconnects, {stats.updates_received:,} updates"
+    )
+
+
+async def tail(
+    options: TailOptions,
+    *,
+    out: TextIO | None = None,
+    err: Console | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> int:
+    """Run ``tickwire tail``; returns the exit status (0, or 1 when refused)."""
+    out = out or sys.stdout
+    err = err or Console(stderr=True, highlight=False)
+    fmt: Callable[[Update], list[str]] = format_json if options.json else format_text
+    config = ClientConfig(
+        compression=options.compression,
+        reconnect=Reconnect(initial_delay=0.25, max_delay=5.0, max_attempts=options.retries),
+    )
+    started = trio.current_time()
+    try:
+        with unwrapped():
+            return await _run(options, out, err, fmt, config, started, task_status)
+    except SubscriptionError as exc:
+        err.print(f"tickwire tail: subscription refused: {exc.code} {exc.text}")
+    except (ConnectionRefused, ConnectionClosed) as exc:
+        err.print(f"tickwire tail: {exc}")
+    except TickwireError as exc:
+        err.print(f"tickwire tail: {type(exc).__name__}: {exc}")
+    except OSError as exc:
+        err.print(f"tickwire tail: cannot connect to {options.url}: {exc}")
+    return 1
+
+
+async def _run(
+    options: TailOptions,
+    out: TextIO,
+    err: Console,
+    fmt: Callable[[Update], list[str]],
+    config: ClientConfig,
+    started: float,
+    task_status: trio.TaskStatus[None],
+) -> int:
+    seen = 0
+    async with open_client(options.url, token=options.token, config=config) as client:
+        # Bounded: when printing falls behind, the subscriptions' own buffers fill and
+        # stream updates are dropped with a Lost line, as the client promises.
+        send, receive = trio.open_memory_channel[Update](256)
+        meter = _Meter(at=started)
+        async with trio.open_nursery() as nursery:
+            for topic in options.topics:
+                await nursery.start(_follow, client, topic, options, send)
+            if options.stats_interval:
+                nursery.start_soon(_report, client, options.stats_interval, meter, err)
+            if options.duration is not None:
+                nursery.cancel_scope.deadline = started + options.duration
+            task_status.started()
+            async for update in receive:
+                lines = fmt(update)  # one a message or row change
+                if options.count is not None:
+                    lines = lines[: options.count - seen]
+                out.write("".join(line + "\n" for line in lines))
+                out.flush()
+                seen += len(lines)
+                if options.count is not None and seen >= options.count:
+                    break
+            nursery.cancel_scope.cancel()
+        _summary(client.statistics(), trio.current_time() - started, err)
+    return 0
+
+
+async def _follow(
+    client: Any,
+    topic: str,
+    options: TailOptions,
+    send: trio.MemorySendChannel[Update],
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    async with client.subscribe(
+        topic, policy=options.policy, max_rate=options.max_rate
+    ) as subscription:
+        task_status.started()
+        async for update in subscription:
+            await send.send(update)
+
+
+async def _report(client: Any, interval: float, meter: _Meter, err: Console) -> None:
+    while True:
+        await trio.sleep(interval)
+        stats = client.statistics()
+        updates_rate, bytes_rate = meter.rates(trio.current_time(), stats)
+        err.print(f"[dim]{_stats_line(stats, updates_rate, bytes_rate)}[/dim]")
+
+
+def _summary(stats: ClientStatistics, elapsed: float, err: Console) -> None:
+    table = Table(title="tickwire tail", show_header=False, box=None)
+    elapsed = max(elapsed, 1e-9)
+    wire_rate = stats.bytes_received / elapsed
+    for name, value in (
+        ("subprotocol", stats.subprotocol or "-"),
+        ("seconds", f"{elapsed:.1f}"),
+        ("updates", f"{stats.updates_received:,} ({stats.updates_received / elapsed:,.0f}/s)"),
+        ("messages", f"{stats.messages_received:,}"),
+        ("on the wire", f"{_human(stats.bytes_received)} ({_human(wire_rate)}/s)"),
+        ("decoded", _human(stats.bytes_decoded)),
+        ("compression", f"x{stats.compression_ratio:.2f}"),
+        ("gaps", str(stats.losses)),
+        ("reconnects", str(stats.reconnects)),
+    ):
+        table.add_row(name, value)
+    err.print(table)
