@@ -30,7 +30,7 @@ from typing import Any
 import msgpack
 import zstandard
 
-from support import table, ws_header
+from support import progress, table, ws_header
 from tickwire.config import KiB, Limits
 from tickwire.sansio.codec import encode_body
 from tickwire.sansio.compression import CompressionConfig, Compressor, Dictionary
@@ -465,67 +465,74 @@ def main(argv: list[str] | None = None) -> int:
         "zstd": zstandard.ZSTD_VERSION,
         "streams": [],
     }
-    for build, count in builders:
-        stream, train_on = (
-            build(measured, count),
-            build(training, max(count, 400) if build is not game_snapshots else 20),
-        )
-        rows = []
-        for name, make, tickwire in codecs_for(train_on, dict_sizes, quick):
-            rows.append({"codec": name, **run_codec(make, stream, tickwire, repeats)})
-        results["streams"].append(
-            {
-                "name": stream.name,
-                "unit": stream.unit,
-                "units": stream.units,
-                "messages": len(stream.items),
-                "rows": rows,
-            }
-        )
-        base = rows[0]["bytes"]
+    per_stream = (2 if orjson is not None else 1) + 1 + (2 if quick else 4) + len(dict_sizes) + 6
+    steps = len(builders) * per_stream + 1
+    with progress(steps, "codecs") as step:
+        for build, count in builders:
+            stream, train_on = (
+                build(measured, count),
+                build(training, max(count, 400) if build is not game_snapshots else 20),
+            )
+            rows = []
+            for name, make, tickwire in codecs_for(train_on, dict_sizes, quick):
+                rows.append({"codec": name, **run_codec(make, stream, tickwire, repeats)})
+                step(f"{stream.name}: {name}")
+            results["streams"].append(
+                {
+                    "name": stream.name,
+                    "unit": stream.unit,
+                    "units": stream.units,
+                    "messages": len(stream.items),
+                    "rows": rows,
+                }
+            )
+            base = rows[0]["bytes"]
+            print(
+                f"\n{stream.name}: {stream.units} {stream.unit}s in {len(stream.items)} messages "
+                f"(median of {repeats} runs)"
+            )
+            print(
+                table(
+                    [
+                        [
+                            r["codec"],
+                            f"{r['bytes']:.1f}",
+                            f"{100 * r['bytes'] / base:.0f}%",
+                            f"{r['encode_us']:.2f}",
+                            f"{r['decode_us']:.2f}",
+                            f"{r['encode_us'] + r['decode_us']:.2f}",
+                        ]
+                        for r in rows
+                    ],
+                    ["codec", f"B/{stream.unit}", "vs json", "enc us", "dec us", "enc+dec us"],
+                )
+            )
+
+        subs = 100 if quick else args.subscribers
+        single = ticker_single(measured, 200)
+        d = train(ticker_single(training, 2000 if not quick else 500), 16 * KiB, tickwire=True)
+        fan = fanout(single, subs, 20 if quick else 100, repeats, d)
+        step(f"fan-out to {subs} subscribers")
+        results["fanout"] = {"subscribers": subs, "rows": fan}
+        once = fan[0]["us_per_update"]
         print(
-            f"\n{stream.name}: {stream.units} {stream.unit}s in {len(stream.items)} messages "
-            f"(median of {repeats} runs)"
+            f"\nticker single: CPU to deliver one update to {subs} subscribers (compression only)"
         )
         print(
             table(
                 [
                     [
                         r["codec"],
-                        f"{r['bytes']:.1f}",
-                        f"{100 * r['bytes'] / base:.0f}%",
-                        f"{r['encode_us']:.2f}",
-                        f"{r['decode_us']:.2f}",
-                        f"{r['encode_us'] + r['decode_us']:.2f}",
+                        f"{r['us_per_update']:.1f}",
+                        f"{r['us_per_update'] / once:.0f}x",
+                        f"{r['allocated_per_connection'] / KiB:.0f}",
+                        f"{r['memory_per_connection'] / KiB:.0f}",
                     ]
-                    for r in rows
+                    for r in fan
                 ],
-                ["codec", f"B/{stream.unit}", "vs json", "enc us", "dec us", "enc+dec us"],
+                ["codec", "us/update", "vs once", "KiB/conn allocated", "KiB/conn resident"],
             )
         )
-
-    subs = 100 if quick else args.subscribers
-    single = ticker_single(measured, 200)
-    d = train(ticker_single(training, 2000 if not quick else 500), 16 * KiB, tickwire=True)
-    fan = fanout(single, subs, 20 if quick else 100, repeats, d)
-    results["fanout"] = {"subscribers": subs, "rows": fan}
-    once = fan[0]["us_per_update"]
-    print(f"\nticker single: CPU to deliver one update to {subs} subscribers (compression only)")
-    print(
-        table(
-            [
-                [
-                    r["codec"],
-                    f"{r['us_per_update']:.1f}",
-                    f"{r['us_per_update'] / once:.0f}x",
-                    f"{r['allocated_per_connection'] / KiB:.0f}",
-                    f"{r['memory_per_connection'] / KiB:.0f}",
-                ]
-                for r in fan
-            ],
-            ["codec", "us/update", "vs once", "KiB/conn allocated", "KiB/conn resident"],
-        )
-    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
         print(f"\nresults written to {args.json}")

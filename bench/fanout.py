@@ -37,7 +37,7 @@ import sys
 import time
 from typing import Any
 
-from support import table
+from support import progress, table
 
 PAYLOAD = 100
 SERVERS = ("tickwire", "websockets", "trio-websocket")
@@ -390,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--plot", help="draw a PNG chart (plotting extra)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--role", default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -427,125 +428,178 @@ def bench(args: argparse.Namespace) -> int:
         "stalled": [],
         "idle": [],
     }
-    for subscribers, count in sizes:
+    steps = len(sizes) * len(SERVERS) * (repeats + 1) + 3 * len(SERVERS)
+    with progress(steps, "fan-out") as step:
+
+        def measure(server: str, subscribers: int, *rest: Any) -> dict[str, Any]:
+            result = one_run(server, subscribers, *rest)
+            step(f"{server}, {subscribers} subscribers")
+            return result
+
+        for subscribers, count in sizes:
+            rows = []
+            for server in SERVERS:
+                runs = [measure(server, subscribers, count, None) for _ in range(repeats)]
+                rates = [r["per_second"] for r in runs]
+                complete = all(r["delivered"] == r["expected"] for r in runs)
+                results["saturation"].append(
+                    {
+                        "server": server,
+                        "subscribers": subscribers,
+                        "messages": count,
+                        "per_second": rates,
+                        "complete": complete,
+                    }
+                )
+                rows.append(
+                    [server, f"{statistics.median(rates):,.0f}", "all" if complete else "LOST SOME"]
+                )
+            base = statistics.median(results["saturation"][-2]["per_second"])
+            print(
+                f"\nsaturation: {count} messages of {PAYLOAD} B to {subscribers} subscribers "
+                f"(median of {repeats})"
+            )
+            print(
+                table(
+                    [[*r, f"{float(r[1].replace(',', '')) / base:.2f}x"] for r in rows],
+                    ["server", "deliveries/s", "delivered", "vs websockets"],
+                )
+            )
+            rate = 20_000 / subscribers
+            count = int(rate * latency_seconds)
+            rows = []
+            for server in SERVERS:
+                run = measure(server, subscribers, count, rate)
+                lat = run["latencies_us"]
+                p50, p99 = percentile(lat, 0.50), percentile(lat, 0.99)
+                results["latency"].append(
+                    {
+                        "server": server,
+                        "subscribers": subscribers,
+                        "p50_us": p50,
+                        "p99_us": p99,
+                        "delivered": run["delivered"],
+                        "expected": run["expected"],
+                    }
+                )
+                rows.append(
+                    [server, f"{p50:,.0f}", f"{p99:,.0f}", f"{run['delivered']}/{run['expected']}"]
+                )
+            print(
+                f"\nlatency at 20,000 deliveries/s to {subscribers} subscribers "
+                f"({rate:g} messages/s for {latency_seconds:g} s), publish to receive"
+            )
+            print(table(rows, ["server", "p50 us", "p99 us", "delivered"]))
+        subscribers, count = (20, 2000) if quick else (100, 4000)
+        stalled = subscribers // 10
         rows = []
         for server in SERVERS:
-            runs = [one_run(server, subscribers, count, None) for _ in range(repeats)]
-            rates = [r["per_second"] for r in runs]
-            complete = all(r["delivered"] == r["expected"] for r in runs)
-            results["saturation"].append(
+            calm = measure(server, subscribers, count, None, 0, 1024)
+            stall = measure(server, subscribers, count, None, stalled, 1024)
+            p99 = [percentile(r["latencies_us"], 0.99) for r in (calm, stall)]
+            results["stalled"].append(
                 {
                     "server": server,
                     "subscribers": subscribers,
-                    "messages": count,
-                    "per_second": rates,
-                    "complete": complete,
+                    "stalled": stalled,
+                    "per_second": [calm["per_second"], stall["per_second"]],
+                    "p99_us": p99,
+                    "peak_rss": [calm["peak_rss"], stall["peak_rss"]],
+                    "delivered": [calm["delivered"], stall["delivered"]],
+                    "expected": [calm["expected"], stall["expected"]],
                 }
             )
             rows.append(
-                [server, f"{statistics.median(rates):,.0f}", "all" if complete else "LOST SOME"]
+                [
+                    server,
+                    f"{calm['per_second']:,.0f}",
+                    f"{stall['per_second']:,.0f}",
+                    f"{stall['per_second'] / calm['per_second']:.2f}",
+                    f"{p99[0] / 1000:,.1f}",
+                    f"{p99[1] / 1000:,.1f}",
+                    f"{p99[1] / p99[0]:.2f}",
+                    f"{calm['peak_rss'] / 2**20:,.0f}",
+                    f"{stall['peak_rss'] / 2**20:,.0f}",
+                ]
             )
-        base = statistics.median(results["saturation"][-2]["per_second"])
         print(
-            f"\nsaturation: {count} messages of {PAYLOAD} B to {subscribers} subscribers "
-            f"(median of {repeats})"
+            f"\n{stalled} of {subscribers} subscribers stalled (they stop reading): the others, "
+            f"{count} messages of 1 KiB at saturation; server peak memory"
         )
         print(
             table(
-                [[*r, f"{float(r[1].replace(',', '')) / base:.2f}x"] for r in rows],
-                ["server", "deliveries/s", "delivered", "vs websockets"],
+                rows,
+                [
+                    "server",
+                    "rate calm",
+                    "rate stalled",
+                    "ratio",
+                    "p99 ms calm",
+                    "p99 ms stalled",
+                    "ratio",
+                    "MiB calm",
+                    "MiB stalled",
+                ],
             )
         )
-        rate = 20_000 / subscribers
-        count = int(rate * latency_seconds)
         rows = []
         for server in SERVERS:
-            run = one_run(server, subscribers, count, rate)
-            lat = run["latencies_us"]
-            p50, p99 = percentile(lat, 0.50), percentile(lat, 0.99)
-            results["latency"].append(
+            run = measure(server, idle, 0, None)
+            results["idle"].append(
                 {
                     "server": server,
-                    "subscribers": subscribers,
-                    "p50_us": p50,
-                    "p99_us": p99,
-                    "delivered": run["delivered"],
-                    "expected": run["expected"],
+                    "connections": idle,
+                    "rss_per_connection": run["rss_per_connection"],
                 }
             )
-            rows.append(
-                [server, f"{p50:,.0f}", f"{p99:,.0f}", f"{run['delivered']}/{run['expected']}"]
-            )
-        print(
-            f"\nlatency at 20,000 deliveries/s to {subscribers} subscribers "
-            f"({rate:g} messages/s for {latency_seconds:g} s), publish to receive"
-        )
-        print(table(rows, ["server", "p50 us", "p99 us", "delivered"]))
-    subscribers, count = (20, 2000) if quick else (100, 4000)
-    stalled = subscribers // 10
-    rows = []
-    for server in SERVERS:
-        calm = one_run(server, subscribers, count, None, 0, 1024)
-        stall = one_run(server, subscribers, count, None, stalled, 1024)
-        p99 = [percentile(r["latencies_us"], 0.99) for r in (calm, stall)]
-        results["stalled"].append(
-            {
-                "server": server,
-                "subscribers": subscribers,
-                "stalled": stalled,
-                "per_second": [calm["per_second"], stall["per_second"]],
-                "p99_us": p99,
-                "peak_rss": [calm["peak_rss"], stall["peak_rss"]],
-                "delivered": [calm["delivered"], stall["delivered"]],
-                "expected": [calm["expected"], stall["expected"]],
-            }
-        )
-        rows.append(
-            [
-                server,
-                f"{calm['per_second']:,.0f}",
-                f"{stall['per_second']:,.0f}",
-                f"{stall['per_second'] / calm['per_second']:.2f}",
-                f"{p99[0] / 1000:,.1f}",
-                f"{p99[1] / 1000:,.1f}",
-                f"{p99[1] / p99[0]:.2f}",
-                f"{calm['peak_rss'] / 2**20:,.0f}",
-                f"{stall['peak_rss'] / 2**20:,.0f}",
-            ]
-        )
-    print(
-        f"\n{stalled} of {subscribers} subscribers stalled (they stop reading): the others, "
-        f"{count} messages of 1 KiB at saturation; server peak memory"
-    )
-    print(
-        table(
-            rows,
-            [
-                "server",
-                "rate calm",
-                "rate stalled",
-                "ratio",
-                "p99 ms calm",
-                "p99 ms stalled",
-                "ratio",
-                "MiB calm",
-                "MiB stalled",
-            ],
-        )
-    )
-    rows = []
-    for server in SERVERS:
-        run = one_run(server, idle, 0, None)
-        results["idle"].append(
-            {"server": server, "connections": idle, "rss_per_connection": run["rss_per_connection"]}
-        )
-        rows.append([server, f"{run['rss_per_connection'] / 1024:.1f}"])
-    print(f"\nidle: server memory per connection with {idle} idle connections")
-    print(table(rows, ["server", "KiB/connection"]))
+            rows.append([server, f"{run['rss_per_connection'] / 1024:.1f}"])
+        print(f"\nidle: server memory per connection with {idle} idle connections")
+        print(table(rows, ["server", "KiB/connection"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
+    if args.plot:
+        plot(results, args.plot)
     return 0
+
+
+def plot(results: dict[str, Any], path: str) -> None:
+    """Deliveries a second at saturation, and p99 latency with and without stalled
+    subscribers, per server."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("--plot needs the plotting extra: pip install -e '.[plot]'", file=sys.stderr)
+        return
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    groups = sorted({r["subscribers"] for r in results["saturation"]})
+    width = 0.8 / len(SERVERS)
+    for i, server in enumerate(SERVERS):
+        rates = [
+            statistics.median(r["per_second"])
+            for g in groups
+            for r in results["saturation"]
+            if r["server"] == server and r["subscribers"] == g
+        ]
+        left.bar([x + i * width for x in range(len(groups))], rates, width, label=server)
+    left.set_xticks([x + width for x in range(len(groups))], [f"{g} subscribers" for g in groups])
+    left.set_title("saturation: deliveries/s (higher is better)")
+    left.legend()
+    names = [r["server"] for r in results["stalled"]]
+    calm = [r["p99_us"][0] / 1000 for r in results["stalled"]]
+    stalled = [r["p99_us"][1] / 1000 for r in results["stalled"]]
+    xs = range(len(names))
+    right.bar([x - 0.2 for x in xs], calm, 0.4, label="all reading")
+    right.bar([x + 0.2 for x in xs], stalled, 0.4, label="10% stalled")
+    right.set_xticks(list(xs), names)
+    right.set_title("p99 latency, ms (lower is better)")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"chart written to {path}")
 
 
 if __name__ == "__main__":

@@ -84,8 +84,9 @@ class Recorder:
         delta: Changes | None = None,
         optional: bool = False,
         published_at: float | None = None,
-    ) -> None:
+    ) -> bool:
         self.frames.append(framed)
+        return False
 
     def topic_added(self, topic: Topic, request_id: int) -> None:
         pass

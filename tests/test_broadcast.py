@@ -38,8 +38,9 @@ class Recorder:
         delta: Changes | None = None,
         optional: bool = False,
         published_at: float | None = None,
-    ) -> None:
+    ) -> bool:
         self.frames.append(framed)
+        return False
 
     def has_room(self) -> bool:
         return True

@@ -1,14 +1,23 @@
-"""What the bench scripts share: the WebSocket frame header size and a plain-text table.
+"""What the bench scripts share: the WebSocket frame header size, tables and progress bars
+drawn with rich, and the median of repeated runs.
 
-Each script runs as ``python bench/<name>.py``, which puts bench/ on the path.
+Each script runs as ``python bench/<name>.py`` (or ``tickwire bench <name>``), which puts
+bench/ on the path.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
-__all__ = ["median_of", "table", "ws_header"]
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+__all__ = ["median_of", "progress", "table", "ws_header"]
 
 
 def ws_header(n: int) -> int:
@@ -17,14 +26,39 @@ def ws_header(n: int) -> int:
 
 
 def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
-    """Rows under a header, the first column left-aligned, the rest right-aligned."""
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    """Rows under a header as a rich table (plain text, so that it prints anywhere and
+    pastes into bench/README.md): the first column left-aligned, the rest right-aligned."""
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for i, name in enumerate(header):
+        t.add_column(name, justify="left" if i == 0 else "right", no_wrap=True)
+    for row in rows:
+        t.add_row(*row)
+    out = io.StringIO()
+    Console(file=out, width=400, color_system=None, legacy_windows=False).print(t)
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines() if line.strip())
 
-    def line(r: Sequence[str]) -> str:
-        cells = zip(r, widths, strict=True)
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(cells))
 
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+@contextlib.contextmanager
+def progress(total: int, description: str) -> Iterator[Callable[[str], None]]:
+    """A progress bar on standard error (drawn only on a terminal) for *total* steps;
+    yields ``step(what)``, called as each step finishes. What the script prints meanwhile
+    appears above the bar."""
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[what]}"),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    with bar:
+        task = bar.add_task(description, total=total, what="")
+
+        def step(what: str) -> None:
+            bar.update(task, advance=1, what=what)
+
+        yield step
 
 
 def median_of(repeats: int, run: Callable[[], float]) -> float:

@@ -17,14 +17,20 @@ import logging
 import os
 import signal
 import ssl
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
+from rich import box
+from rich.console import Console
+from rich.table import Table
 
+from tickwire import training
 from tickwire._version import __version__
 from tickwire.auth import JWTAuth
 from tickwire.broadcast import Hub, TopicConfig
@@ -33,6 +39,7 @@ from tickwire.errors import TickwireError
 from tickwire.logs import configure as configure_logging
 from tickwire.metrics import MetricsEndpoint, serve_metrics
 from tickwire.sansio import envelope
+from tickwire.sansio.compression import CompressionConfig, Dictionary
 from tickwire.sansio.events import KIND_OF
 from tickwire.sansio.negotiation import MSGPACK_ZSTD, Negotiated
 from tickwire.sansio.session import decode_message
@@ -149,7 +156,11 @@ async def _summarise(server: Server, interval: float = 60.0) -> None:
 
 
 async def _serve_async(settings: ServeSettings) -> None:
-    hub = Hub()
+    compression = CompressionConfig()
+    if settings.dictionary:
+        data = Path(settings.dictionary).read_bytes()
+        compression = CompressionConfig(dictionary=Dictionary.from_bytes(data, dict_id=1))
+    hub = Hub(compression=compression)
     context = None
     if settings.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -242,6 +253,96 @@ def _tail(args: argparse.Namespace) -> int:
         return 0
 
 
+def _dict_train(args: argparse.Namespace) -> int:
+    console = Console(highlight=False)
+    err = Console(stderr=True, highlight=False)
+    try:
+        if args.url:
+            if not args.topic:
+                err.print("tickwire dict train: --url needs at least one --topic")
+                return 2
+            payloads, skipped = trio.run(
+                functools.partial(
+                    training.record,
+                    args.url,
+                    args.topic,
+                    count=args.count,
+                    duration=args.duration,
+                    token=args.token,
+                )
+            )
+        elif args.sample:
+            if args.sample == "-":
+                payloads, skipped = training.payloads_from_lines(sys.stdin)
+            else:
+                with open(args.sample, encoding="utf-8") as file:
+                    payloads, skipped = training.payloads_from_lines(file)
+        else:
+            err.print("tickwire dict train: give a JSON-lines SAMPLE file, or --url and --topic")
+            return 2
+        if skipped:
+            err.print(
+                f"skipped {skipped} table updates: table deltas are encoded by the server; "
+                "train those with Hub.train_dictionary()"
+            )
+        data, result = training.evaluate(
+            training.bodies(payloads), size=args.size, level=args.level
+        )
+    except (training.TrainingError, OSError, TickwireError) as exc:
+        err.print(f"tickwire dict train: {exc}")
+        return 1
+    console.print(
+        f"trained on {result.trained_on:,} messages, measured on {result.tested_on:,} it never "
+        f"saw; dictionary {result.dictionary_bytes:,} bytes, zstd level {result.level}"
+    )
+    table = Table(box=box.SIMPLE_HEAD)
+    for name in ("", "B/message", "vs msgpack", "compress µs"):
+        table.add_column(name, justify="left" if not name else "right")
+    base = result.msgpack_bytes
+    table.add_row("msgpack", f"{base:.1f}", "100%", "")
+    for name, size, us in (
+        ("zstd, no dictionary", result.zstd_bytes, result.zstd_us),
+        ("zstd + dictionary", result.dict_bytes, result.dict_us),
+    ):
+        table.add_row(name, f"{size:.1f}", f"{100 * size / base:.0f}%", f"{us:.1f}")
+    console.print(table)
+    saved = 1 - result.dict_bytes / result.zstd_bytes
+    console.print(f"the dictionary saves {100 * saved:.0f}% of what zstd alone sends")
+    if args.output:
+        digest = training.save(args.output, data)
+        console.print(
+            f"written to {args.output} (sha256 {digest[:16]}...); "
+            f"serve with it: tickwire serve --dictionary {args.output}"
+        )
+    return 0
+
+
+BENCHES = ("codecs", "fanout", "wire")
+
+
+def _bench_dir() -> Path | None:
+    """The bench/ directory of a source checkout: beside src/ (an editable install), or
+    in the working directory."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[2] / "bench", Path.cwd() / "bench"):
+        if (candidate / "codecs.py").is_file():
+            return candidate
+    return None
+
+
+def _bench(args: argparse.Namespace) -> int:
+    bench = _bench_dir()
+    if bench is None:
+        print(
+            "tickwire bench: the bench scripts come with a source checkout (bench/); "
+            "run this from the repository, after python -m pip install -e '.[dev]'",
+            file=sys.stderr,
+        )
+        return 2
+    command = [sys.executable, str(bench / f"{args.which}.py"), *args.options]
+    return subprocess.call(command)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = argparse.ArgumentParser(prog="tickwire", description=__doc__.splitlines()[0])
@@ -275,6 +376,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-compression", action="store_true", help="do not offer zstd")
     p.add_argument("--retries", type=int, default=20, help="reconnection attempts")
     p.set_defaults(run=_tail)
+    p = sub.add_parser(
+        "bench",
+        help="run a bench script (codecs, fanout, wire) with progress bars and tables",
+        description="Run bench/<which>.py from the source checkout. Options after the name "
+        "go to the script: --quick (small, as CI runs it), --json PATH, --plot PATH.png "
+        "(codecs, fanout; needs the plot extra). Results and how to read them: "
+        "bench/README.md.",
+    )
+    p.add_argument("which", choices=BENCHES)
+    p.add_argument("options", nargs=argparse.REMAINDER, help="passed to the script")
+    p.set_defaults(run=_bench)
+    p = sub.add_parser("dict", help="zstd dictionaries: train one and see what it gains")
+    dict_sub = p.add_subparsers(dest="dict_command", required=True)
+    p = dict_sub.add_parser(
+        "train",
+        help="train a dictionary on recorded or live messages",
+        description="Train a zstd dictionary on stream messages from a JSON-lines SAMPLE "
+        "(tickwire tail --json or tickwire feed output; - for standard input) or from live "
+        "topics (--url, --topic), and print what it gains on messages it never saw.",
+    )
+    p.add_argument("sample", nargs="?", help="JSON-lines file, or - for standard input")
+    p.add_argument("--url", help="record from this server instead")
+    p.add_argument("--topic", action="append", help="topic or pattern to record (repeatable)")
+    p.add_argument("--count", type=int, default=2000, help="messages to record (default 2000)")
+    p.add_argument("--duration", type=float, default=30.0, help="at most this many seconds")
+    p.add_argument("--token", help="bearer token for --url")
+    p.add_argument("--size", type=int, default=16 * 1024, help="dictionary bytes (16384)")
+    p.add_argument("--level", type=int, default=3, help="zstd level (3)")
+    p.add_argument("-o", "--output", type=Path, help="write the dictionary here")
+    p.set_defaults(run=_dict_train)
     p = sub.add_parser("decode", help="explain one binary tickwire/1 message given in hex")
     p.add_argument("hex")
     p.set_defaults(run=_decode)

@@ -191,7 +191,7 @@ class ServerConnection:
     ) -> None:
         self.id = os.urandom(6).hex()
         self.counters = counters or ServerCounters()
-        self._latency = self.counters.publish_to_send
+        self._latency = hub.publish_to_send
         self.ws = ws
         self.hub = hub
         self.config = config
@@ -262,16 +262,21 @@ class ServerConnection:
         delta: Changes | None = None,
         optional: bool = False,
         published_at: float | None = None,
-    ) -> None:
+    ) -> bool:
         """Send one framed message now if the socket takes it, else queue it under the
         topic's overflow policy (a control message, *overflow* None, is never dropped).
 
         A subscription's own policy replaces the topic's; a rate-limited subscription holds
         table deltas to merge; an *optional* message is skipped if anything is queued.
-        *published_at* (trio's clock) feeds the publish-to-send latency histogram."""
+        *published_at* (trio's clock) comes back with a queued message when the writer
+        sends it, for the publish-to-send histogram.
+
+        Returns:
+            Whether it was written at once (the hub counts those in the histogram).
+        """
         outbox = self.outbox
         if outbox.overflowed or self._close is not None:
-            return
+            return False
         if overflow is not None:
             custom = self._custom.get(topic_id)
             if custom is not None:
@@ -282,7 +287,7 @@ class ServerConnection:
                         topic_id, first, last, delta, interval=interval, now=trio.current_time()
                     )
                     self._wake.set()
-                    return
+                    return False
             if delta is not None and outbox.has_slot(topic_id):
                 # Being conflated: this delta merges too, never overtaking the merged set.
                 outbox.offer(
@@ -294,9 +299,9 @@ class ServerConnection:
                     delta=delta,
                 )
                 self._wake.set()
-                return
+                return False
         elif optional and (outbox.busy() or self.ws._tail):
-            return
+            return False
         throttle = self._throttle
         if not outbox.busy() and (
             throttle is None or throttle.allows(trio.current_time(), len(framed))
@@ -306,17 +311,15 @@ class ServerConnection:
                 sent = self.ws.write_nowait(framed)
             except OSError:
                 self.finish(1006, "connection lost")
-                return
+                return False
             if sent >= 0:
                 if throttle is not None:
                     throttle.spend(trio.current_time(), len(framed))
-                if published_at is not None:
-                    self._latency.observe(trio.current_time() - published_at)
                 self.messages_out += 1
                 self.bytes_out += sent
                 if sent < len(framed):
                     self._wake.set()  # the writer finishes the frame
-                return
+                return True
         outbox.offer(
             framed,
             topic_id=topic_id,
@@ -327,6 +330,7 @@ class ServerConnection:
             stamp=published_at,
         )
         self._wake.set()
+        return False
 
     @property
     def close_code(self) -> int | None:

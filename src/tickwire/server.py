@@ -268,7 +268,7 @@ class Server:
             dropped=dropped,
             conflated=conflated,
             recoveries=dict(c.recoveries),
-            publish_to_send=c.publish_to_send.statistics(),
+            publish_to_send=self.hub.publish_to_send.statistics(),
             heartbeat_rtt=c.heartbeat_rtt.statistics(),
             topics=topics,
         )

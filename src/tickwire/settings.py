@@ -126,6 +126,13 @@ _OWN: Final = [
     Setting("tls_cert", str, _S, "PEM certificate chain (with tls_key: wss://)", ""),
     Setting("tls_key", str, _S, "PEM private key", ""),
     Setting("jwt_secret", str, _S, "require HS256 JWTs signed with this secret", ""),
+    Setting(
+        "dictionary",
+        str,
+        _S,
+        "compress with this zstd dictionary file (from tickwire dict train --output)",
+        "",
+    ),
     Setting("max_message_bytes", _int, _I, "largest message a client may send", 64 * 1024),
     Setting("log_level", str, _S, "log level", "info", ("debug", "info", "warning", "error")),
     Setting("log_format", str, _S, "text, or json lines", "text", ("text", "json")),
@@ -195,6 +202,7 @@ class ServeSettings:
     tls_cert: str
     tls_key: str
     jwt_secret: str
+    dictionary: str
     log_level: str
     log_format: str
     server: ServerConfig
@@ -299,6 +307,8 @@ def _build(values: dict[str, Any], sources: dict[str, str]) -> ServeSettings:
                 name == "port" and value(name) > 65535
             ):
                 raise ValueError(f"{name!r} is out of range: {value(name)}")
+        if value("dictionary") and not os.path.isfile(value("dictionary")):
+            raise ValueError(f"'dictionary' names no file: {value('dictionary')}")
         metrics_port = value("metrics_port")
         if metrics_port is not None and not 0 <= metrics_port <= 65535:
             raise ValueError(f"'metrics_port' is out of range: {metrics_port}")

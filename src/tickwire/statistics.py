@@ -97,10 +97,10 @@ class Histogram:
             raise ValueError("bounds must be ascending and distinct")
         self.counts = [0] * (len(self.bounds) + 1)
 
-    def observe(self, value: float) -> None:
-        """Count one observation of *value*."""
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.sum += value
+    def observe(self, value: float, times: int = 1) -> None:
+        """Count *times* observations of *value*."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += times
+        self.sum += value * times
 
     def statistics(self) -> HistogramStatistics:
         return HistogramStatistics(self.bounds, tuple(self.counts), self.sum)
@@ -121,7 +121,6 @@ class ServerCounters:
     bytes_out: int = 0
     dropped: int = 0
     conflated: int = 0
-    publish_to_send: Histogram = attrs.field(factory=Histogram)
     heartbeat_rtt: Histogram = attrs.field(factory=Histogram)
 
 
