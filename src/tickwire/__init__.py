@@ -5,7 +5,7 @@ Imports: the package's modules; no logic lives here.
 
 from tickwire._version import __version__
 from tickwire.auth import JWTAuth, Principal
-from tickwire.broadcast import DuplicateKey, Hub, TopicConfig
+from tickwire.broadcast import DuplicateKey, Hub, Listener, Overloaded, Published, TopicConfig
 from tickwire.client import (
     Client,
     ClientConfig,
@@ -36,11 +36,13 @@ from tickwire.errors import (
     TickwireError,
     UnknownDictionary,
 )
+from tickwire.metrics import MetricsEndpoint, serve_metrics
 from tickwire.sansio.compression import CompressionConfig, Dictionary
 from tickwire.sansio.fanout import Overflow
 from tickwire.sansio.table import Field, FieldType, Schema, TableView
 from tickwire.server import HandshakeRequest, Refusal, Server, open_server, serve
 from tickwire.sim import ENTITY_SCHEMA, QUOTE_SCHEMA, GameWorld, MarketFeed, quote_row
+from tickwire.statistics import ServerStatistics
 
 __all__ = [
     "ENTITY_SCHEMA",
@@ -62,24 +64,29 @@ __all__ = [
     "JWTAuth",
     "KiB",
     "Limits",
+    "Listener",
     "LocalProtocolError",
     "Lost",
     "MarketFeed",
     "Message",
     "MessageTooBig",
+    "MetricsEndpoint",
     "MiB",
     "NegotiationError",
     "Overflow",
+    "Overloaded",
     "Principal",
     "ProtocolError",
     "PublishError",
     "PublishResult",
+    "Published",
     "Reconnect",
     "Refusal",
     "RemoteProtocolError",
     "Schema",
     "Server",
     "ServerConfig",
+    "ServerStatistics",
     "SlowConsumer",
     "Subscription",
     "SubscriptionError",
@@ -95,4 +102,5 @@ __all__ = [
     "open_server",
     "quote_row",
     "serve",
+    "serve_metrics",
 ]

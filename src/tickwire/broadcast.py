@@ -56,6 +56,69 @@ __all__ = [
 MIN_KEYS = 1024  # idempotency keys kept per topic, at least
 
 
+class Overloaded(Exception):
+    """A publish was refused because an in-process listener's queue is full; nothing was
+    published. A client's PUBLISH gets ERROR 503 (try again later)."""
+
+
+@attrs.frozen
+class Published:
+    """A stream message as an in-process :class:`Listener` receives it."""
+
+    topic: str
+    offset: int
+    payload: Any
+
+
+class Listener:
+    """In-process consumer of the stream messages published on topics matching a pattern
+    (by clients or by the program): ``with hub.listen("input.*") as inputs:`` then
+    ``async for message in inputs:``. Made by :meth:`Hub.listen`.
+
+    Its queue is bounded: while it is full, publishing on a matching topic raises
+    :class:`Overloaded` (a client is told 503) instead of losing the message.
+    """
+
+    def __init__(self, hub: Hub, pattern: str, max_buffered: int) -> None:
+        self.hub = hub
+        self.pattern = pattern
+        self._send, self._receive = trio.open_memory_channel[Published](max_buffered)
+        self._max = max_buffered
+
+    def full(self) -> bool:
+        return self._send.statistics().current_buffer_used >= self._max
+
+    def offer(self, message: Published) -> None:
+        self._send.send_nowait(message)
+
+    async def receive(self) -> Published:
+        """The next message, waiting for one."""
+        return await self._receive.receive()
+
+    def receive_nowait(self) -> Published | None:
+        """The next message if one is queued, else None."""
+        try:
+            return self._receive.receive_nowait()
+        except trio.WouldBlock:
+            return None
+
+    def __aiter__(self) -> Listener:
+        return self
+
+    async def __anext__(self) -> Published:
+        return await self.receive()
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop listening; what is queued can still be received."""
+        self.hub._unlisten(self)
+
+
 class DuplicateKey(ValueError):
     """An idempotency key was reused with another payload (ERROR 409 on the wire)."""
 
@@ -190,6 +253,7 @@ class Topic:
     keys: collections.OrderedDict[str, tuple[int, Any]] = attrs.field(
         factory=collections.OrderedDict
     )
+    listeners: list[Listener] = attrs.field(factory=list)  # in-process, by Hub.listen
     _snapshot: tuple[int, dict[Negotiated, bytes]] = attrs.field(init=False, default=(-1, {}))
     keyframe_offset: int = attrs.field(init=False, default=0)
     since: float | None = attrs.field(init=False, default=None)  # first pending publish
@@ -276,6 +340,7 @@ class Hub:
     _patterns: dict[Subscriber, dict[str, int]] = attrs.field(init=False, factory=dict)
     _members: dict[Subscriber, None] = attrs.field(init=False, factory=dict)
     _tables: list[Topic] = attrs.field(init=False, factory=list)
+    _listeners: list[Listener] = attrs.field(init=False, factory=list)
     _ids: Callable[[], int] = attrs.field(init=False, factory=lambda: itertools.count(1).__next__)
     compressor: Compressor = attrs.field(init=False)
     # Seconds from publish to socket write, for every subscriber (Server.statistics()).
@@ -337,6 +402,7 @@ class Hub:
         config = next((c for p, c in self._configs if pattern_matches(p, name)), self.default_topic)
         topic = Topic(self._ids(), name, random.getrandbits(31), config, table=table)
         self._topics[name] = self._by_id[topic.topic_id] = topic
+        topic.listeners = [x for x in self._listeners if pattern_matches(x.pattern, name)]
         if table is not None:
             self._tables.append(topic)
             self._wakeup.set()  # its keyframes
@@ -425,20 +491,25 @@ class Hub:
             ValueError: an invalid topic name, or a table topic (use :meth:`upsert`).
             DuplicateKey: *key* was used for another payload.
             TypeError: a payload msgpack cannot carry.
+            Overloaded: an in-process :class:`Listener` of the topic is full.
         """
         t = self.topic(topic)
         if t.table is not None:
             raise ValueError(f"{topic!r} is a table topic: use upsert(), delete() or update()")
+        seen = None if key is None else t.keys.get(key)
+        if seen is not None:
+            if seen[1] != payload:
+                raise DuplicateKey(f"idempotency key {key!r} was used for another payload")
+            return int(seen[0])  # published already: the same answer again
+        if t.listeners and any(listener.full() for listener in t.listeners):
+            raise Overloaded(f"{topic}: the server is not keeping up with this topic")
         if key is not None:
-            seen = t.keys.get(key)
-            if seen is not None:
-                if seen[1] != payload:
-                    raise DuplicateKey(f"idempotency key {key!r} was used for another payload")
-                return seen[0]
             t.keys[key] = (t.offset + 1, payload)
             while len(t.keys) > max(MIN_KEYS, t.config.history_size):
                 t.keys.popitem(last=False)
         t.offset += 1
+        for listener in t.listeners:
+            listener.offer(Published(topic, t.offset, payload))
         framed: dict[Negotiated, bytes] = {}
         if t.config.history_size:
             now = self.clock()
@@ -669,6 +740,34 @@ class Hub:
                     subscriber.slow_consumer()
         await trio.lowlevel.checkpoint()
         return self.publish_nowait(topic, payload, key=key)
+
+    # -- in-process listeners ----------------------------------------------------------------
+
+    def listen(self, pattern: str, *, max_buffered: int = 1024) -> Listener:
+        """Receive in this process every stream message published from now on on topics
+        matching *pattern*, by clients or by the program: how a game server reads its
+        players' input. Use it as a context manager, or call :meth:`Listener.close`.
+
+        Raises:
+            ValueError: an invalid pattern, or *max_buffered* below 1.
+        """
+        if not valid_pattern(pattern):
+            raise ValueError(f"invalid topic pattern: {pattern!r}")
+        if max_buffered < 1:
+            raise ValueError("max_buffered must be at least 1")
+        listener = Listener(self, pattern, max_buffered)
+        self._listeners.append(listener)
+        for topic in self._topics.values():
+            if pattern_matches(pattern, topic.name):
+                topic.listeners.append(listener)
+        return listener
+
+    def _unlisten(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+            for topic in self._topics.values():
+                if listener in topic.listeners:
+                    topic.listeners.remove(listener)
 
     # -- dictionaries -------------------------------------------------------------------------
 

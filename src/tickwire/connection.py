@@ -36,7 +36,7 @@ from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
 from tickwire.auth import AuthenticationError, Principal, seconds_until
-from tickwire.broadcast import DuplicateKey, Hub, Topic
+from tickwire.broadcast import DuplicateKey, Hub, Overloaded, Topic
 from tickwire.config import ServerConfig
 from tickwire.errors import RemoteProtocolError
 from tickwire.sansio.admission import RateLimiter, RateVerdict, Throttle
@@ -736,6 +736,9 @@ class ServerConnection:
             offset = self.hub.publish_nowait(event.topic, event.payload, key=event.key)
         except DuplicateKey as exc:
             self.send(Error(event.request_id, ErrorCode.CONFLICT, str(exc)))
+            return
+        except Overloaded as exc:
+            self.send(Error(event.request_id, ErrorCode.UNAVAILABLE, str(exc)))
             return
         except ValueError as exc:
             self.send(Error(event.request_id, ErrorCode.BAD_REQUEST, str(exc)))
