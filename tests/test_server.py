@@ -358,3 +358,30 @@ async def test_partial_writes_never_corrupt_the_stream() -> None:
         assert received == [i.to_bytes(4, "big") * 1024 for i in range(count)]
         assert pongs == [b"marker"]
         await raw.stream.aclose()
+
+
+async def test_behind_a_trusted_proxy_the_forwarded_client_is_the_one_limited() -> None:
+    config = ServerConfig(max_connections_per_address=1, trusted_proxies=["127.0.0.1"])
+    async with open_server(Hub(), "127.0.0.1", 0, config=config) as server:
+        ann = [(b"X-Forwarded-For", b"198.51.100.7")]
+        async with connect(server.port, extra_headers=ann) as first:
+            assert isinstance(await first.receive(), Hello)
+            (connection,) = server.connections
+            assert connection.remote == "198.51.100.7"
+            again = await handshake(server.port, headers=ann)  # ann's second: over her limit
+            assert isinstance(again, RejectConnection)
+            assert again.status_code == 503
+            bob = [(b"X-Forwarded-For", b"203.0.113.9")]  # through the same proxy
+            async with connect(server.port, extra_headers=bob) as second:
+                assert isinstance(await second.receive(), Hello)
+        assert server.statistics().handshakes_refused == {"per_address_limit": 1}
+
+
+async def test_without_trusted_proxies_forwarded_for_is_ignored() -> None:
+    config = ServerConfig(max_connections_per_address=1)
+    async with open_server(Hub(), "127.0.0.1", 0, config=config) as server:
+        async with connect(server.port, extra_headers=[(b"X-Forwarded-For", b"1.2.3.4")]) as c:
+            assert isinstance(await c.receive(), Hello)
+            assert next(iter(server.connections)).remote == "127.0.0.1"
+            other = await handshake(server.port, headers=[(b"X-Forwarded-For", b"5.6.7.8")])
+            assert isinstance(other, RejectConnection)  # both are 127.0.0.1 to this server

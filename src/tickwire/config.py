@@ -6,6 +6,7 @@ float seconds.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from typing import Final
 
@@ -102,6 +103,9 @@ class ServerConfig:
             to accept any origin.
         allow_missing_origin: accept handshakes without an Origin header (non-browser
             clients).
+        trusted_proxies: addresses or networks of reverse proxies (nginx, a load balancer)
+            whose ``X-Forwarded-For`` names the client, for the per-address limit and the
+            logs; None trusts nobody's.
     """
 
     limits: Limits = attrs.field(factory=lambda: Limits.for_message_bytes(64 * KiB))
@@ -127,7 +131,15 @@ class ServerConfig:
     send_burst_bytes: int = attrs.field(default=64 * KiB, validator=_POSITIVE_INT)
     allowed_origins: tuple[str, ...] | None = attrs.field(default=None, converter=_origins)
     allow_missing_origin: bool = True
+    trusted_proxies: tuple[str, ...] | None = attrs.field(default=None, converter=_origins)
 
     def __attrs_post_init__(self) -> None:
+        for item in self.trusted_proxies or ():
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: not an IP address or network: {item!r}"
+                ) from None
         if self.heartbeat_timeout >= self.heartbeat_interval:
             raise ValueError("heartbeat_timeout must be shorter than heartbeat_interval")

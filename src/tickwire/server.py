@@ -33,7 +33,13 @@ from tickwire.broadcast import Hub
 from tickwire.config import ServerConfig
 from tickwire.connection import ServerConnection, wrap_server_stream
 from tickwire.errors import NegotiationError
-from tickwire.sansio.admission import AdmissionControl, origin_allowed
+from tickwire.sansio.admission import (
+    AdmissionControl,
+    client_address,
+    in_networks,
+    origin_allowed,
+    parse_networks,
+)
 from tickwire.sansio.events import Hello
 from tickwire.sansio.negotiation import (
     NO_COMMON_SUBPROTOCOL,
@@ -153,6 +159,7 @@ class Server:
         )
         self.connections: dict[ServerConnection, None] = {}
         self.counters = ServerCounters()
+        self._trusted = parse_networks(self.config.trusted_proxies or ())
         self.ports: list[int] = []
         self.ready = False
         self._accepting: trio.CancelScope | None = None
@@ -313,13 +320,15 @@ class Server:
 
     async def _handle(self, stream: trio.abc.Stream) -> None:
         remote = _remote(stream)
-        admission = self.admission.admit(remote, trio.current_time())
+        proxy = in_networks(remote, self._trusted)
+        admission = self.admission.admit(remote, trio.current_time(), per_address=not proxy)
+        counted = [remote]  # the address the admission counts it under (a proxy's client)
         try:
             async with trio.open_nursery() as nursery:
                 await self._handshake(
                     nursery,
                     stream,
-                    remote,
+                    counted,
                     admission.admitted,
                     admission.reason,
                     admission.retry_after,
@@ -331,7 +340,7 @@ class Server:
             )
         finally:
             if admission.admitted:
-                self.admission.release(remote)
+                self.admission.release(counted[0])
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
@@ -339,12 +348,13 @@ class Server:
         self,
         nursery: trio.Nursery,
         stream: trio.abc.Stream,
-        remote: str,
+        counted: list[str],
         admitted: bool,
         refusal: str,
         retry_after: float,
     ) -> None:
         config = self.config
+        remote = counted[0]
         ws: trio_websocket.WebSocketConnection | None = None
         with trio.move_on_after(config.handshake_timeout) as scope:
             try:
@@ -355,6 +365,18 @@ class Server:
             log.debug("handshake timeout from %s", remote, extra={"remote": remote})
             return
         with trio.move_on_after(config.handshake_timeout):
+            if admitted and self._trusted:
+                forwarded = ", ".join(
+                    v.decode("latin-1")
+                    for k, v in request.headers
+                    if k.lower() == b"x-forwarded-for"
+                )
+                client = client_address(remote, forwarded or None, self._trusted)
+                moved = self.admission.readdress(remote, client)
+                if moved.admitted:
+                    counted[0] = remote = client
+                else:
+                    admitted, refusal, retry_after = False, moved.reason, moved.retry_after
             if not admitted or not self.ready:
                 why = refusal or "server shutting down"
                 self._refused(_ADMISSION_LABELS.get(refusal, "shutting_down"), remote, 503)

@@ -10,7 +10,9 @@ from tickwire.sansio.admission import (
     RateVerdict,
     Throttle,
     TokenBucket,
+    client_address,
     origin_allowed,
+    parse_networks,
 )
 
 
@@ -118,3 +120,32 @@ def test_a_throttle_may_be_overdrawn_and_the_debt_is_a_delay() -> None:
     assert throttle.available(10.0) == 500  # refills up to the burst only
     throttle.spend(10.0, 500 + 1e-9)  # a rounding error's worth of debt is none
     assert throttle.delay(10.0) == 0
+
+
+def test_the_client_behind_a_trusted_proxy_is_read_from_the_right() -> None:
+    trusted = parse_networks(["10.0.0.0/8", "::1"])
+    # A trusted proxy names the client; what the client wrote itself (left) is not believed.
+    assert client_address("10.0.0.5", "203.0.113.9, 198.51.100.7", trusted) == "198.51.100.7"
+    assert client_address("10.0.0.5", "198.51.100.7, 10.0.0.9", trusted) == "198.51.100.7"
+    assert client_address("::1", "2001:db8::1", trusted) == "2001:db8::1"
+    # An untrusted peer is the client, whatever it says.
+    assert client_address("192.0.2.1", "198.51.100.7", trusted) == "192.0.2.1"
+    assert client_address("10.0.0.5", None, trusted) == "10.0.0.5"
+    assert client_address("10.0.0.5", "not-an-ip", trusted) == "10.0.0.5"
+    assert client_address("10.0.0.5", "198.51.100.7", ()) == "10.0.0.5"
+    with pytest.raises(ValueError, match="not an IP address or network: 'nginx'"):
+        parse_networks(["nginx"])
+
+
+def test_readdress_moves_the_count_to_the_client_within_its_limit() -> None:
+    control = AdmissionControl(max_connections=10, max_per_address=1, new_per_second=100)
+    assert control.admit("10.0.0.5", 0.0, per_address=False).admitted
+    assert control.admit("10.0.0.5", 0.0, per_address=False).admitted  # a proxy: no limit
+    assert control.readdress("10.0.0.5", "198.51.100.7").admitted
+    refused = control.readdress("10.0.0.5", "198.51.100.7")  # that client's second
+    assert not refused.admitted
+    assert refused.reason == "too many connections from this address"
+    assert control.open == 2
+    control.release("198.51.100.7")
+    control.release("10.0.0.5")
+    assert control.open == 0

@@ -7,6 +7,7 @@ reads a clock, so tests drive it directly and the trio layer passes ``trio.curre
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -20,7 +21,10 @@ __all__ = [
     "RateVerdict",
     "Throttle",
     "TokenBucket",
+    "client_address",
+    "in_networks",
     "origin_allowed",
+    "parse_networks",
 ]
 
 
@@ -162,11 +166,14 @@ class AdmissionControl:
         """Connections admitted and not yet released."""
         return self._open
 
-    def admit(self, address: str, now: float) -> Admission:
-        """Decide on a new connection from *address*; an admitted one is counted."""
+    def admit(self, address: str, now: float, *, per_address: bool = True) -> Admission:
+        """Decide on a new connection from *address*; an admitted one is counted.
+
+        *per_address* False skips the per-address limit (a trusted proxy: the limit
+        applies once :meth:`readdress` names the client behind it)."""
         if self._open >= self.max_connections:
             return Admission(False, "server full", self.retry_after)
-        if self._by_address.get(address, 0) >= self.max_per_address:
+        if per_address and self._by_address.get(address, 0) >= self.max_per_address:
             return Admission(False, "too many connections from this address", self.retry_after)
         if not self._new.take(now):
             return Admission(
@@ -174,6 +181,19 @@ class AdmissionControl:
             )
         self._open += 1
         self._by_address[address] = self._by_address.get(address, 0) + 1
+        return Admission(True)
+
+    def readdress(self, old: str, new: str) -> Admission:
+        """Count an admitted connection under *new* (the client behind a proxy at *old*)
+        if *new* is within its limit; otherwise it stays counted under *old* and the
+        answer says why to refuse it."""
+        if old == new:
+            return Admission(True)
+        if self._by_address.get(new, 0) >= self.max_per_address:
+            return Admission(False, "too many connections from this address", self.retry_after)
+        self._by_address[new] = self._by_address.get(new, 0) + 1
+        self._open += 1  # release() below takes it back off
+        self.release(old)
         return Admission(True)
 
     def release(self, address: str) -> None:
@@ -184,6 +204,50 @@ class AdmissionControl:
             self._by_address[address] = left
         else:
             self._by_address.pop(address, None)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(items: Sequence[str]) -> tuple[Network, ...]:
+    """Addresses and CIDR networks ("10.0.0.0/8", "::1").
+
+    Raises:
+        ValueError: naming the item that is neither.
+    """
+    networks = []
+    for item in items:
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"not an IP address or network: {item!r}") from None
+    return tuple(networks)
+
+
+def in_networks(address: str, networks: Sequence[Network]) -> bool:
+    """Whether *address* (text) lies in one of *networks*; False for a non-address."""
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def client_address(peer: str, forwarded_for: str | None, trusted: Sequence[Network]) -> str:
+    """The client's address: *peer*, unless *peer* is a trusted proxy and says in
+    ``X-Forwarded-For`` who it forwards for. The list is read from the right, skipping
+    trusted proxies; the first other address is the client's (what a client writes
+    itself, to the left, is never believed)."""
+    if not trusted or not forwarded_for or not in_networks(peer, trusted):
+        return peer
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not in_networks(hop, trusted):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer  # garbage: keep the proxy's address
+    return hops[0] if hops else peer
 
 
 def _origin_parts(origin: str) -> tuple[str, str, int | None] | None:
