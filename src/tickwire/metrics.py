@@ -16,6 +16,7 @@ caller's nursery, so it cannot die silently as a thread would.
 
 from __future__ import annotations
 
+import http
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -194,7 +195,8 @@ class MetricsEndpoint:
                     request.target.decode("ascii", "replace"),
                 )
                 headers = [("content-type", content_type), ("content-length", str(len(body)))]
-                data = conn.send(h11.Response(status_code=status, headers=headers))
+                reason = http.HTTPStatus(status).phrase.encode()
+                data = conn.send(h11.Response(status_code=status, headers=headers, reason=reason))
                 if request.method != b"HEAD":
                     data = (data or b"") + (conn.send(h11.Data(data=body)) or b"")
                 data = (data or b"") + (conn.send(h11.EndOfMessage()) or b"")
