@@ -157,3 +157,20 @@ def test_serve_shuts_down_gracefully_on_sigterm() -> None:
             process.wait()
         if process.stdout is not None:
             process.stdout.close()
+
+
+def test_bench_runs_a_bench_script(capfd: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "deliver", "--quick", "--label", "cli"]) == 0
+    out = capfd.readouterr().out
+    assert out.startswith("cli: ")
+    assert "ns per delivery" in out
+
+
+def test_bench_outside_a_checkout_says_what_it_needs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import tickwire.cli
+
+    monkeypatch.setattr(tickwire.cli, "_bench_dir", lambda: None)
+    assert main(["bench", "codecs"]) == 2
+    assert "source checkout" in capsys.readouterr().err
