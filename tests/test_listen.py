@@ -4,6 +4,8 @@ their promise: a full listener refuses with 503 rather than losing a message."""
 from __future__ import annotations
 
 import pytest
+import trio
+import trio.testing
 
 import tickwire
 from tickwire import ClientConfig, Hub, Overloaded, PublishError, Reconnect, ServerConfig
@@ -64,3 +66,46 @@ def test_closing_stops_listening() -> None:
     assert listener.receive_nowait() is None
     with pytest.raises(ValueError, match="invalid topic pattern"):
         hub.listen("input.a*")
+
+
+async def test_publish_with_backpressure_waits_for_the_listener(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    hub = Hub()
+    with hub.listen("jobs", max_buffered=1) as jobs:
+        await hub.publish("jobs", "first")
+        async with trio.open_nursery() as nursery:
+            done: list[int] = []
+
+            async def second() -> None:
+                done.append(await hub.publish("jobs", "second"))
+
+            nursery.start_soon(second)
+            await trio.testing.wait_all_tasks_blocked()
+            assert done == []  # waiting for room
+            assert (await jobs.receive()).payload == "first"
+        assert done == [2]
+        assert (await jobs.receive()).payload == "second"
+        await hub.publish("jobs", "third")
+        with pytest.raises(Overloaded):
+            await hub.publish("jobs", "fourth", timeout=0.01)  # nobody reads: gives up
+        assert len(jobs) == 1
+
+
+async def test_receive_waits_for_a_message() -> None:
+    hub = Hub()
+    with hub.listen("jobs") as jobs:
+        async with trio.open_nursery() as nursery:
+            got: list[object] = []
+
+            async def reader() -> None:
+                async for message in jobs:
+                    got.append(message.payload)
+                    if len(got) == 2:
+                        return
+
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            hub.publish_nowait("jobs", "a")
+            hub.publish_nowait("jobs", "b")
+        assert got == ["a", "b"]

@@ -76,31 +76,52 @@ class Listener:
     ``async for message in inputs:``. Made by :meth:`Hub.listen`.
 
     Its queue is bounded: while it is full, publishing on a matching topic raises
-    :class:`Overloaded` (a client is told 503) instead of losing the message.
+    :class:`Overloaded` (a client is told 503) instead of losing the message, and
+    :meth:`Hub.publish` waits for room.
     """
 
     def __init__(self, hub: Hub, pattern: str, max_buffered: int) -> None:
         self.hub = hub
         self.pattern = pattern
-        self._send, self._receive = trio.open_memory_channel[Published](max_buffered)
-        self._max = max_buffered
+        self.max_buffered = max_buffered
+        self._queue: collections.deque[Published] = collections.deque()
+        self._data = trio.Event()
+        self._room = trio.Event()
+        self._room.set()
+
+    def __len__(self) -> int:
+        return len(self._queue)
 
     def full(self) -> bool:
-        return self._send.statistics().current_buffer_used >= self._max
+        return len(self._queue) >= self.max_buffered
 
     def offer(self, message: Published) -> None:
-        self._send.send_nowait(message)
+        """Queue *message* (the hub checks :meth:`full` first)."""
+        self._queue.append(message)
+        self._data.set()
+        if self.full():
+            self._room = trio.Event()
+
+    async def wait_for_room(self) -> None:
+        """Wait until the queue is not full."""
+        while self.full():
+            await self._room.wait()
 
     async def receive(self) -> Published:
         """The next message, waiting for one."""
-        return await self._receive.receive()
+        while not self._queue:
+            self._data = trio.Event()
+            await self._data.wait()
+        return self._take()
 
     def receive_nowait(self) -> Published | None:
         """The next message if one is queued, else None."""
-        try:
-            return self._receive.receive_nowait()
-        except trio.WouldBlock:
-            return None
+        return self._take() if self._queue else None
+
+    def _take(self) -> Published:
+        message = self._queue.popleft()
+        self._room.set()
+        return message
 
     def __aiter__(self) -> Listener:
         return self
@@ -717,7 +738,8 @@ class Hub:
     async def publish(
         self, topic: str, payload: Any, *, key: str | None = None, timeout: float = 10.0
     ) -> int:
-        """Publish with backpressure: wait until every subscriber of *topic* has room.
+        """Publish with backpressure: wait until every subscriber and in-process listener
+        of *topic* has room.
 
         For lossless pipelines: nothing is dropped while subscribers keep up. A subscriber
         that has not made room within *timeout* seconds is dropped as a slow consumer
@@ -727,6 +749,7 @@ class Hub:
             ValueError: an invalid topic name, or a table topic.
             DuplicateKey: as :meth:`publish_nowait`.
             TypeError: a payload msgpack cannot carry.
+            Overloaded: a listener had no room within *timeout*.
         """
         t = self.topic(topic)
         if t.table is not None:
@@ -738,6 +761,9 @@ class Hub:
                     await subscriber.wait_for_room()
                 if not subscriber.has_room():
                     subscriber.slow_consumer()
+        for listener in list(t.listeners):
+            with trio.move_on_at(deadline):
+                await listener.wait_for_room()
         await trio.lowlevel.checkpoint()
         return self.publish_nowait(topic, payload, key=key)
 
