@@ -155,3 +155,33 @@ def test_warnings_are_rate_limited_per_message_and_counted() -> None:
     assert sum("misbehaved" in line for line in lines) == 4  # 3, then 1 in the new window
     assert lines[-1].endswith("client 100 misbehaved suppressed=97")
     assert any("another message" in line for line in lines)
+
+
+def test_the_documented_toml_file_loads(tmp_path: Path) -> None:
+    import re
+
+    block = re.search(r"```toml\n(.*?)```", DOCS.read_text(), re.DOTALL)
+    assert block is not None
+    config = tmp_path / "tickwire.toml"
+    config.write_text(block.group(1))
+    settings = load(parse("--config", str(config)), environ={})
+    assert settings.server.allowed_origins == ("https://app.example.com",)
+    assert settings.server.send_bytes_per_second == 262144
+    assert settings.log_format == "json"
+
+
+async def test_the_server_logs_a_summary_a_minute(
+    autojump_clock: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    import trio
+
+    from tickwire import Hub, Server
+    from tickwire.cli import _summarise
+
+    caplog.set_level(logging.INFO, logger="tickwire.cli")
+    with trio.move_on_after(125):
+        await _summarise(Server(Hub()))
+    summaries = [r for r in caplog.records if r.name == "tickwire.cli"]
+    assert len(summaries) == 2  # at 60 and 120 seconds
+    assert summaries[0].getMessage() == "0 connections open, 0 sent, 0 slow-consumer disconnects"
+    assert summaries[0].connections == 0  # type: ignore[attr-defined]
