@@ -174,3 +174,26 @@ def test_bench_outside_a_checkout_says_what_it_needs(
     monkeypatch.setattr(tickwire.cli, "_bench_dir", lambda: None)
     assert main(["bench", "codecs"]) == 2
     assert "source checkout" in capsys.readouterr().err
+
+
+def test_serve_on_a_port_in_use_says_which_setting() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for flags, setting in (
+            (["--port", "0", "--metrics-port", str(port)], "metrics_port"),
+            (["--port", str(port), "--metrics-port", "off"], "port"),
+        ):
+            done = subprocess.run(
+                [sys.executable, "-m", "tickwire.cli", "serve", *flags],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert done.returncode == 1
+            assert f"cannot listen on 127.0.0.1:{port} ({setting})" in done.stderr
+            assert "Traceback" not in done.stderr

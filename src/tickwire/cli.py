@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tickwire import training
+from tickwire._groups import unwrapped
 from tickwire._version import __version__
 from tickwire.auth import JWTAuth
 from tickwire.broadcast import Hub, TopicConfig
@@ -172,11 +173,17 @@ async def _serve_async(settings: ServeSettings) -> None:
         # The metrics endpoint outlives the server's drain: /readyz says 503 meanwhile.
         endpoint: MetricsEndpoint | None = None
         if settings.metrics_port is not None:
-            endpoint = await nursery.start(serve_metrics, server, host, settings.metrics_port)
+            try:
+                endpoint = await nursery.start(serve_metrics, server, host, settings.metrics_port)
+            except OSError as exc:
+                raise _CannotListen(host, settings.metrics_port, "metrics_port", exc) from None
         async with trio.open_nursery() as serving:
-            await serving.start(
-                functools.partial(server.run, host, settings.port, ssl_context=context)
-            )
+            try:
+                await serving.start(
+                    functools.partial(server.run, host, settings.port, ssl_context=context)
+                )
+            except OSError as exc:
+                raise _CannotListen(host, settings.port, "port", exc) from None
             scheme = "wss" if context else "ws"
             topics = {
                 "ticker": "the table quotes and the streams trades.*",
@@ -209,6 +216,12 @@ async def _serve_async(settings: ServeSettings) -> None:
         nursery.cancel_scope.cancel()
 
 
+class _CannotListen(Exception):
+    def __init__(self, host: str, port: int, setting: str, error: OSError) -> None:
+        why = error.strerror or str(error)
+        super().__init__(f"cannot listen on {_hostport(host, port)} ({setting}): {why}")
+
+
 def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -221,7 +234,11 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     try:
-        trio.run(_serve_async, settings)
+        with unwrapped():
+            trio.run(_serve_async, settings)
+    except _CannotListen as exc:
+        print(f"tickwire serve: {exc}", file=sys.stderr)
+        return 1
     except BaseException as exc:  # Ctrl+C: trio may wrap it in an exception group
         interrupted = isinstance(exc, KeyboardInterrupt) or (
             isinstance(exc, BaseExceptionGroup) and exc.split(KeyboardInterrupt)[1] is None
