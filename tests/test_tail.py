@@ -153,3 +153,31 @@ async def test_no_server_is_exit_status_1_after_the_retries() -> None:
     status, _, err = await run_failing(options)
     assert status == 1
     assert "gave up after" in err
+
+
+async def test_tail_over_wss_trusting_a_private_ca(tmp_path: object) -> None:
+    import ssl
+    from pathlib import Path
+
+    import trustme
+
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_tls)
+    cafile = Path(str(tmp_path)) / "ca.pem"
+    ca.cert_pem.write_to_path(cafile)
+    hub = Hub()
+    async with tickwire.open_server(
+        hub, "127.0.0.1", 0, config=CONFIG, ssl_context=server_tls
+    ) as server:
+        options = TailOptions(
+            url=f"wss://localhost:{server.port}/",
+            topics=("news",),
+            json=True,
+            count=1,
+            stats_interval=None,
+            cafile=str(cafile),
+        )
+        status, out, _ = await run_tail(options, hub, lambda: hub.publish_nowait("news", "tls"))
+    assert status == 0
+    assert json.loads(out)["payload"] == "tls"

@@ -262,6 +262,7 @@ def _tail(args: argparse.Namespace) -> int:
         token=args.token or os.environ.get("TICKWIRE_TOKEN") or None,
         compression=not args.no_compression,
         retries=args.retries,
+        cafile=args.cafile,
     )
     logging.basicConfig(level="WARNING", format="%(message)s")
     try:
@@ -286,6 +287,7 @@ def _dict_train(args: argparse.Namespace) -> int:
                     count=args.count,
                     duration=args.duration,
                     token=args.token,
+                    cafile=args.cafile,
                 )
             )
         elif args.sample:
@@ -392,6 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--token", help="bearer token (or TICKWIRE_TOKEN)")
     p.add_argument("--no-compression", action="store_true", help="do not offer zstd")
     p.add_argument("--retries", type=int, default=20, help="reconnection attempts")
+    p.add_argument("--cafile", help="PEM certificates to trust for wss:// (a private CA)")
     p.set_defaults(run=_tail)
     p = sub.add_parser(
         "bench",
@@ -419,6 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=2000, help="messages to record (default 2000)")
     p.add_argument("--duration", type=float, default=30.0, help="at most this many seconds")
     p.add_argument("--token", help="bearer token for --url")
+    p.add_argument("--cafile", help="PEM certificates to trust for a wss:// --url")
     p.add_argument("--size", type=int, default=16 * 1024, help="dictionary bytes (16384)")
     p.add_argument("--level", type=int, default=3, help="zstd level (3)")
     p.add_argument("-o", "--output", type=Path, help="write the dictionary here")

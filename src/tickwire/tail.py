@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import ssl
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -53,6 +54,7 @@ class TailOptions:
     token: str | None = None
     compression: bool = True
     retries: int = 20
+    cafile: str | None = None  # for wss:// with a private certificate authority
 
 
 def _plain(value: Any) -> Any:
@@ -207,7 +209,10 @@ async def _run(
     task_status: trio.TaskStatus[None],
 ) -> int:
     seen = 0
-    async with open_client(options.url, token=options.token, config=config) as client:
+    context = ssl.create_default_context(cafile=options.cafile) if options.cafile else None
+    async with open_client(
+        options.url, token=options.token, config=config, ssl_context=context
+    ) as client:
         # Bounded: when printing falls behind, the subscriptions' own buffers fill and
         # stream updates are dropped with a Lost line, as the client promises.
         send, receive = trio.open_memory_channel[Update](256)

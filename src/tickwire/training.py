@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import ssl
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -144,6 +145,7 @@ async def record(
     count: int,
     duration: float,
     token: str | None = None,
+    cafile: str | None = None,
 ) -> tuple[list[Any], int]:
     """Stream payloads from live *topics*: up to *count* of them within *duration*
     seconds; and how many table updates were skipped."""
@@ -151,7 +153,8 @@ async def record(
     skipped = [0]
     config = ClientConfig(reconnect=Reconnect(max_attempts=3, max_delay=2.0))
     with unwrapped():
-        async with open_client(url, token=token, config=config) as client:
+        context = ssl.create_default_context(cafile=cafile) if cafile else None
+        async with open_client(url, token=token, config=config, ssl_context=context) as client:
             with trio.move_on_after(duration):
                 async with trio.open_nursery() as nursery:
                     for topic in topics:
