@@ -106,6 +106,29 @@ def _feed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_dictionary(demo: str, *, symbols: int, entities: int) -> Dictionary:
+    """A dictionary for a demo, trained on a few simulated seconds of another seed, so that
+    the demo's wire is what a deployment with a trained dictionary sends."""
+    scratch = Hub(default_topic=TopicConfig(history_size=5000, keyframe_interval=None))
+    if demo == "ticker":
+        scratch.table("quotes", QUOTE_SCHEMA)
+        feed = MarketFeed(seed=2, symbols=symbols)
+        for _, batch in zip(range(500), feed.batches(0.010), strict=False):  # 5 seconds
+            for update in batch:
+                if update["type"] == "quote":
+                    scratch.upsert("quotes", update["symbol"], quote_row(update))
+                else:
+                    scratch.publish_nowait(f"trades.{update['symbol']}", update)
+    else:
+        world = GameWorld(seed=2, entities=entities)
+        scratch.table("world", ENTITY_SCHEMA)
+        scratch.update("world", {e.pop("id"): e for e in world.snapshot()})
+        for _ in range(400):
+            changes = world.tick()
+            scratch.update("world", changes.changes(), deletes=changes.despawned)
+    return scratch.train_dictionary(size=16 * 1024)
+
+
 async def _demo_ticker(hub: Hub, rate: float, symbols: int) -> None:
     """Publish the simulated market in real time: the ``quotes`` table (the latest quote per
     symbol) and the ``trades.<symbol>`` streams, both in 10 ms windows."""
@@ -161,6 +184,11 @@ async def _serve_async(settings: ServeSettings) -> None:
     if settings.dictionary:
         data = Path(settings.dictionary).read_bytes()
         compression = CompressionConfig(dictionary=Dictionary.from_bytes(data, dict_id=1))
+    elif settings.demo:
+        dictionary = _demo_dictionary(
+            settings.demo, symbols=settings.symbols, entities=settings.entities
+        )
+        compression = CompressionConfig(dictionary=dictionary)
     hub = Hub(compression=compression)
     context = None
     if settings.tls_cert:
