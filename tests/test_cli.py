@@ -14,7 +14,17 @@ import websockets.exceptions
 import websockets.sync.client
 
 from tickwire.cli import main
-from tickwire.sansio import Data, Hello, Role, Schema, Session, Snapshot, Subscribe, Subscribed
+from tickwire.sansio import (
+    Data,
+    DictRequest,
+    Hello,
+    Role,
+    Schema,
+    Session,
+    Snapshot,
+    Subscribe,
+    Subscribed,
+)
 from tickwire.sansio.negotiation import MSGPACK_ZSTD, Negotiated
 from tickwire.sansio.table import TableView
 
@@ -83,6 +93,9 @@ def test_serve_demo_ticker_end_to_end() -> None:
         with websockets.sync.client.connect(url, subprotocols=[MSGPACK_ZSTD]) as ws:  # type: ignore[list-item]
             client.receive_message(ws.recv(timeout=10))
             assert isinstance(client.events_received()[0], Hello)
+            # The demo compresses with a dictionary it offers in HELLO: fetch it (§5.3).
+            (dict_id,) = client.dictionaries_to_fetch()
+            ws.send(client.send(DictRequest(dict_id)))
             ws.send(client.send(Subscribe(1, "quotes")))
             view: TableView | None = None
             deltas = 0
