@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -161,3 +162,24 @@ async def test_the_endpoint_answers_bad_requests_clearly() -> None:
                 while received.count(b"ok\n") < 2:
                     received += await stream.receive_some(65536)
                 assert received.count(b"HTTP/1.1 200") == 2
+
+
+async def test_idle_connections_to_the_endpoint_are_bounded() -> None:
+    hub = Hub()
+    server = Server(hub, config=CONFIG)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            endpoint: MetricsEndpoint = await nursery.start(
+                functools.partial(serve_metrics, server, "127.0.0.1", 0, max_connections=2)
+            )
+            idle = [await trio.open_tcp_stream("127.0.0.1", endpoint.port) for _ in range(2)]
+            while endpoint.open_connections < 2:
+                await trio.sleep(0.001)  # the endpoint accepting them (real sockets)
+            status, body = await http(endpoint.port, get("/healthz"))
+            assert (status, body) == (503, b"too many connections to the metrics endpoint\n")
+            await idle[0].aclose()
+            while endpoint.open_connections > 1:
+                await trio.sleep(0.001)
+            assert await http(endpoint.port, get("/healthz")) == (200, b"ok\n")
+            await idle[1].aclose()
+            nursery.cancel_scope.cancel()

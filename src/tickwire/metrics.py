@@ -39,6 +39,7 @@ __all__ = ["MetricsEndpoint", "ServerCollector", "registry_for", "serve_metrics"
 
 REQUEST_TIMEOUT: Final = 10.0  # seconds a client has to send each request
 MAX_REQUEST_BYTES: Final = 8 * 1024
+MAX_CONNECTIONS: Final = 64  # scrapers and probes at once; more are answered 503
 
 
 class ServerCollector(Collector):
@@ -161,11 +162,18 @@ class MetricsEndpoint:
 
     server: Server
     registry: CollectorRegistry
+    max_connections: int = MAX_CONNECTIONS
     ports: list[int] = attrs.field(factory=list)
+    _open: int = attrs.field(init=False, default=0)
 
     @property
     def port(self) -> int:
         return self.ports[0]
+
+    @property
+    def open_connections(self) -> int:
+        """HTTP connections open now."""
+        return self._open
 
     def respond(self, method: str, target: str) -> tuple[int, str, bytes]:
         """(status, content type, body) for a request."""
@@ -183,6 +191,23 @@ class MetricsEndpoint:
         return 404, "text/plain", b"not found: try /metrics, /healthz or /readyz\n"
 
     async def handle(self, stream: trio.abc.Stream) -> None:
+        if self._open >= self.max_connections:
+            with trio.move_on_after(REQUEST_TIMEOUT):
+                body = b"too many connections to the metrics endpoint\n"
+                await stream.send_all(
+                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
+                    + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+                    + body
+                )
+            await trio.aclose_forcefully(stream)
+            return
+        self._open += 1
+        try:
+            await self._serve(stream)
+        finally:
+            self._open -= 1
+
+    async def _serve(self, stream: trio.abc.Stream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
         try:
             while True:
@@ -243,15 +268,17 @@ async def serve_metrics(
     port: int,
     *,
     registry: CollectorRegistry | None = None,
+    max_connections: int = MAX_CONNECTIONS,
     task_status: trio.TaskStatus[MetricsEndpoint] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``/metrics``, ``/healthz`` and ``/readyz`` for *server* on *host*:*port*
     until cancelled: ``endpoint = await nursery.start(serve_metrics, server, host, port)``.
 
     Pass *registry* to expose your own metrics with tickwire's (register a
-    :class:`ServerCollector` in it); by default only the server's.
+    :class:`ServerCollector` in it); by default only the server's. Beyond
+    *max_connections* at once, a connection is answered 503 and closed.
     """
-    endpoint = MetricsEndpoint(server, registry or registry_for(server))
+    endpoint = MetricsEndpoint(server, registry or registry_for(server), max_connections)
     listeners = await trio.open_tcp_listeners(port, host=host)
     endpoint.ports = [listener.socket.getsockname()[1] for listener in listeners]
     task_status.started(endpoint)

@@ -220,10 +220,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         group.add_argument(
             setting.flag,
             dest=setting.name,
-            metavar=setting.name.split("_")[-1].upper(),
+            metavar=_metavar(setting),
             default=argparse.SUPPRESS,
             help=setting.help + shown,
         )
+
+
+def _metavar(setting: Setting) -> str:
+    if setting.choices:
+        return "|".join(setting.choices)
+    duration = setting.name.endswith(("_interval", "_timeout", "_after", "_seconds"))
+    kinds: dict[Callable[[str], Any], str] = {
+        _int: "N",
+        _number: "SECONDS" if duration else "NUMBER",
+        _optional_number: "SECONDS|off" if duration else "NUMBER|off",
+        _optional_int: "PORT|off",
+        _bool: "true|false",
+        _words: "A,B,...",
+    }
+    return kinds.get(setting.parse, setting.name.split("_")[-1].upper())
 
 
 def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServeSettings:
