@@ -210,3 +210,47 @@ def test_serve_on_a_port_in_use_says_which_setting() -> None:
             assert done.returncode == 1
             assert f"cannot listen on 127.0.0.1:{port} ({setting})" in done.stderr
             assert "Traceback" not in done.stderr
+
+
+def test_tail_ends_with_its_summary_on_ctrl_c() -> None:
+    cli = [sys.executable, "-m", "tickwire.cli"]
+    server = subprocess.Popen(
+        [*cli, "serve", "--demo", "ticker", "--port", "0", "--metrics-port", "off"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    tail: subprocess.Popen[str] | None = None
+    try:
+        assert server.stdout is not None
+        url = re.search(r"ws://127\.0\.0\.1:\d+/", server.stdout.readline()).group(0)  # type: ignore[union-attr]
+        tail = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tickwire.cli",
+                "tail",
+                url,
+                "quotes",
+                "--stats-interval",
+                "0.2",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert tail.stderr is not None
+        assert "updates/s" in tail.stderr.readline()  # running: its first counters line
+        tail.send_signal(signal.SIGINT)
+        out, err = tail.communicate(timeout=30)
+        assert tail.returncode == 0
+        assert " quotes #" in out
+        assert "tickwire tail" in err  # the summary
+        assert "Traceback" not in err
+    finally:
+        if tail is not None and tail.poll() is None:
+            tail.kill()
+            tail.communicate()
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        if server.stdout is not None:
+            server.stdout.close()

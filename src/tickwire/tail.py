@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import signal
 import ssl
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, TextIO
 
@@ -224,6 +226,8 @@ async def _run(
                 nursery.start_soon(_report, client, options.stats_interval, meter, err)
             if options.duration is not None:
                 nursery.cancel_scope.deadline = started + options.duration
+            if threading.current_thread() is threading.main_thread():
+                nursery.start_soon(_until_interrupted, nursery.cancel_scope)
             task_status.started()
             async for update in receive:
                 lines = fmt(update)  # one a message or row change
@@ -237,6 +241,14 @@ async def _run(
             nursery.cancel_scope.cancel()
         _summary(client.statistics(), trio.current_time() - started, err)
     return 0
+
+
+async def _until_interrupted(scope: trio.CancelScope) -> None:
+    """Ctrl+C ends the run like --count does: with the summary, exit status 0."""
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
 
 
 async def _follow(
