@@ -520,6 +520,7 @@ class ServerConnection:
         if ws._wsproto.state is not ConnectionState.OPEN:
             self.finish(1000)
             return
+        tail = b""
         with trio.move_on_after(self.config.send_timeout) as scope:
             async with ws._stream_lock:
                 tail, ws._tail = ws._tail, b""
@@ -536,7 +537,7 @@ class ServerConnection:
             await ws._close_stream()
             self.finish(*self._close)
             return
-        self.bytes_out += len(data)
+        self.bytes_out += len(tail) + len(data)  # the tail's frame was counted as a message
 
     async def _heartbeat(self) -> None:
         config = self.config
