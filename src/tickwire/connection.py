@@ -12,8 +12,9 @@ reader task runs in this connection's nursery. On top of it:
   writes them straight to the byte stream under trio-websocket's own send lock, all that
   has accumulated in one write, each write bounded by ``send_timeout``. Servers send
   unmasked frames, so a broadcast frame is the same bytes for every subscriber;
-- the **heartbeat** pings at an interval and drops a peer whose pong is late; it also
-  enforces the idle timeout.
+- the writer also keeps the **heartbeat**: it pings at an interval, drops a peer whose
+  pong is late and enforces the idle timeout (one task fewer on every connection, idle
+  ones included).
 
 When any of them ends or fails, the others are cancelled, the subscriptions are removed,
 and the connection closes with the code that ended it (bounded in time). A bug in this
@@ -90,6 +91,12 @@ class WebSocket(trio_websocket.WebSocketConnection):
     _fragments = 0
     _fd: int | None = None
     _tail = b""
+    pong_received: Callable[[], None] | None = None  # the heartbeat's wake-up
+
+    async def _handle_pong_event(self, event: wsproto.events.Pong) -> None:
+        await super()._handle_pong_event(event)
+        if self.pong_received is not None:
+            self.pong_received()
 
     async def _send(self, event: wsproto.events.Event) -> None:
         # trio-websocket's _send, with the owed tail first.
@@ -242,6 +249,11 @@ class ServerConnection:
         self._options: dict[int, tuple[Overflow | None, float | None]] = {}
         self._custom: dict[int, tuple[Overflow | None, float | None]] = {}
         self._last_heard = trio.current_time()
+        # The heartbeat, kept by the writer: when to ping next, and the ping in flight
+        # (its pong's event, when it was sent).
+        self._next_ping = self._last_heard + config.heartbeat_interval
+        self._ping: tuple[trio.Event, float] | None = None
+        ws.pong_received = self._pong
         self.closed = trio.Event()
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
 
@@ -412,7 +424,6 @@ class ServerConnection:
                 self._nursery = nursery
                 nursery.start_soon(self._reader)
                 nursery.start_soon(self._writer)
-                nursery.start_soon(self._heartbeat)
                 if self._auth_pending or self._expires is not None:
                     self._watching = True
                     nursery.start_soon(self._watch_credentials)
@@ -479,6 +490,13 @@ class ServerConnection:
                 self.finish(4000, "slow consumer: outbox full")
                 return
             now = trio.current_time()
+            if self._ping is not None and now >= self._ping[1] + self.config.heartbeat_timeout:
+                self.finish(4007, "heartbeat timeout")
+                return
+            if self._ping is None and now >= self._next_ping:
+                if not await self._heartbeat(now):
+                    return
+                continue
             if not outbox.pending(now) and not ws._tail:
                 if self._going_away is not None:
                     if not outbox.pending():
@@ -487,7 +505,7 @@ class ServerConnection:
                     now = math.inf  # send what rate limits hold back before leaving
                 else:
                     self._wake = trio.Event()
-                    with trio.move_on_at(outbox.next_due() or math.inf):
+                    with trio.move_on_at(self._next_wake(outbox.next_due())):
                         await self._wake.wait()
                     continue
             budget = math.inf
@@ -539,24 +557,42 @@ class ServerConnection:
             return
         self.bytes_out += len(tail) + len(data)  # the tail's frame was counted as a message
 
-    async def _heartbeat(self) -> None:
-        config = self.config
-        while True:
-            await trio.sleep(config.heartbeat_interval)
-            sent = trio.current_time()
-            with trio.move_on_after(config.heartbeat_timeout) as scope:
-                try:
-                    await self.ws.ping()
-                except trio_websocket.ConnectionClosed:
-                    return
-            if scope.cancelled_caught:
-                self.finish(4007, "heartbeat timeout")
-                return
-            self.counters.heartbeat_rtt.observe(trio.current_time() - sent)
-            idle = config.idle_timeout
-            if idle is not None and trio.current_time() - self._last_heard > idle:
-                self.finish(4006, "idle timeout")
-                return
+    def _next_wake(self, due: float | None) -> float:
+        """When the idle writer must look again: a held delta, the next ping, or the
+        deadline of the pong it waits for."""
+        ping = (
+            self._next_ping
+            if self._ping is None
+            else self._ping[1] + (self.config.heartbeat_timeout)
+        )
+        return min(ping, math.inf if due is None else due)
+
+    async def _heartbeat(self, now: float) -> bool:
+        """Apply the idle timeout, then send a ping; False when the connection ends."""
+        idle = self.config.idle_timeout
+        if idle is not None and now - self._last_heard > idle:
+            self.finish(4006, "idle timeout")
+            return False
+        if self.ws._wsproto.state is not ConnectionState.OPEN:
+            self.finish(1000)  # closing: the reader reports how
+            return False
+        payload = os.urandom(4)
+        while payload in self.ws._pings:  # pragma: no cover - 1 in 2**32
+            payload = os.urandom(4)
+        event = trio.Event()
+        self.ws._pings[payload] = event  # trio-websocket sets it when the pong comes
+        self._ping = (event, now)
+        await self._write(self.ws._wsproto.send(wsproto.events.Ping(payload=payload)))
+        return self._close is None
+
+    def _pong(self) -> None:
+        """A pong arrived (trio-websocket's reader): the round trip, and the next ping."""
+        if self._ping is not None and self._ping[0].is_set():
+            now = trio.current_time()
+            self.counters.heartbeat_rtt.observe(now - self._ping[1])
+            self._ping = None
+            self._next_ping = now + self.config.heartbeat_interval
+            self._wake.set()
 
     async def _watch_credentials(self) -> None:
         """Close 4005 if AUTH never comes, 4001 when credentials expire unrefreshed."""
