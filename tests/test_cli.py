@@ -254,3 +254,38 @@ def test_tail_ends_with_its_summary_on_ctrl_c() -> None:
         server.wait(timeout=30)
         if server.stdout is not None:
             server.stdout.close()
+
+
+def test_serve_applies_the_topics_of_its_config_file(tmp_path: object) -> None:
+    """[topics."chat"] batch_window = 0.2: three quick publishes reach a subscriber as one
+    BATCH (kind 8), over the JSON variant any WebSocket client can read."""
+    from pathlib import Path
+
+    config = Path(str(tmp_path)) / "tickwire.toml"
+    config.write_text('metrics_port = "off"\n\n[topics."chat"]\nbatch_window = 0.2\n')
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tickwire.cli", "serve", "--port", "0", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = re.search(r"ws://127\.0\.0\.1:\d+/", process.stdout.readline()).group(0)  # type: ignore[union-attr]
+        with websockets.sync.client.connect(url, subprotocols=["tickwire.v1.json"]) as ws:  # type: ignore[list-item]
+            assert json.loads(ws.recv(timeout=10))[0] == 1  # HELLO
+            ws.send(json.dumps([3, 1, "chat", None, {}]))  # SUBSCRIBE
+            kinds = [json.loads(ws.recv(timeout=10))[0] for _ in range(2)]
+            assert kinds == [4, 13]  # SUBSCRIBED, ACK
+            for n in range(3):
+                ws.send(json.dumps([12, None, "chat", f"message {n}", None]))  # PUBLISH
+            batch = json.loads(ws.recv(timeout=10))
+            assert batch[0] == 8
+            assert batch[-1] == ["message 0", "message 1", "message 2"]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()

@@ -160,14 +160,15 @@ def test_warnings_are_rate_limited_per_message_and_counted() -> None:
 def test_the_documented_toml_file_loads(tmp_path: Path) -> None:
     import re
 
-    block = re.search(r"```toml\n(.*?)```", DOCS.read_text(), re.DOTALL)
-    assert block is not None
+    blocks = re.findall(r"```toml\n(.*?)```", DOCS.read_text(), re.DOTALL)
+    assert len(blocks) == 2
     config = tmp_path / "tickwire.toml"
-    config.write_text(block.group(1))
+    config.write_text(blocks[0] + "\n" + blocks[1])
     settings = load(parse("--config", str(config)), environ={})
     assert settings.server.allowed_origins == ("https://app.example.com",)
     assert settings.server.send_bytes_per_second == 262144
     assert settings.log_format == "json"
+    assert [pattern for pattern, _ in settings.topics] == ["trades.*", "quotes"]
 
 
 async def test_the_server_logs_a_summary_a_minute(
@@ -185,3 +186,41 @@ async def test_the_server_logs_a_summary_a_minute(
     assert len(summaries) == 2  # at 60 and 120 seconds
     assert summaries[0].getMessage() == "0 connections open, 0 sent, 0 slow-consumer disconnects"
     assert summaries[0].connections == 0  # type: ignore[attr-defined]
+
+
+def test_topics_are_configured_per_pattern_in_the_file(tmp_path: Path) -> None:
+    from tickwire.sansio.fanout import Overflow
+
+    config = tmp_path / "tickwire.toml"
+    config.write_text(
+        '[topics."trades.*"]\nbatch_window = 0.01\noverflow = "drop_oldest"\n'
+        'history_size = 5000\n\n[topics."quotes"]\noverflow = "conflate"\n'
+        'keyframe_interval = "off"\n'
+    )
+    settings = load(parse("--config", str(config)), environ={})
+    (trades, trades_config), (quotes, quotes_config) = settings.topics
+    assert (trades, quotes) == ("trades.*", "quotes")
+    assert trades_config.batch_window == 0.01
+    assert trades_config.overflow is Overflow.DROP_OLDEST
+    assert trades_config.history_size == 5000
+    assert quotes_config.overflow is Overflow.CONFLATE
+    assert quotes_config.keyframe_interval is None
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[topics."a.b*"]\nhistory_size = 1', "topics.'a.b*' (in "),
+        ('[topics."a"]\nbatch = 0.01', "unknown setting 'batch' (did you mean 'batch_window'?)"),
+        ('[topics."a"]\noverflow = "ignore"', "overflow must be one of disconnect, drop_oldest"),
+        ('[topics."a"]\nbatch_window = 60', "batch_window must be None or between 0 and 10"),
+        ('[topics."a"]\nhistory_size = true', "history_size must be a number, not True"),
+        ("topics = 3", 'expected tables such as [topics."trades.*"]'),
+    ],
+)
+def test_bad_topic_settings_are_named(tmp_path: Path, toml: str, message: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(toml + "\n")
+    with pytest.raises(SettingsError) as info:
+        load(parse("--config", str(config)), environ={})
+    assert message in str(info.value)

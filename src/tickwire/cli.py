@@ -190,6 +190,8 @@ async def _serve_async(settings: ServeSettings) -> None:
         )
         compression = CompressionConfig(dictionary=dictionary)
     hub = Hub(compression=compression)
+    for pattern, topic_config in settings.topics:  # before the demo's: the first match wins
+        hub.configure(pattern, topic_config)
     context = None
     if settings.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

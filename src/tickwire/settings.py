@@ -13,6 +13,7 @@ sets :class:`~tickwire.config.Limits`) and the command's own (host, port, demo, 
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import os
 import tomllib
@@ -21,7 +22,9 @@ from typing import Any, Final
 
 import attrs
 
+from tickwire.broadcast import TopicConfig, valid_pattern
 from tickwire.config import Limits, ServerConfig
+from tickwire.sansio.fanout import Overflow
 
 __all__ = ["SETTINGS", "ServeSettings", "Setting", "SettingsError", "add_arguments", "load"]
 
@@ -207,6 +210,7 @@ class ServeSettings:
     log_format: str
     server: ServerConfig
     sources: Mapping[str, str]  # setting -> where its value came from
+    topics: tuple[tuple[str, TopicConfig], ...] = ()  # [topics."pattern"] tables, in order
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -251,8 +255,12 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     path = getattr(args, "config", None) or environ.get("TICKWIRE_CONFIG")
+    topics: tuple[tuple[str, TopicConfig], ...] = ()
     if path:
         for name, value in _read_toml(path).items():
+            if name == "topics":
+                topics = _topics(value, path)
+                continue
             setting = SETTINGS.get(name)
             if setting is None:
                 raise SettingsError(f"{path}: unknown setting {name!r}{_did_you_mean(name)}")
@@ -277,7 +285,49 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
             raise SettingsError(
                 f"{name} (from {sources[name]}): {value!r} is not one of {', '.join(choices)}"
             )
-    return _build(values, sources)
+    return attrs.evolve(_build(values, sources), topics=topics)
+
+
+_TOPIC_FIELDS: Final = {f.name: f for f in attrs.fields(TopicConfig)}
+_OPTIONAL_TOPIC_FIELDS: Final = ("batch_window", "keyframe_interval")
+
+
+def _topics(table: Any, path: str) -> tuple[tuple[str, TopicConfig], ...]:
+    """``[topics."pattern"]`` tables: a TopicConfig for each pattern, in the file's order
+    (the first pattern that matches a topic wins)."""
+    if not isinstance(table, dict):
+        raise SettingsError(f'topics (in {path}): expected tables such as [topics."trades.*"]')
+    out = []
+    for pattern, fields in table.items():
+        where = f"topics.{pattern!r} (in {path})"
+        if not valid_pattern(pattern):
+            raise SettingsError(f"{where}: not a topic pattern")
+        if not isinstance(fields, dict):
+            raise SettingsError(f"{where}: expected a table of topic settings")
+        kwargs: dict[str, Any] = {}
+        for name, value in fields.items():
+            if name not in _TOPIC_FIELDS:
+                close = difflib.get_close_matches(name, _TOPIC_FIELDS, n=1, cutoff=0.5)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                known = ", ".join(_TOPIC_FIELDS)
+                raise SettingsError(f"{where}: unknown setting {name!r}{hint}; known: {known}")
+            if name == "overflow":
+                policies = {p.value: p for p in Overflow}
+                if value not in policies:
+                    choices = ", ".join(policies)
+                    raise SettingsError(f"{where}: overflow must be one of {choices}")
+                value = policies[value]
+            elif name in _OPTIONAL_TOPIC_FIELDS and value in (False, "off", "none"):
+                value = None
+            elif isinstance(value, bool) or not isinstance(value, int | float):
+                raise SettingsError(f"{where}: {name} must be a number, not {value!r}")
+            kwargs[name] = value
+        try:
+            config = TopicConfig(**kwargs)
+        except (ValueError, TypeError) as exc:
+            raise SettingsError(f"{where}: {exc}") from None
+        out.append((pattern, config))
+    return tuple(out)
 
 
 def _parse(setting: Setting, text: str, source: str) -> Any:
@@ -298,8 +348,6 @@ def _read_toml(path: str) -> dict[str, Any]:
 
 
 def _did_you_mean(name: str) -> str:
-    import difflib
-
     close = difflib.get_close_matches(name, SETTINGS, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
