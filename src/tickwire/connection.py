@@ -181,6 +181,46 @@ async def wrap_server_stream(
 class ServerConnection:
     """One accepted client: its session, outbox and tasks. Created by the server."""
 
+    # Thousands of these stay open at once, most of them idle: no per-instance dict.
+    __slots__ = (
+        "_auth_changed",
+        "_auth_pending",
+        "_authorize",
+        "_close",
+        "_custom",
+        "_drained",
+        "_expires",
+        "_going_away",
+        "_interrupted",
+        "_last_heard",
+        "_latency",
+        "_next_ping",
+        "_nursery",
+        "_options",
+        "_ping",
+        "_rate",
+        "_subscriptions",
+        "_throttle",
+        "_variant",
+        "_verify_token",
+        "_wake",
+        "_watching",
+        "bytes_in",
+        "bytes_out",
+        "closed",
+        "config",
+        "counters",
+        "hub",
+        "id",
+        "messages_in",
+        "messages_out",
+        "outbox",
+        "principal",
+        "remote",
+        "session",
+        "ws",
+    )
+
     def __init__(
         self,
         ws: WebSocket,

@@ -325,7 +325,7 @@ class Server:
         counted = [remote]  # the address the admission counts it under (a proxy's client)
         try:
             async with trio.open_nursery() as nursery:
-                await self._handshake(
+                accepted = await self._handshake(
                     nursery,
                     stream,
                     counted,
@@ -333,6 +333,10 @@ class Server:
                     admission.reason,
                     admission.retry_after,
                 )
+                # The handshake's request, headers and principal lookups are gone with its
+                # frame: an idle connection keeps only what it needs.
+                if accepted is not None:
+                    await self._supervise(*accepted)
                 nursery.cancel_scope.cancel()  # trio-websocket's reader, if still there
         except Exception:
             log.exception(
@@ -352,7 +356,9 @@ class Server:
         admitted: bool,
         refusal: str,
         retry_after: float,
-    ) -> None:
+    ) -> tuple[ServerConnection, bool] | None:
+        """Upgrade, admit, check and authenticate: the connection to run and whether it
+        compresses, or None when refused (the refusal already sent)."""
         config = self.config
         remote = counted[0]
         ws: trio_websocket.WebSocketConnection | None = None
@@ -360,10 +366,10 @@ class Server:
             try:
                 request = await wrap_server_stream(nursery, stream, config)
             except trio_websocket.ConnectionClosed:
-                return
+                return None
         if scope.cancelled_caught:
             log.debug("handshake timeout from %s", remote, extra={"remote": remote})
-            return
+            return None
         with trio.move_on_after(config.handshake_timeout):
             if admitted and self._trusted:
                 forwarded = ", ".join(
@@ -385,7 +391,7 @@ class Server:
                     extra_headers=[(b"Retry-After", f"{max(1, round(retry_after))}".encode())],
                     body=why.encode(),
                 )
-                return
+                return None
             headers = tuple(
                 (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.headers
             )
@@ -396,7 +402,7 @@ class Server:
             ):
                 self._refused("origin", remote, 403)
                 await request.reject(403, body=b"origin not allowed")
-                return
+                return None
             principal: Any = None
             pending = False
             if self._authenticate is not None:
@@ -411,17 +417,17 @@ class Server:
                     label = "forbidden" if refusal_.status == 403 else "unauthorized"
                     self._refused(label, remote, refusal_.status)
                     await request.reject(refusal_.status, body=refusal_.reason.encode())
-                    return
+                    return None
             try:
                 negotiated = select(offered, self.negotiation)
             except NegotiationError as exc:
                 self._refused("subprotocol", remote, 101)
                 ws = await request.accept()
                 await ws.aclose(NO_COMMON_SUBPROTOCOL, str(exc)[:120])
-                return
+                return None
             ws = await request.accept(subprotocol=negotiated.subprotocol)
         if ws is None:  # the handshake timed out while answering
-            return
+            return None
         connection = ServerConnection(
             ws,  # type: ignore[arg-type]
             send_bytes_per_second=_query_number(request.path, "max_bandwidth"),
@@ -435,9 +441,6 @@ class Server:
             remote=remote,
             counters=self.counters,
         )
-        self.counters.connections_opened += 1
-        self.connections[connection] = None
-        self._idle = trio.Event() if len(self.connections) == 1 else self._idle
         log.debug(
             "connection %s from %s: %s",
             connection.id,
@@ -445,8 +448,15 @@ class Server:
             negotiated.subprotocol,
             extra={"conn": connection.id, "remote": remote},
         )
+        return connection, negotiated.compression
+
+    async def _supervise(self, connection: ServerConnection, compression: bool) -> None:
+        """Run an accepted connection to its end, counted among the open ones."""
+        self.counters.connections_opened += 1
+        self.connections[connection] = None
+        self._idle = trio.Event() if len(self.connections) == 1 else self._idle
         try:
-            await connection.run(self._hello(negotiated.compression))
+            await connection.run(self._hello(compression))
         finally:
             del self.connections[connection]
             self._absorb(connection)
