@@ -18,7 +18,7 @@ import ssl
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import attrs
 import trio
@@ -27,6 +27,7 @@ from rich.table import Table
 
 from tickwire._groups import unwrapped
 from tickwire.client import (
+    Client,
     ClientConfig,
     ClientStatistics,
     Message,
@@ -52,7 +53,7 @@ class TailOptions:
     duration: float | None = None
     stats_interval: float | None = 2.0
     max_rate: float | None = None
-    policy: str | None = None
+    policy: Literal["disconnect", "drop_oldest", "conflate"] | None = None
     token: str | None = None
     compression: bool = True
     retries: int = 20
@@ -252,7 +253,7 @@ async def _until_interrupted(scope: trio.CancelScope) -> None:
 
 
 async def _follow(
-    client: Any,
+    client: Client,
     topic: str,
     options: TailOptions,
     send: trio.MemorySendChannel[Update],
@@ -266,7 +267,7 @@ async def _follow(
             await send.send(update)
 
 
-async def _report(client: Any, interval: float, meter: _Meter, err: Console) -> None:
+async def _report(client: Client, interval: float, meter: _Meter, err: Console) -> None:
     while True:
         await trio.sleep(interval)
         stats = client.statistics()

@@ -24,7 +24,15 @@ import attrs
 import trio
 
 from tickwire._groups import unwrapped
-from tickwire.client import ClientConfig, Message, Reconnect, TableChanged, TableReset, open_client
+from tickwire.client import (
+    Client,
+    ClientConfig,
+    Message,
+    Reconnect,
+    TableChanged,
+    TableReset,
+    open_client,
+)
 from tickwire.config import KiB
 from tickwire.sansio.codec import encode_body
 from tickwire.sansio.compression import CompressionConfig, Compressor, Dictionary
@@ -165,7 +173,7 @@ async def record(
 
 
 async def _collect(
-    client: Any,
+    client: Client,
     topic: str,
     payloads: list[Any],
     skipped: list[int],
