@@ -235,7 +235,8 @@ class MetricsEndpoint:
                 body = f"bad request: {exc}\n".encode()
                 headers = [("content-type", "text/plain"), ("content-length", str(len(body)))]
                 status = exc.error_status_hint
-                data = conn.send(h11.Response(status_code=status, headers=headers))
+                reason = http.HTTPStatus(status).phrase.encode()
+                data = conn.send(h11.Response(status_code=status, headers=headers, reason=reason))
                 with trio.move_on_after(REQUEST_TIMEOUT):
                     await stream.send_all((data or b"") + body)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
