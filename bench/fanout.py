@@ -11,9 +11,12 @@ Servers (each in its own process, on 127.0.0.1):
 - websockets: the ``websockets`` library's asyncio server and ``broadcast()``;
 - trio-websocket: a task per connection draining a channel into ``send_message()``.
 
-A separate load-generator process (asyncio, parsing frames itself so as to cost little)
-opens the subscribers. Each 100-byte payload ends with the publish time
-(``time.monotonic_ns``, the same clock in both processes on Linux). Reported:
+A separate load-generator process opens the subscribers: by default a small C program
+(bench/support/fanout_load.c, compiled with the machine's cc on first use) on one epoll
+loop, so that on a 2-core machine the server, not the generator, is what is measured;
+``--generator python`` (or no C compiler) uses the asyncio one, which parses frames itself
+but costs about as much CPU as the servers it loads. Each 100-byte payload ends with the
+publish time (``time.monotonic_ns``, the same clock in both processes on Linux). Reported:
 
 - saturation: a burst of messages published back to back (yielding to the event loop after
   each); deliveries a second from the first publish to the last delivery;
@@ -29,12 +32,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from support import progress, table
@@ -307,6 +314,49 @@ def run_load(args: argparse.Namespace) -> None:
 # -- the orchestrator -------------------------------------------------------------------------
 
 
+C_SOURCE = Path(__file__).parent / "support" / "fanout_load.c"
+
+
+def c_generator() -> Path | None:
+    """The C load generator, compiled once per source version; None without a compiler."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    digest = hashlib.sha256(C_SOURCE.read_bytes()).hexdigest()[:12]
+    binary = Path(tempfile.gettempdir()) / f"tickwire-fanout-load-{digest}"
+    if not binary.exists():
+        partial = binary.with_suffix(f".{os.getpid()}")
+        built = subprocess.run(
+            [compiler, "-O2", "-o", str(partial), str(C_SOURCE)], capture_output=True, check=False
+        )
+        if built.returncode != 0:
+            print(f"cannot build the C load generator: {built.stderr.decode()[:500]}")
+            return None
+        partial.replace(binary)
+    return binary
+
+
+GENERATOR: dict[str, Path | None] = {"c": None}  # set by bench() when the C one is used
+
+
+def load_generator(
+    port: int, subscribers: int, count: int, tickwire: bool, limit: float, stalled: int, size: int
+) -> subprocess.Popen[str]:
+    binary = GENERATOR["c"]
+    if binary is None:
+        return child(
+            "--role", "load", "--port", str(port), "--subscribers", str(subscribers),
+            "--count", str(count), *(["--tickwire"] if tickwire else []),
+            "--limit", str(limit), "--stalled", str(stalled),
+            size=size,
+        )  # fmt: skip
+    command = [str(binary), str(port), str(subscribers), str(count), str(limit), str(stalled)]
+    command.append(str(size))
+    if tickwire:
+        command.append(subscribe_message().hex())
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+
+
 def child(*extra: str, size: int = PAYLOAD) -> subprocess.Popen[str]:
     env = {**os.environ, "FANOUT_SIZE": str(size)}
     return subprocess.Popen(
@@ -352,12 +402,8 @@ def one_run(
     gen = None
     try:
         port = expect(srv, "ready")["port"]
-        gen = child(
-            "--role", "load", "--port", str(port), "--subscribers", str(subscribers),
-            "--count", str(count), *(["--tickwire"] if server == "tickwire" else []),
-            "--limit", str(60 + count / (rate or 1e9)), "--stalled", str(stalled),
-            size=size,
-        )  # fmt: skip
+        limit = 60 + count / (rate or 1e9)
+        gen = load_generator(port, subscribers, count, server == "tickwire", limit, stalled, size)
         expect(gen, "connected")
         memory = expect(srv, "subscribed")["rss_per_connection"]
         result = expect(gen, "result", timeout=300)
@@ -391,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--plot", help="draw a PNG chart (plotting extra)")
+    parser.add_argument(
+        "--generator", choices=("c", "python"), default="c", help="the load generator"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--role", default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -417,12 +466,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def bench(args: argparse.Namespace) -> int:
     quick = args.quick
+    if args.generator == "c":
+        GENERATOR["c"] = c_generator()
+    generator = "C (bench/support/fanout_load.c)" if GENERATOR["c"] else "Python (asyncio)"
+    print(f"load generator: {generator}")
     sizes = [(20, 200)] if quick else [(100, 2000), (1000, 300)]
     repeats = 1 if quick else args.repeats
     latency_seconds = 1.0 if quick else 5.0
     idle = 200 if quick else 2000
     results: dict[str, Any] = {
         "quick": quick,
+        "generator": "c" if GENERATOR["c"] else "python",
         "saturation": [],
         "latency": [],
         "stalled": [],
