@@ -125,12 +125,16 @@ class WebSocket(trio_websocket.WebSocketConnection):
         Raises:
             OSError: the connection is broken.
         """
+        # wsproto's state, read without its two property calls (this runs once per
+        # subscriber per message; about 9% of a fan-out's CPU with 1,000 subscribers).
+        connection = self._wsproto.connection
         if (
             self._fd is None
             or self._tail
+            or connection is None
+            or connection._state is not ConnectionState.OPEN
             or self._stream_lock.locked()
             or self._close_reason is not None
-            or self._wsproto.state is not ConnectionState.OPEN
         ):
             return -1
         try:
@@ -201,7 +205,6 @@ class ServerConnection:
         "_rate",
         "_subscriptions",
         "_throttle",
-        "_variant",
         "_verify_token",
         "_wake",
         "_watching",
@@ -218,6 +221,7 @@ class ServerConnection:
         "principal",
         "remote",
         "session",
+        "variant",
         "ws",
     )
 
@@ -252,7 +256,7 @@ class ServerConnection:
         self._nursery: trio.Nursery | None = None
         self._expires: float | None = None  # on trio's clock
         self._set_principal(principal)
-        self._variant = negotiated
+        self.variant = negotiated  # what the hub encodes for it
         self.session = Session(
             Role.SERVER,
             negotiated,
@@ -298,10 +302,6 @@ class ServerConnection:
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
 
     # -- what the hub calls -------------------------------------------------------------
-
-    @property
-    def variant(self) -> Negotiated:
-        return self._variant
 
     def deliver_nowait(
         self,
@@ -417,7 +417,7 @@ class ServerConnection:
             )
         )
         if topic.table is not None and outcome is not Outcome.RECOVERED:
-            self.deliver_nowait(self.hub.snapshot(topic, self._variant))
+            self.deliver_nowait(self.hub.snapshot(topic, self.variant))
 
     # -- sending ------------------------------------------------------------------------
 
@@ -780,7 +780,7 @@ class ServerConnection:
         self._announce(request_id, topic, outcome, offset)
         for entry in replay:
             self.deliver_nowait(
-                self.hub.frames(topic, entry, self._variant),
+                self.hub.frames(topic, entry, self.variant),
                 topic_id=topic.topic_id,
                 first=entry.offset,
                 last=entry.offset,

@@ -46,7 +46,7 @@ class Codec(enum.Enum):
     JSON = "json"
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)  # a dict key on every fan-out, once per subscriber
 class Negotiated:
     """What the handshake settled: the subprotocol, its codec, and whether zstd is allowed."""
 
