@@ -289,3 +289,23 @@ def test_serve_applies_the_topics_of_its_config_file(tmp_path: object) -> None:
             process.wait()
         if process.stdout is not None:
             process.stdout.close()
+
+
+def test_serve_with_unreadable_tls_files_says_so(tmp_path: object) -> None:
+    from pathlib import Path
+
+    bad = Path(str(tmp_path)) / "bad.pem"
+    bad.write_text("not a certificate\n")
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "tickwire.cli", "serve", "--port", "0"),
+            *("--metrics-port", "off", "--tls-cert", str(bad), "--tls-key", str(bad)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "tls_cert/tls_key: cannot load them" in done.stderr
+    assert "Traceback" not in done.stderr

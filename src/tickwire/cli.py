@@ -182,8 +182,12 @@ async def _summarise(server: Server, interval: float = 60.0) -> None:
 async def _serve_async(settings: ServeSettings) -> None:
     compression = CompressionConfig()
     if settings.dictionary:
-        data = Path(settings.dictionary).read_bytes()
-        compression = CompressionConfig(dictionary=Dictionary.from_bytes(data, dict_id=1))
+        try:
+            data = Path(settings.dictionary).read_bytes()
+            dictionary = Dictionary.from_bytes(data, dict_id=1)
+        except (OSError, ValueError) as exc:
+            raise _StartupError(f"dictionary {settings.dictionary}: {exc}") from None
+        compression = CompressionConfig(dictionary=dictionary)
     elif settings.demo:
         dictionary = _demo_dictionary(
             settings.demo, symbols=settings.symbols, entities=settings.entities
@@ -195,7 +199,11 @@ async def _serve_async(settings: ServeSettings) -> None:
     context = None
     if settings.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        try:
+            context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            why = exc.strerror or str(exc)
+            raise _StartupError(f"tls_cert/tls_key: cannot load them: {why}") from None
     authenticate = JWTAuth(key=settings.jwt_secret) if settings.jwt_secret else None
     server = Server(hub, config=settings.server, authenticate=authenticate)
     host = settings.host
@@ -246,7 +254,11 @@ async def _serve_async(settings: ServeSettings) -> None:
         nursery.cancel_scope.cancel()
 
 
-class _CannotListen(Exception):
+class _StartupError(Exception):
+    """What stops tickwire serve before it serves: said in one line, exit status 1."""
+
+
+class _CannotListen(_StartupError):
     def __init__(self, host: str, port: int, setting: str, error: OSError) -> None:
         why = error.strerror or str(error)
         super().__init__(f"cannot listen on {_hostport(host, port)} ({setting}): {why}")
@@ -266,7 +278,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         with unwrapped():
             trio.run(_serve_async, settings)
-    except _CannotListen as exc:
+    except _StartupError as exc:
         print(f"tickwire serve: {exc}", file=sys.stderr)
         return 1
     except BaseException as exc:  # Ctrl+C: trio may wrap it in an exception group
