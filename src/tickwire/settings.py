@@ -95,7 +95,7 @@ class Setting:
 
     def from_toml(self, value: Any) -> Any:
         if isinstance(value, bool) and bool not in self.toml_types:
-            raise ValueError(f"not a boolean: expected {self._kinds()}")
+            raise ValueError(f"expected {self._kinds()}, not a boolean")
         if value is None or not isinstance(value, self.toml_types):
             raise ValueError(f"expected {self._kinds()}, not {value!r}")
         if isinstance(value, str):
