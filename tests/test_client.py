@@ -7,6 +7,7 @@ port; the client's backoff is seeded and short.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -335,16 +336,17 @@ async def test_an_expired_token_ends_the_client_without_retrying() -> None:
     auth = JWTAuth(key="secret-for-tests-only-32-bytes!!", leeway=0)
     with trio.fail_after(10):
         async with running(hub, authenticate=auth) as server:
+            # Expires 1-2 s from now (whole seconds): valid at the handshake, then not.
             token = jwt.encode(
-                {"sub": "ann", "exp": int(time.time()) + 1},
+                {"sub": "ann", "exp": math.ceil(time.time()) + 1},
                 "secret-for-tests-only-32-bytes!!",
                 algorithm="HS256",
             )
             async with open_client(url(server), token=token, config=FAST) as client:
-                async with client.subscribe("fills") as fills:
-                    with pytest.raises(ConnectionClosed) as info:
+                with pytest.raises(ConnectionClosed) as info:  # while subscribing, or after
+                    async with client.subscribe("fills") as fills:
                         await fills.receive()
-                    assert info.value.code == 4001
+                assert info.value.code == 4001
                 assert client.statistics().reconnects == 0
 
 
