@@ -309,3 +309,34 @@ def test_serve_with_unreadable_tls_files_says_so(tmp_path: object) -> None:
     assert done.returncode == 1
     assert "tls_cert/tls_key: cannot load them" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_game_demo_through_tail() -> None:
+    cli = [sys.executable, "-m", "tickwire.cli"]
+    server = subprocess.Popen(
+        [*cli, "serve", "--demo", "game", "--port", "0", "--metrics-port", "off"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        url = re.search(r"ws://127\.0\.0\.1:\d+/", server.stdout.readline()).group(0)  # type: ignore[union-attr]
+        tail = subprocess.run(
+            [*cli, "tail", url, "world", "--json", "--count", "30", "--no-stats"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert tail.returncode == 0, tail.stderr
+        lines = [json.loads(line) for line in tail.stdout.splitlines()]
+        assert lines[0]["type"] == "reset"
+        assert len(lines[0]["rows"]) >= 200  # the entities, projectiles maybe among them
+        changes = [line for line in lines[1:] if line["type"] == "change"]
+        assert changes
+        assert all(line["topic"] == "world" for line in changes)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        if server.stdout is not None:
+            server.stdout.close()
