@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
 import trio
 from rich import box
 from rich.console import Console
@@ -49,23 +48,11 @@ from tickwire.settings import ServeSettings, SettingsError
 from tickwire.settings import add_arguments as add_setting_arguments
 from tickwire.settings import load as load_settings
 from tickwire.sim import ENTITY_SCHEMA, QUOTE_SCHEMA, GameWorld, MarketFeed, quote_row
-from tickwire.tail import TailOptions, tail
+from tickwire.tail import TailOptions, plain, tail
 
 __all__ = ["main"]
 
 log = logging.getLogger("tickwire.cli")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return {"$bin": value.hex()}
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if attrs.has(type(value)):
-        return {a.name: _plain(getattr(value, a.name)) for a in attrs.fields(type(value))}
-    return value
 
 
 def _decode(args: argparse.Namespace) -> int:
@@ -89,7 +76,7 @@ def _decode(args: argparse.Namespace) -> int:
         f"header {message[0]:#04x}: {'zstd' if compressed else 'plain'}, {len(body)} body bytes"
     )
     print(header)
-    print(json.dumps({"kind": kind.name if kind else "?", **_plain(event)}, indent=2))
+    print(json.dumps({"kind": kind.name if kind else "?", **plain(event)}, indent=2))
     return 0
 
 
@@ -106,56 +93,73 @@ def _feed(args: argparse.Namespace) -> int:
     return 0
 
 
+WINDOW = 0.010  # the ticker demo's batch window, seconds
+
+
+def _market_topics(hub: Hub) -> None:
+    """The ticker demo's topics: the ``quotes`` table and the ``trades.<symbol>`` streams,
+    both in 10 ms windows."""
+    hub.configure("quotes", TopicConfig(batch_window=WINDOW))
+    hub.configure("trades.*", TopicConfig(batch_window=WINDOW))
+    hub.table("quotes", QUOTE_SCHEMA)
+
+
+def _publish_market(hub: Hub, batch: list[dict[str, Any]]) -> None:
+    for update in batch:
+        if update["type"] == "quote":
+            hub.upsert("quotes", update["symbol"], quote_row(update))
+        else:
+            hub.publish_nowait(f"trades.{update['symbol']}", update)
+
+
+def _start_world(hub: Hub, world: GameWorld) -> None:
+    """The game demo's ``world`` table, filled with the world as it starts."""
+    hub.table("world", ENTITY_SCHEMA)
+    hub.update("world", {e.pop("id"): e for e in world.snapshot()})
+
+
+def _tick_world(hub: Hub, world: GameWorld) -> None:
+    changes = world.tick()
+    hub.update("world", changes.changes(), deletes=changes.despawned)
+
+
 def _demo_dictionary(demo: str, *, symbols: int, entities: int) -> Dictionary:
-    """A dictionary for a demo, trained on a few simulated seconds of another seed, so that
-    the demo's wire is what a deployment with a trained dictionary sends."""
+    """A dictionary for a demo, trained on a few simulated seconds of another seed, sent as
+    the demo sends them, so that its wire is what a deployment with a trained dictionary
+    sends."""
     scratch = Hub(default_topic=TopicConfig(history_size=5000, keyframe_interval=None))
     if demo == "ticker":
-        scratch.table("quotes", QUOTE_SCHEMA)
+        _market_topics(scratch)
         feed = MarketFeed(seed=2, symbols=symbols)
-        for _, batch in zip(range(500), feed.batches(0.010), strict=False):  # 5 seconds
-            for update in batch:
-                if update["type"] == "quote":
-                    scratch.upsert("quotes", update["symbol"], quote_row(update))
-                else:
-                    scratch.publish_nowait(f"trades.{update['symbol']}", update)
+        for _, batch in zip(range(500), feed.batches(WINDOW), strict=False):  # 5 seconds
+            _publish_market(scratch, batch)
+            scratch.flush()  # the window's delta, as the demo's timer sends it
     else:
         world = GameWorld(seed=2, entities=entities)
-        scratch.table("world", ENTITY_SCHEMA)
-        scratch.update("world", {e.pop("id"): e for e in world.snapshot()})
+        _start_world(scratch, world)
         for _ in range(400):
-            changes = world.tick()
-            scratch.update("world", changes.changes(), deletes=changes.despawned)
+            _tick_world(scratch, world)
     return scratch.train_dictionary(size=16 * 1024)
 
 
 async def _demo_ticker(hub: Hub, rate: float, symbols: int) -> None:
-    """Publish the simulated market in real time: the ``quotes`` table (the latest quote per
-    symbol) and the ``trades.<symbol>`` streams, both in 10 ms windows."""
-    hub.configure("quotes", TopicConfig(batch_window=0.010))
-    hub.configure("trades.*", TopicConfig(batch_window=0.010))
-    hub.table("quotes", QUOTE_SCHEMA)
+    """Publish the simulated market in real time (:func:`_market_topics`)."""
+    _market_topics(hub)
     feed = MarketFeed(seed=int(time.time()), symbols=symbols, rate=rate)
     start = trio.current_time()
-    for tick, batch in enumerate(feed.batches(0.010), start=1):
-        for update in batch:
-            if update["type"] == "quote":
-                hub.upsert("quotes", update["symbol"], quote_row(update))
-            else:
-                hub.publish_nowait(f"trades.{update['symbol']}", update)
-        await trio.sleep_until(start + tick * 0.010)
+    for tick, batch in enumerate(feed.batches(WINDOW), start=1):
+        _publish_market(hub, batch)
+        await trio.sleep_until(start + tick * WINDOW)
 
 
 async def _demo_game(hub: Hub, tick_rate: float, entities: int) -> None:
     """Publish a simulated game world in real time: the ``world`` table of entities, one
     delta per tick."""
     world = GameWorld(seed=int(time.time()), entities=entities, tick_rate=tick_rate)
-    hub.table("world", ENTITY_SCHEMA)
-    hub.update("world", {e.pop("id"): e for e in world.snapshot()})
+    _start_world(hub, world)
     start = trio.current_time()
     for tick in itertools.count(1):
-        changes = world.tick()
-        hub.update("world", changes.changes(), deletes=changes.despawned)
+        _tick_world(hub, world)
         await trio.sleep_until(start + tick / tick_rate)
 
 

@@ -17,7 +17,7 @@ import difflib
 import math
 import os
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import attrs
@@ -390,12 +390,10 @@ def _blame(message: str, sources: Mapping[str, str]) -> str:
     return f"{message} ({where})"
 
 
-def describe(names: Sequence[str] | None = None) -> str:
+def describe() -> str:
     """A Markdown table of the settings (docs/configuration.md is generated from it)."""
     rows = ["| setting | flag | environment | default | meaning |", "|---|---|---|---|---|"]
     for setting in SETTINGS.values():
-        if names is not None and setting.name not in names:
-            continue
         default = "" if setting.default in (None, "") else f"`{setting.default}`"
         rows.append(
             f"| `{setting.name}` | `{setting.flag}` | `{setting.env}` | {default} | "

@@ -39,7 +39,7 @@ from tickwire.client import (
 )
 from tickwire.errors import ConnectionClosed, ConnectionRefused, SubscriptionError, TickwireError
 
-__all__ = ["TailOptions", "format_json", "format_text", "tail"]
+__all__ = ["TailOptions", "format_json", "format_text", "plain", "tail"]
 
 
 @attrs.frozen(kw_only=True)
@@ -60,13 +60,17 @@ class TailOptions:
     cafile: str | None = None  # for wss:// with a private certificate authority
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """*value* as JSON can carry it: bytes as ``{"$bin": hex}``, keys as strings, attrs
+    objects (events) as maps of their fields."""
     if isinstance(value, bytes):
         return {"$bin": value.hex()}
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
+    if attrs.has(type(value)):
+        return {a.name: plain(getattr(value, a.name)) for a in attrs.fields(type(value))}
     return value
 
 
@@ -78,7 +82,7 @@ def format_json(update: Update) -> list[str]:
     """JSON lines for one update: ``message``, ``change`` (one a row), ``reset``, ``lost``."""
     if isinstance(update, Message):
         line = {"type": "message", "topic": update.topic, "offset": update.offset}
-        return [json.dumps({**line, "payload": _plain(update.payload)})]
+        return [json.dumps({**line, "payload": plain(update.payload)})]
     if isinstance(update, TableChanged):
         return [
             json.dumps(
@@ -86,15 +90,15 @@ def format_json(update: Update) -> list[str]:
                     "type": "change",
                     "topic": update.topic,
                     "offset": update.offset,
-                    "key": _plain(change.key),
-                    "row": _plain(change.row),
+                    "key": plain(change.key),
+                    "row": plain(change.row),
                     "changed": list(change.changed),
                 }
             )
             for change in update.changes
         ]
     if isinstance(update, TableReset):
-        rows = [_plain(row) for row in update.rows.values()]
+        rows = [plain(row) for row in update.rows.values()]
         line = {"type": "reset", "topic": update.topic, "offset": update.offset}
         return [json.dumps({**line, "reason": update.reason, "rows": rows})]
     return [
@@ -112,7 +116,7 @@ def format_json(update: Update) -> list[str]:
 
 def _fields(row: Any, names: tuple[str, ...] | None = None) -> str:
     items = row.items() if names is None else ((n, row[n]) for n in names if n in row)
-    return " ".join(f"{k}={json.dumps(_plain(v))}" for k, v in items)
+    return " ".join(f"{k}={json.dumps(plain(v))}" for k, v in items)
 
 
 def format_text(update: Update) -> list[str]:
@@ -120,7 +124,7 @@ def format_text(update: Update) -> list[str]:
     now = _clock()
     if isinstance(update, Message):
         payload = update.payload
-        text = _fields(payload) if isinstance(payload, dict) else json.dumps(_plain(payload))
+        text = _fields(payload) if isinstance(payload, dict) else json.dumps(plain(payload))
         return [f"{now} {update.topic} #{update.offset} {text}"]
     if isinstance(update, TableChanged):
         lines = []
