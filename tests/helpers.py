@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
+import attrs
 import trio
 import trio_websocket
 import wsproto
@@ -211,3 +215,43 @@ async def open_raw(listener: MemoryListener, **kwargs: Any) -> RawClient:
     (hello,) = await raw.messages(1)
     assert isinstance(decode(hello), Hello)
     return raw
+
+
+@attrs.frozen
+class Served:
+    """A `tickwire serve` subprocess, with the addresses it printed."""
+
+    process: subprocess.Popen[str]
+    url: str  # ws://127.0.0.1:PORT/
+    metrics: str | None  # http://127.0.0.1:PORT/metrics, when it serves them
+
+
+@contextmanager
+def tickwire_serve(*flags: str, metrics: bool = False) -> Iterator[Served]:
+    """Run ``tickwire serve FLAGS --port 0`` (and ``--metrics-port 0`` or ``off``) for the
+    block; what still runs at the end is stopped (SIGTERM, then SIGKILL)."""
+    ports = ["--port", "0", "--metrics-port", "0" if metrics else "off"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tickwire.cli", "serve", *ports, *flags],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        found = re.search(r"ws://127\.0\.0\.1:\d+/", process.stdout.readline())
+        assert found is not None, "tickwire serve did not say where it serves"
+        endpoint = None
+        if metrics:
+            endpoint = re.search(r"http://127\.0\.0\.1:\d+/metrics", process.stdout.readline())
+            assert endpoint is not None
+        yield Served(process, found.group(0), endpoint.group(0) if endpoint else None)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stdout is not None:
+            process.stdout.close()

@@ -28,6 +28,8 @@ from tickwire.sansio import (
 from tickwire.sansio.negotiation import MSGPACK_ZSTD, Negotiated
 from tickwire.sansio.table import TableView
 
+from .helpers import tickwire_serve
+
 
 def test_decode_explains_a_message(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["decode", "00 94 07 05 2a a1 78"]) == 0
@@ -55,6 +57,9 @@ def test_feed_prints_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
     assert json.loads(lines[2])["tick"] == 2
 
 
+CLI = [sys.executable, "-m", "tickwire.cli"]
+
+
 def read_until_closed(ws: websockets.sync.client.ClientConnection) -> None:
     while True:
         ws.recv(timeout=10)
@@ -63,34 +68,11 @@ def read_until_closed(ws: websockets.sync.client.ClientConnection) -> None:
 def test_serve_demo_ticker_end_to_end() -> None:
     """`tickwire serve --demo ticker`: any client sees HELLO and live quotes; Ctrl+C is
     a graceful shutdown (1001 with a retry hint) and exit status 0."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tickwire.cli",
-            "serve",
-            "--demo",
-            "ticker",
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        port = int(re.search(r"127\.0\.0\.1:(\d+)/", line).group(1))  # type: ignore[union-attr]
-        line = process.stdout.readline()
-        metrics = re.search(r"http://127\.0\.0\.1:\d+/metrics", line).group(0)  # type: ignore[union-attr]
+    with tickwire_serve("--demo", "ticker", "--log-level", "warning", metrics=True) as served:
+        assert served.metrics is not None
         negotiated = Negotiated.of(MSGPACK_ZSTD)
         client = Session(Role.CLIENT, negotiated)
-        url = f"ws://127.0.0.1:{port}/"
-        with websockets.sync.client.connect(url, subprotocols=[MSGPACK_ZSTD]) as ws:  # type: ignore[list-item]
+        with websockets.sync.client.connect(served.url, subprotocols=[MSGPACK_ZSTD]) as ws:  # type: ignore[list-item]
             client.receive_message(ws.recv(timeout=10))
             assert isinstance(client.events_received()[0], Hello)
             # The demo compresses with a dictionary it offers in HELLO: fetch it (§5.3).
@@ -114,62 +96,30 @@ def test_serve_demo_ticker_end_to_end() -> None:
             row = next(iter(view.rows.values()))
             assert set(row) == {"symbol", "bid", "ask", "bid_size", "ask_size", "ts"}
             assert all(r["bid"] < r["ask"] for r in view.rows.values())
-            with urllib.request.urlopen(metrics, timeout=10) as response:
+            with urllib.request.urlopen(served.metrics, timeout=10) as response:
                 text = response.read().decode()
             assert "tickwire_connections_open 1.0" in text.splitlines()
             assert re.search(r'^tickwire_topic_offset\{topic="quotes"\} [1-9]', text, re.M)
-            process.send_signal(signal.SIGINT)
+            served.process.send_signal(signal.SIGINT)
             with pytest.raises(websockets.exceptions.ConnectionClosed) as info:
                 read_until_closed(ws)
             assert info.value.rcvd is not None
             assert info.value.rcvd.code == 1001
             assert info.value.rcvd.reason.startswith("retry-after=")
-        assert process.wait(timeout=15) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        assert served.process.wait(timeout=15) == 0
 
 
 def test_serve_shuts_down_gracefully_on_sigterm() -> None:
     """What an orchestrator sends: clients get 1001 with a retry hint, the exit status is 0."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tickwire.cli",
-            "serve",
-            "--port",
-            "0",
-            "--metrics-port",
-            "off",
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        port = int(re.search(r"127\.0\.0\.1:(\d+)/", line).group(1))  # type: ignore[union-attr]
-        url = f"ws://127.0.0.1:{port}/"
-        with websockets.sync.client.connect(url, subprotocols=[MSGPACK_ZSTD]) as ws:  # type: ignore[list-item]
+    with tickwire_serve("--log-level", "warning") as served:
+        with websockets.sync.client.connect(served.url, subprotocols=[MSGPACK_ZSTD]) as ws:  # type: ignore[list-item]
             ws.recv(timeout=10)  # HELLO
-            process.send_signal(signal.SIGTERM)
+            served.process.send_signal(signal.SIGTERM)
             with pytest.raises(websockets.exceptions.ConnectionClosed) as info:
                 read_until_closed(ws)
             assert info.value.rcvd is not None
             assert info.value.rcvd.code == 1001
-        assert process.wait(timeout=15) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        assert served.process.wait(timeout=15) == 0
 
 
 def test_bench_runs_a_bench_script(capfd: pytest.CaptureFixture[str]) -> None:
@@ -201,7 +151,7 @@ def test_serve_on_a_port_in_use_says_which_setting() -> None:
             (["--port", str(port), "--metrics-port", "off"], "port"),
         ):
             done = subprocess.run(
-                [sys.executable, "-m", "tickwire.cli", "serve", *flags],
+                [*CLI, "serve", *flags],
                 capture_output=True,
                 text=True,
                 timeout=60,
@@ -213,47 +163,26 @@ def test_serve_on_a_port_in_use_says_which_setting() -> None:
 
 
 def test_tail_ends_with_its_summary_on_ctrl_c() -> None:
-    cli = [sys.executable, "-m", "tickwire.cli"]
-    server = subprocess.Popen(
-        [*cli, "serve", "--demo", "ticker", "--port", "0", "--metrics-port", "off"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    tail: subprocess.Popen[str] | None = None
-    try:
-        assert server.stdout is not None
-        url = re.search(r"ws://127\.0\.0\.1:\d+/", server.stdout.readline()).group(0)  # type: ignore[union-attr]
+    with tickwire_serve("--demo", "ticker") as served:
         tail = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tickwire.cli",
-                "tail",
-                url,
-                "quotes",
-                "--stats-interval",
-                "0.2",
-            ],
+            [*CLI, "tail", served.url, "quotes", "--stats-interval", "0.2"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        assert tail.stderr is not None
-        assert "updates/s" in tail.stderr.readline()  # running: its first counters line
-        tail.send_signal(signal.SIGINT)
-        out, err = tail.communicate(timeout=30)
+        try:
+            assert tail.stderr is not None
+            assert "updates/s" in tail.stderr.readline()  # running: its first counters line
+            tail.send_signal(signal.SIGINT)
+            out, err = tail.communicate(timeout=30)
+        finally:
+            if tail.poll() is None:
+                tail.kill()
+                tail.communicate()
         assert tail.returncode == 0
         assert " quotes #" in out
         assert "tickwire tail" in err  # the summary
         assert "Traceback" not in err
-    finally:
-        if tail is not None and tail.poll() is None:
-            tail.kill()
-            tail.communicate()
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
-        if server.stdout is not None:
-            server.stdout.close()
 
 
 def test_serve_applies_the_topics_of_its_config_file(tmp_path: object) -> None:
@@ -262,16 +191,9 @@ def test_serve_applies_the_topics_of_its_config_file(tmp_path: object) -> None:
     from pathlib import Path
 
     config = Path(str(tmp_path)) / "tickwire.toml"
-    config.write_text('metrics_port = "off"\n\n[topics."chat"]\nbatch_window = 0.2\n')
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tickwire.cli", "serve", "--port", "0", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        url = re.search(r"ws://127\.0\.0\.1:\d+/", process.stdout.readline()).group(0)  # type: ignore[union-attr]
-        with websockets.sync.client.connect(url, subprotocols=["tickwire.v1.json"]) as ws:  # type: ignore[list-item]
+    config.write_text('[topics."chat"]\nbatch_window = 0.2\n')
+    with tickwire_serve("--config", str(config)) as served:
+        with websockets.sync.client.connect(served.url, subprotocols=["tickwire.v1.json"]) as ws:  # type: ignore[list-item]
             assert json.loads(ws.recv(timeout=10))[0] == 1  # HELLO
             ws.send(json.dumps([3, 1, "chat", None, {}]))  # SUBSCRIBE
             kinds = [json.loads(ws.recv(timeout=10))[0] for _ in range(2)]
@@ -281,14 +203,8 @@ def test_serve_applies_the_topics_of_its_config_file(tmp_path: object) -> None:
             batch = json.loads(ws.recv(timeout=10))
             assert batch[0] == 8
             assert batch[-1] == ["message 0", "message 1", "message 2"]
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(timeout=30) == 0
 
 
 def test_serve_with_unreadable_tls_files_says_so(tmp_path: object) -> None:
@@ -298,7 +214,10 @@ def test_serve_with_unreadable_tls_files_says_so(tmp_path: object) -> None:
     bad.write_text("not a certificate\n")
     done = subprocess.run(
         [
-            *(sys.executable, "-m", "tickwire.cli", "serve", "--port", "0"),
+            *CLI,
+            "serve",
+            "--port",
+            "0",
             *("--metrics-port", "off", "--tls-cert", str(bad), "--tls-key", str(bad)),
         ],
         capture_output=True,
@@ -312,31 +231,18 @@ def test_serve_with_unreadable_tls_files_says_so(tmp_path: object) -> None:
 
 
 def test_the_game_demo_through_tail() -> None:
-    cli = [sys.executable, "-m", "tickwire.cli"]
-    server = subprocess.Popen(
-        [*cli, "serve", "--demo", "game", "--port", "0", "--metrics-port", "off"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        url = re.search(r"ws://127\.0\.0\.1:\d+/", server.stdout.readline()).group(0)  # type: ignore[union-attr]
+    with tickwire_serve("--demo", "game") as served:
         tail = subprocess.run(
-            [*cli, "tail", url, "world", "--json", "--count", "30", "--no-stats"],
+            [*CLI, "tail", served.url, "world", "--json", "--count", "30", "--no-stats"],
             capture_output=True,
             text=True,
             timeout=60,
             check=False,
         )
-        assert tail.returncode == 0, tail.stderr
-        lines = [json.loads(line) for line in tail.stdout.splitlines()]
-        assert lines[0]["type"] == "reset"
-        assert len(lines[0]["rows"]) >= 200  # the entities, projectiles maybe among them
-        changes = [line for line in lines[1:] if line["type"] == "change"]
-        assert changes
-        assert all(line["topic"] == "world" for line in changes)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
-        if server.stdout is not None:
-            server.stdout.close()
+    assert tail.returncode == 0, tail.stderr
+    lines = [json.loads(line) for line in tail.stdout.splitlines()]
+    assert lines[0]["type"] == "reset"
+    assert len(lines[0]["rows"]) >= 200  # the entities, projectiles maybe among them
+    changes = [line for line in lines[1:] if line["type"] == "change"]
+    assert changes
+    assert all(line["topic"] == "world" for line in changes)

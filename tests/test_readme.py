@@ -36,22 +36,17 @@ def test_the_quick_start_serve_tail_and_scrape() -> None:
     import sys
     import urllib.request
 
+    from .helpers import tickwire_serve
+
     text = README.read_text()
     assert "tickwire serve --demo ticker" in text
     assert "tickwire tail ws://127.0.0.1:8765/ quotes 'trades.*' --count 20" in text
     assert "curl -s http://127.0.0.1:8766/metrics" in text
     cli = [sys.executable, "-m", "tickwire.cli"]
-    server = subprocess.Popen(
-        [*cli, "serve", "--demo", "ticker", "--port", "0", "--metrics-port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        url = re.search(r"ws://127\.0\.0\.1:\d+/", server.stdout.readline()).group(0)  # type: ignore[union-attr]
-        metrics = re.search(r"http://\S+/metrics", server.stdout.readline()).group(0)  # type: ignore[union-attr]
+    with tickwire_serve("--demo", "ticker", metrics=True) as served:
+        assert served.metrics is not None
         tail = subprocess.run(
-            [*cli, "tail", url, "quotes", "trades.*", "--count", "20"],
+            [*cli, "tail", served.url, "quotes", "trades.*", "--count", "20"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -63,25 +58,20 @@ def test_the_quick_start_serve_tail_and_scrape() -> None:
         assert any(" quotes #" in line for line in lines)
         assert "compression" in tail.stderr
         as_json = subprocess.run(
-            [*cli, "tail", url, "trades.*", "--json", "--count", "3", "--no-stats"],
+            [*cli, "tail", served.url, "trades.*", "--json", "--count", "3", "--no-stats"],
             capture_output=True,
             text=True,
             timeout=60,
             check=False,
         )
         assert [json.loads(line)["type"] for line in as_json.stdout.splitlines()] == ["message"] * 3
-        with urllib.request.urlopen(metrics, timeout=10) as response:
+        with urllib.request.urlopen(served.metrics, timeout=10) as response:
             scraped = response.read().decode()
         opened = re.search(r"^tickwire_connections_opened_total (\S+)", scraped, re.M)
         assert opened is not None
         assert float(opened.group(1)) == 2  # the two tails
-        with urllib.request.urlopen(metrics.replace("/metrics", "/readyz"), timeout=10) as r:
+        readyz = served.metrics.replace("/metrics", "/readyz")
+        with urllib.request.urlopen(readyz, timeout=10) as r:
             assert r.read() == b"ready\n"
-        server.send_signal(signal.SIGINT)
-        assert server.wait(timeout=30) == 0
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-        if server.stdout is not None:
-            server.stdout.close()
+        served.process.send_signal(signal.SIGINT)
+        assert served.process.wait(timeout=30) == 0
