@@ -10,6 +10,7 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionRefused",
     "DecodeError",
+    "InvalidValue",
     "LocalProtocolError",
     "MessageTooBig",
     "NegotiationError",
@@ -20,6 +21,7 @@ __all__ = [
     "SubscriptionError",
     "TickwireError",
     "UnknownDictionary",
+    "ValueTooLarge",
 ]
 
 
@@ -65,6 +67,26 @@ class UnknownDictionary(RemoteProtocolError):
     """A compressed message named a dictionary id that was never offered (close 4002)."""
 
     default_close_code = 4002
+
+
+class InvalidValue(TickwireError, ValueError, TypeError):
+    """A value that could not be delivered exactly to every receiver, refused at the call
+    that offered it; nothing changed (no offset used, nothing stored or sent).
+
+    It is a ``ValueError`` and a ``TypeError``, as a bad argument is.
+
+    Attributes:
+        where: which value, for example ``payload['bid']`` or ``quotes.bid``.
+    """
+
+    def __init__(self, message: str, *, where: str = "") -> None:
+        super().__init__(f"{where}: {message}" if where else message)
+        self.where = where
+
+
+class ValueTooLarge(InvalidValue):
+    """A value over a size, nesting or container limit of the receivers (ERROR 413 when a
+    client published it)."""
 
 
 class NegotiationError(TickwireError):
