@@ -117,13 +117,23 @@ json_safe = st.recursive(
 )
 
 
+def finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(map(finite, value))
+    if isinstance(value, dict):
+        return all(map(finite, value.values()))
+    return True
+
+
 @given(json_safe)
 def test_4_14_every_accepted_value_decodes_exactly_in_every_variant(value: Any) -> None:
-    try:
-        packed = pack_value(value, PAYLOADS)
-    except InvalidValue as exc:
-        assert "nan" in str(exc) or "inf" in str(exc)
+    if not finite(value):
+        with pytest.raises(InvalidValue, match="cannot be sent"):
+            pack_value(value, PAYLOADS)
         return
+    packed = pack_value(value, PAYLOADS)
     want = unpack_value(packed)
     for event in (Data(1, 2, want), Batch(1, 2, [want, want])):
         assert codec.decode_body(codec.encode_body(event), LIMITS) == event
