@@ -91,6 +91,12 @@ class Recorder:
     def topic_added(self, topic: Topic, request_id: int) -> None:
         pass
 
+    def may_receive(self, topic: Topic) -> bool:
+        return True
+
+    def busy(self) -> bool:
+        return False
+
     def has_room(self) -> bool:
         return True
 

@@ -31,7 +31,7 @@ from tickwire import Field, Schema
 
 WORLD = Schema(
     "player",
-    [Field.fixed("x", 2), Field.fixed("y", 2), Field.integer("moves")],
+    [Field.quantized("x", 2), Field.quantized("y", 2), Field.integer("moves")],
 )
 SIZE = 100.0  # the arena is SIZE x SIZE
 TICK_RATE = 20.0

@@ -26,6 +26,7 @@ class Recorder:
     variant: Negotiated = attrs.field(factory=lambda: Negotiated.of(MSGPACK))
     frames: list[bytes] = attrs.field(factory=list)
     added: list[tuple[str, int]] = attrs.field(factory=list)
+    forbidden: set[str] = attrs.field(factory=set)
 
     def deliver_nowait(
         self,
@@ -40,6 +41,12 @@ class Recorder:
         published_at: float | None = None,
     ) -> bool:
         self.frames.append(framed)
+        return False
+
+    def may_receive(self, topic: Topic) -> bool:
+        return topic.name not in self.forbidden
+
+    def busy(self) -> bool:
         return False
 
     def has_room(self) -> bool:

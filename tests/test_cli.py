@@ -94,7 +94,7 @@ def test_serve_demo_ticker_end_to_end() -> None:
             assert view is not None
             assert len(view.rows) > 20  # symbols that quoted since the demo started
             row = next(iter(view.rows.values()))
-            assert set(row) == {"symbol", "bid", "ask", "bid_size", "ask_size", "ts"}
+            assert set(row) == {"symbol", "bid", "ask", "bid_size", "ask_size", "seq", "ts"}
             assert all(r["bid"] < r["ask"] for r in view.rows.values())
             with urllib.request.urlopen(served.metrics, timeout=10) as response:
                 text = response.read().decode()
@@ -191,7 +191,7 @@ def test_serve_applies_the_topics_of_its_config_file(tmp_path: object) -> None:
     from pathlib import Path
 
     config = Path(str(tmp_path)) / "tickwire.toml"
-    config.write_text('[topics."chat"]\nbatch_window = 0.2\n')
+    config.write_text('client_publish = ["chat"]\n[topics."chat"]\nbatch_window = 0.2\n')
     with tickwire_serve("--config", str(config)) as served:
         with websockets.sync.client.connect(served.url, subprotocols=["tickwire.v1.json"]) as ws:  # type: ignore[list-item]
             assert json.loads(ws.recv(timeout=10))[0] == 1  # HELLO

@@ -10,6 +10,7 @@ import contextlib
 import math
 import time
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from tickwire.sansio.table import Field, Schema
 from tickwire.server import Server
 
 FAST = ClientConfig(reconnect=Reconnect(initial_delay=0.01, max_delay=0.05), heartbeat_interval=5)
-SERVER = ServerConfig(retry_after=0.05, shutdown_timeout=1)
+SERVER = ServerConfig(retry_after=0.05, shutdown_timeout=1, client_publish=["*", "*.*"])
 QUOTES = Schema("symbol", [Field.fixed("bid", 2), Field.integer("n")])
 
 
@@ -115,13 +116,15 @@ async def test_a_table_arrives_as_a_reset_then_changes() -> None:
                 reset = await quotes.receive()
                 assert isinstance(reset, TableReset)
                 assert reset.reason == "subscribed"
-                assert reset.rows == {"AAPL": {"symbol": "AAPL", "bid": 189.12, "n": 1}}
+                assert reset.rows == {"AAPL": {"symbol": "AAPL", "bid": Decimal("189.12"), "n": 1}}
                 hub.upsert("quotes", "AAPL", {"n": 2})
                 changed = await quotes.receive()
                 assert isinstance(changed, TableChanged)
                 (change,) = changed.changes
                 assert (change.key, change.changed) == ("AAPL", ("n",))
-                assert quotes.table() == {"AAPL": {"symbol": "AAPL", "bid": 189.12, "n": 2}}
+                assert quotes.table() == {
+                    "AAPL": {"symbol": "AAPL", "bid": Decimal("189.12"), "n": 2}
+                }
 
 
 async def test_a_server_restart_loses_nothing_inside_the_history() -> None:

@@ -11,7 +11,7 @@ import tickwire
 from tickwire import ClientConfig, Hub, Overloaded, PublishError, Reconnect, ServerConfig
 
 FAST = ClientConfig(reconnect=Reconnect(initial_delay=0.01, max_delay=0.05), heartbeat_interval=5)
-CONFIG = ServerConfig(shutdown_timeout=1)
+CONFIG = ServerConfig(shutdown_timeout=1, client_publish=["input.*"])
 
 
 async def test_client_publishes_reach_the_listener_in_order_with_their_offsets() -> None:

@@ -61,8 +61,9 @@ async def test_an_independent_client_negotiates_and_reads_hello() -> None:
 @pytest.mark.parametrize("subprotocol", [MSGPACK_ZSTD, MSGPACK, JSON])
 async def test_subscribe_and_receive_in_every_variant(subprotocol: str) -> None:
     hub = Hub()
+    config = ServerConfig(client_publish=["quotes.*"])
     async with (
-        open_server(hub, "127.0.0.1", 0) as server,
+        open_server(hub, "127.0.0.1", 0, config=config) as server,
         connect(server.port, offer=[subprotocol]) as client,
     ):
         assert isinstance(await client.receive(), Hello)

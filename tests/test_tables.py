@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -88,8 +89,8 @@ async def test_a_subscriber_gets_the_schema_a_snapshot_then_deltas(
         assert view.rows == rows(hub, "quotes")
         assert view.rows["AAPL"] == {
             "symbol": "AAPL",
-            "bid": 189.12,
-            "ask": 189.13,
+            "bid": Decimal("189.12"),
+            "ask": Decimal("189.13"),
             "size": 300,
             "n": None,
         }
@@ -262,7 +263,7 @@ async def test_a_rate_limit_on_a_stream_topic_is_refused_and_clients_cannot_writ
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with trio.open_nursery() as nursery:
-        server, listener = await start_memory_server(nursery)
+        server, listener = await start_memory_server(nursery, ServerConfig(client_publish=["*"]))
         server.hub.publish_nowait("trades", 1)
         server.hub.table("quotes", QUOTES)
         raw = await open_raw(listener)

@@ -79,15 +79,15 @@ async def test_json_lines_for_a_stream_and_a_table_then_it_stops_at_count() -> N
         "offset": 2,  # two upserts before anybody subscribed
         "reason": "subscribed",
         "rows": [
-            {"symbol": "ACME", "bid": 10.5, "size": 100},
-            {"symbol": "OLD", "bid": 1.0, "size": 1},
+            {"symbol": "ACME", "bid": "10.50", "size": 100},  # exact: as a string of digits
+            {"symbol": "OLD", "bid": "1.00", "size": 1},
         ],
     }
     trades = [line for line in lines if line["type"] == "message"]
     assert [t["payload"]["price"] for t in trades] == [10.5, 10.6]
     assert all(t["topic"] == "trades.ACME" for t in trades)
     changes = [line for line in lines if line["type"] == "change"]
-    assert changes[0]["row"] == {"symbol": "ACME", "bid": 10.75, "size": 100}
+    assert changes[0]["row"] == {"symbol": "ACME", "bid": "10.75", "size": 100}
     assert changes[0]["changed"] == ["bid"]
     assert (changes[1]["key"], changes[1]["row"]) == ("OLD", None)  # the deletion
     assert "compression" in err  # the summary

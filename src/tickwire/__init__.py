@@ -5,7 +5,15 @@ Imports: the package's modules; no logic lives here.
 
 from tickwire._version import __version__
 from tickwire.auth import JWTAuth, Principal
-from tickwire.broadcast import DuplicateKey, Hub, Listener, Overloaded, Published, TopicConfig
+from tickwire.broadcast import (
+    DuplicateKey,
+    Hub,
+    Listener,
+    Overloaded,
+    Published,
+    TooManyTopics,
+    TopicConfig,
+)
 from tickwire.client import (
     Client,
     ClientConfig,
@@ -25,6 +33,7 @@ from tickwire.errors import (
     ConnectionClosed,
     ConnectionRefused,
     DecodeError,
+    InvalidValue,
     LocalProtocolError,
     MessageTooBig,
     NegotiationError,
@@ -35,17 +44,28 @@ from tickwire.errors import (
     SubscriptionError,
     TickwireError,
     UnknownDictionary,
+    ValueTooLarge,
 )
 from tickwire.metrics import MetricsEndpoint, serve_metrics
 from tickwire.sansio.compression import CompressionConfig, Dictionary
 from tickwire.sansio.fanout import Overflow
 from tickwire.sansio.table import Field, FieldType, Schema, TableView
+from tickwire.schemas import (
+    CRYPTO_QUOTE_SCHEMA,
+    EQUITY_QUOTE_SCHEMA,
+    FX_QUOTE_SCHEMA,
+    GAME_ENTITY_SCHEMA,
+)
 from tickwire.server import HandshakeRequest, Refusal, Server, open_server, serve
 from tickwire.sim import ENTITY_SCHEMA, QUOTE_SCHEMA, GameWorld, MarketFeed, quote_row
 from tickwire.statistics import ServerStatistics
 
 __all__ = [
+    "CRYPTO_QUOTE_SCHEMA",
     "ENTITY_SCHEMA",
+    "EQUITY_QUOTE_SCHEMA",
+    "FX_QUOTE_SCHEMA",
+    "GAME_ENTITY_SCHEMA",
     "QUOTE_SCHEMA",
     "Client",
     "ClientConfig",
@@ -61,6 +81,7 @@ __all__ = [
     "GameWorld",
     "HandshakeRequest",
     "Hub",
+    "InvalidValue",
     "JWTAuth",
     "KiB",
     "Limits",
@@ -94,9 +115,11 @@ __all__ = [
     "TableReset",
     "TableView",
     "TickwireError",
+    "TooManyTopics",
     "TopicConfig",
     "UnknownDictionary",
     "Update",
+    "ValueTooLarge",
     "__version__",
     "open_client",
     "open_server",

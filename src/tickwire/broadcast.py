@@ -4,18 +4,32 @@ Imports: attrs, trio (only for :meth:`Hub.publish`, which waits), tickwire.sansi
 :meth:`Hub.publish_nowait` never waits: delivery is a direct write or an offer to each
 subscriber's bounded outbox (the connection's writer drains it).
 
-Stream topics keep a bounded history (by count and by age) so that a subscriber can resume
-from the (epoch, offset) it last saw: all of the missed messages are replayed, or none and
-the answer is NOT_RECOVERED (PROTOCOL.md §4.4). Table topics (:meth:`Hub.table`) hold keyed
-rows under a schema: each delta (the changed fields of the changed rows, merged over the
-topic's batch window) gets an offset and goes to every subscriber as the same bytes; a new
-subscriber gets a snapshot first, and periodic keyframes resend the whole table (§9).
+Every value entering a topic, from the program or from a client, goes through the value
+gate first (:mod:`tickwire.sansio.values`): it is packed and checked against the receivers'
+limits before an offset is used or anything is stored, so a refused call changes nothing and
+what is accepted can always be sent. The packed bytes are what every frame is built from.
+
+Stream topics keep a bounded history (by count, by age and by bytes, per topic and in all)
+so that a subscriber can resume from the (epoch, offset) it last saw: all of the missed
+messages are replayed, or none and the answer is NOT_RECOVERED (PROTOCOL.md §4.4). Table
+topics (:meth:`Hub.table`) hold keyed rows under a schema: each delta (the changed fields of
+the changed rows, merged over the topic's batch window, or each update on its own when the
+topic does not merge) gets an offset and goes to every subscriber as the same bytes; a new
+subscriber gets a snapshot first, in parts when it is larger than one message, and periodic
+keyframes resend the whole table (§9).
+
+Topics that clients create (by subscribing to a name nobody publishes yet, or by publishing)
+are counted against :attr:`Hub.max_client_topics` and freed once unused. A failure inside the
+hub's own timers (a batch window, a keyframe) is logged and counted, and its subscribers are
+told what they missed (GAP); it never stops the hub or the server.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import itertools
+import logging
 import math
 import random
 import re
@@ -27,6 +41,8 @@ import attrs
 import trio
 from attrs.validators import ge, gt, instance_of
 
+from tickwire.config import Limits, MiB
+from tickwire.errors import InvalidValue
 from tickwire.sansio import codec, envelope
 from tickwire.sansio.compression import (
     CompressionConfig,
@@ -35,23 +51,36 @@ from tickwire.sansio.compression import (
     DictionaryRegistry,
     train_dictionary,
 )
-from tickwire.sansio.events import Batch, Data, DictOffer, Event, Outcome, Position, Snapshot
+from tickwire.sansio.events import (
+    Batch,
+    Data,
+    DictOffer,
+    Event,
+    Gap,
+    Outcome,
+    Position,
+    Snapshot,
+)
 from tickwire.sansio.fanout import Overflow
 from tickwire.sansio.framing import frame
 from tickwire.sansio.negotiation import Codec, Negotiated
 from tickwire.sansio.session import encode_message
-from tickwire.sansio.table import Changes, Key, Schema, Table
+from tickwire.sansio.table import Changes, Key, Schema, Table, merge_into, message_budget
+from tickwire.sansio.values import ValueLimits, pack_trusted, pack_value, unpack_value
 from tickwire.statistics import Histogram
 
 __all__ = [
     "DuplicateKey",
     "Hub",
     "Subscriber",
+    "TooManyTopics",
     "Topic",
     "TopicConfig",
     "pattern_matches",
     "valid_pattern",
 ]
+
+log = logging.getLogger("tickwire.hub")
 
 MIN_KEYS = 1024  # idempotency keys kept per topic, at least
 
@@ -108,11 +137,14 @@ class Listener:
             await self._room.wait()
 
     async def receive(self) -> Published:
-        """The next message, waiting for one."""
+        """The next message, waiting for one. Cancelled, it takes nothing."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         while not self._queue:
             self._data = trio.Event()
             await self._data.wait()
-        return self._take()
+        message = self._take()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return message
 
     def receive_nowait(self) -> Published | None:
         """The next message if one is queued, else None."""
@@ -142,6 +174,11 @@ class Listener:
 
 class DuplicateKey(ValueError):
     """An idempotency key was reused with another payload (ERROR 409 on the wire)."""
+
+
+class TooManyTopics(Exception):
+    """Clients may not create another topic now: :attr:`Hub.max_client_topics` exist
+    already (ERROR 503 on the wire). Nothing was created."""
 
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_\-:]+")
@@ -196,8 +233,15 @@ class Subscriber(Protocol):
         message in it was published, on trio's clock (None if unknown). Returns whether it
         was written at once."""
 
+    def may_receive(self, topic: Topic) -> bool:
+        """Whether it may be sent *topic* (its authorisation, asked for every concrete
+        topic one of its patterns matches, now or later)."""
+
     def topic_added(self, topic: Topic, request_id: int) -> None:
-        """A topic matching one of its patterns appeared."""
+        """A topic matching one of its patterns appeared (and it may receive it)."""
+
+    def busy(self) -> bool:
+        """Whether anything is queued for it (a keyframe is then skipped)."""
 
     def has_room(self) -> bool:
         """Whether its outbox is at most half full (for :meth:`Hub.publish`)."""
@@ -216,24 +260,32 @@ class TopicConfig:
     Attributes:
         history_size: messages kept to resume from (0 keeps none).
         history_seconds: and none older than this.
+        history_bytes: and no more bytes than this (the messages and their frames).
         overflow: what happens to a subscriber whose outbox is full: DISCONNECT (close with
             4000; it resumes from history), DROP_OLDEST (the oldest queued messages of such
             topics are dropped and announced with GAP) or, for table topics, CONFLATE
             (queued deltas merge into one per topic; on a stream topic it acts as
             DISCONNECT). A subscription may choose another for itself.
         batch_window: seconds during which publishes are gathered into one message (a
-            BATCH for a stream, one merged delta for a table), for example 0.010, or None
-            to send each at once. Needs the hub's :meth:`Hub.run` task, which the server
-            runs.
+            BATCH for a stream; for a table one merged delta, or a BATCH of every delta
+            when it does not *merge*), for example 0.010, or None to send each at once.
+            Needs the hub's :meth:`Hub.run` task, which the server runs.
         keyframe_interval: for table topics, seconds between keyframes (a SNAPSHOT of the
             whole table to every subscriber that is keeping up, encoded once), or None.
+        merge: for table topics, whether the changes of a batch window merge into one delta
+            (the latest value of each field wins, the smallest wire) or every call to
+            :meth:`Hub.update` is a delta of its own, with its own offset, delivered to
+            every subscriber that keeps up (the window's deltas still travel, and are
+            compressed, together in one BATCH).
     """
 
     history_size: int = attrs.field(default=1000, validator=[instance_of(int), ge(0)])
     history_seconds: float = attrs.field(default=300.0, validator=gt(0))
+    history_bytes: int = attrs.field(default=4 * MiB, validator=[instance_of(int), ge(0)])
     overflow: Overflow = attrs.field(default=Overflow.DISCONNECT, validator=instance_of(Overflow))
     batch_window: float | None = attrs.field(default=None)
     keyframe_interval: float | None = attrs.field(default=30.0)
+    merge: bool = attrs.field(default=True, validator=instance_of(bool))
 
     def __attrs_post_init__(self) -> None:
         if self.batch_window is not None and not 0 < self.batch_window <= 10:
@@ -241,16 +293,30 @@ class TopicConfig:
         if self.keyframe_interval is not None and not self.keyframe_interval > 0:
             raise ValueError("keyframe_interval must be None or a positive number of seconds")
 
+    @classmethod
+    def every_update(cls, batch_window: float = 0.010, **kwargs: Any) -> TopicConfig:
+        """Every update delivered, each with its offset, a window's worth compressed together
+        in one message: for tables, ``merge=False`` with a *batch_window*; for streams, the
+        window alone."""
+        return cls(batch_window=batch_window, merge=False, **kwargs)
 
-@attrs.define(eq=False)
+
+@attrs.define(eq=False, slots=True)
 class Entry:
-    """One message in a topic's history, with its frames per variant, made on demand."""
+    """One message of a topic: its packed payload, with its frames per variant, made on
+    demand; kept in the history while the budgets allow."""
 
     offset: int
     stamp: float
-    payload: Any
+    packed: bytes  # the payload as msgpack: a stream's value, a table delta's entries
     framed: dict[Negotiated, bytes] = attrs.field(factory=dict)
     delta: Changes | None = None  # a table delta's change set
+    size: int = 0  # the bytes counted against the history budgets
+
+    @property
+    def payload(self) -> Any:
+        """The payload, as a receiver decodes it."""
+        return unpack_value(self.packed)
 
 
 @attrs.define(eq=False)
@@ -259,6 +325,8 @@ class Topic:
 
     Attributes:
         table: the rows of a table topic; None for a stream topic.
+        client_created: made by a client's SUBSCRIBE or PUBLISH and not (yet) used by the
+            program: counted against :attr:`Hub.max_client_topics`, freed once unused.
     """
 
     topic_id: int
@@ -268,16 +336,19 @@ class Topic:
     offset: int = 0
     subscribers: dict[Subscriber, None] = attrs.field(factory=dict)  # ordered set
     history: collections.deque[Entry] = attrs.field(factory=collections.deque)
-    pending: list[Any] = attrs.field(factory=list)  # payloads waiting for the batch window
+    pending: list[Entry] = attrs.field(factory=list)  # messages waiting for the batch window
     table: Table | None = None
-    # Idempotency keys of recent publishes: key -> (offset, payload).
-    keys: collections.OrderedDict[str, tuple[int, Any]] = attrs.field(
+    # Idempotency keys of recent publishes: key -> (offset, digest of the packed payload).
+    keys: collections.OrderedDict[str, tuple[int, bytes]] = attrs.field(
         factory=collections.OrderedDict
     )
     listeners: list[Listener] = attrs.field(factory=list)  # in-process, by Hub.listen
-    _snapshot: tuple[int, dict[Negotiated, bytes]] = attrs.field(init=False, default=(-1, {}))
+    client_created: bool = False
+    _snapshot: tuple[int, dict[Negotiated, list[bytes]]] = attrs.field(init=False, default=(-1, {}))
     keyframe_offset: int = attrs.field(init=False, default=0)
     since: float | None = attrs.field(init=False, default=None)  # first pending publish
+    history_bytes: int = attrs.field(init=False, default=0)
+    last_published: float = attrs.field(init=False, default=0.0)  # on the hub's clock
     # Encoded messages for compressing subscribers, before and after zstd (statistics).
     bytes_before_compression: int = attrs.field(init=False, default=0)
     bytes_after_compression: int = attrs.field(init=False, default=0)
@@ -292,8 +363,9 @@ class Topic:
         """SUBSCRIBED's ``info`` position: the schema of a table, None for a stream."""
         return None if self.table is None else self.table.schema.info()
 
-    def snapshot_cache(self) -> dict[Negotiated, bytes]:
-        """The SNAPSHOT frames at the current offset, by variant (filled on demand)."""
+    def snapshot_cache(self) -> dict[Negotiated, list[bytes]]:
+        """The SNAPSHOT frames (its parts) at the current offset, by variant (filled on
+        demand)."""
         offset, frames = self._snapshot
         if offset != self.offset:
             frames = {}
@@ -303,17 +375,30 @@ class Topic:
     def forget_frames(self, variant: Negotiated) -> None:
         """Drop what was encoded for *variant* (its dictionary is about to go)."""
         for entry in self.history:
-            entry.framed.pop(variant, None)
+            dropped = entry.framed.pop(variant, None)
+            if dropped is not None:
+                entry.size -= len(dropped)
+                self.history_bytes -= len(dropped)
         self._snapshot[1].pop(variant, None)
 
-    def trim(self, now: float) -> None:
-        """Forget history past the count and age limits."""
+    def pop_oldest(self) -> Entry:
+        """Forget the oldest message of the history."""
+        entry = self.history.popleft()
+        self.history_bytes -= entry.size
+        return entry
+
+    def trim(self, now: float) -> int:
+        """Forget history past the count, age and byte limits; return the bytes freed."""
         history, config = self.history, self.config
+        before = self.history_bytes
         while len(history) > config.history_size:
-            history.popleft()
+            self.pop_oldest()
         horizon = now - config.history_seconds
         while history and history[0].stamp < horizon:
-            history.popleft()
+            self.pop_oldest()
+        while history and self.history_bytes > config.history_bytes:
+            self.pop_oldest()
+        return before - self.history_bytes
 
     def recover(self, resume: Position, now: float) -> tuple[Outcome, int, list[Entry]]:
         """The answer to a resume from *resume*: (outcome, offset for SUBSCRIBED, replay).
@@ -333,6 +418,11 @@ class Topic:
             return Outcome.NOT_RECOVERED, sent, []
         return Outcome.RECOVERED, resume.offset, history[-missed:]
 
+    @property
+    def unused(self) -> bool:
+        """Nobody subscribes to it or listens to it."""
+        return not self.subscribers and not self.listeners
+
 
 @attrs.define(eq=False)
 class Hub:
@@ -345,12 +435,21 @@ class Hub:
         dictionaries: the zstd dictionaries on offer.
         default_topic: the configuration of topics that :meth:`configure` did not name.
         clock: seconds on a monotonic clock, for the history's age limit.
+        limits: what the receivers accept (a client's :class:`~tickwire.config.Limits`,
+            the default ones unless yours are larger): every value published is checked
+            against them, and batches, deltas and snapshots are split to fit.
+        max_history_bytes: the history of all topics together, in bytes; past it, the
+            oldest messages go first.
+        max_client_topics: topics that clients may have created and that still exist.
     """
 
     compression: CompressionConfig = attrs.field(factory=CompressionConfig)
     dictionaries: DictionaryRegistry = attrs.field(factory=DictionaryRegistry)
     default_topic: TopicConfig = attrs.field(factory=TopicConfig)
     clock: Callable[[], float] = time.monotonic
+    limits: Limits = attrs.field(factory=Limits, validator=instance_of(Limits))
+    max_history_bytes: int = attrs.field(default=256 * MiB, validator=[instance_of(int), ge(0)])
+    max_client_topics: int = attrs.field(default=10_000, validator=[instance_of(int), ge(0)])
     _topics: dict[str, Topic] = attrs.field(init=False, factory=dict)
     _by_id: dict[int, Topic] = attrs.field(init=False, factory=dict)
     _configs: list[tuple[str, TopicConfig]] = attrs.field(init=False, factory=list)
@@ -363,9 +462,15 @@ class Hub:
     _tables: list[Topic] = attrs.field(init=False, factory=list)
     _listeners: list[Listener] = attrs.field(init=False, factory=list)
     _ids: Callable[[], int] = attrs.field(init=False, factory=lambda: itertools.count(1).__next__)
+    _payload_limits: ValueLimits = attrs.field(init=False)
+    _budget: int = attrs.field(init=False)
     compressor: Compressor = attrs.field(init=False)
     # Seconds from publish to socket write, for every subscriber (Server.statistics()).
     publish_to_send: Histogram = attrs.field(init=False, factory=Histogram)
+    history_bytes: int = attrs.field(init=False, default=0)  # all topics' history
+    client_topics: int = attrs.field(init=False, default=0)  # existing, client-created
+    internal_errors: int = attrs.field(init=False, default=0)  # failures caught in the hub
+    refused_values: int = attrs.field(init=False, default=0)  # values the gate refused
 
     def __attrs_post_init__(self) -> None:
         dictionary = self.compression.dictionary
@@ -373,6 +478,8 @@ class Hub:
             dictionary = self.dictionaries.rotate(dictionary)
             self.compression = attrs.evolve(self.compression, dictionary=dictionary)
         self.compressor = Compressor(self.compression)
+        self._payload_limits = ValueLimits.for_payloads(self.limits)
+        self._budget = message_budget(self.limits)
 
     # -- topics ---------------------------------------------------------------------------
 
@@ -386,7 +493,14 @@ class Hub:
         topic = self._topics.get(name)
         if topic is None:
             topic = self._create(name, None)
+        elif topic.client_created:
+            self._adopt(topic)
         return topic
+
+    def _adopt(self, topic: Topic) -> None:
+        """The program uses a topic a client created: it is the program's from now on."""
+        topic.client_created = False
+        self.client_topics -= 1
 
     def table(self, name: str, schema: Schema) -> Topic:
         """Declare the table topic *name* with *schema* (or return it, if declared alike).
@@ -401,14 +515,16 @@ class Hub:
         """
         topic = self._topics.get(name)
         if topic is None:
-            return self._create(name, Table(schema))
+            return self._create(name, Table(schema, self._budget))
         if topic.table is not None:
             if topic.table.schema != schema:
                 raise ValueError(f"table {name!r} was declared with another schema")
             return topic
         if topic.offset:
             raise ValueError(f"{name!r} is a stream topic with messages already")
-        topic.table = Table(schema)
+        if topic.client_created:
+            self._adopt(topic)
+        topic.table = Table(schema, self._budget)
         self._tables.append(topic)
         self._wakeup.set()  # its keyframes
         for subscriber in list(topic.subscribers):
@@ -417,11 +533,24 @@ class Hub:
             subscriber.topic_added(topic, request_id)
         return topic
 
-    def _create(self, name: str, table: Table | None) -> Topic:
-        if not valid_pattern(name) or "*" in name.split("."):
+    def _check_name(self, name: str) -> None:
+        if not isinstance(name, str) or not valid_pattern(name) or "*" in name.split("."):
             raise ValueError(f"invalid topic name: {name!r}")
+
+    def _create(self, name: str, table: Table | None, *, client: bool = False) -> Topic:
+        self._check_name(name)
+        if client:
+            if self.client_topics >= self.max_client_topics:
+                raise TooManyTopics(
+                    f"clients have created {self.client_topics} topics, the most this "
+                    "server keeps; try again later"
+                )
+            self.client_topics += 1
         config = next((c for p, c in self._configs if pattern_matches(p, name)), self.default_topic)
-        topic = Topic(self._ids(), name, random.getrandbits(31), config, table=table)
+        topic = Topic(
+            self._ids(), name, random.getrandbits(31), config, table=table, client_created=client
+        )
+        topic.last_published = self.clock()
         self._topics[name] = self._by_id[topic.topic_id] = topic
         topic.listeners = [x for x in self._listeners if pattern_matches(x.pattern, name)]
         if table is not None:
@@ -429,11 +558,48 @@ class Hub:
             self._wakeup.set()  # its keyframes
         for subscriber, patterns in self._patterns.items():
             for pattern, request_id in patterns.items():
-                if pattern_matches(pattern, name):
+                if pattern_matches(pattern, name) and subscriber.may_receive(topic):
                     topic.subscribers[subscriber] = None
                     subscriber.topic_added(topic, request_id)
                     break
         return topic
+
+    def _free(self, topic: Topic) -> None:
+        """Forget a client-created topic nobody uses any more."""
+        if self._topics.get(topic.name) is not topic:
+            return
+        del self._topics[topic.name]
+        del self._by_id[topic.topic_id]
+        self._due.pop(topic, None)
+        self.history_bytes -= topic.history_bytes
+        topic.history.clear()
+        topic.history_bytes = 0
+        if topic.client_created:
+            topic.client_created = False
+            self.client_topics -= 1
+
+    def _free_if_unused(self, topic: Topic) -> None:
+        """Free a client-created topic at once when it was never published to."""
+        if topic.client_created and topic.unused and not topic.offset:
+            self._free(topic)
+
+    def sweep(self, now: float | None = None) -> int:
+        """Trim every topic's history by age, and free the client-created topics nobody
+        uses whose history has expired; return how many were freed. :meth:`run` calls it
+        every few seconds."""
+        now = self.clock() if now is None else now
+        freed = 0
+        for topic in list(self._topics.values()):
+            self.history_bytes -= topic.trim(now)
+            if (
+                topic.client_created
+                and topic.unused
+                and not topic.pending
+                and now - topic.last_published >= topic.config.history_seconds
+            ):
+                self._free(topic)
+                freed += 1
+        return freed
 
     def configure(self, pattern: str, config: TopicConfig) -> None:
         """Give topics matching *pattern* that are created from now on *config*
@@ -466,23 +632,42 @@ class Hub:
             return frame(encode_message(event))
         if topic is None:
             return frame(encode_message(event, compressor=self.compressor))
-        body = codec.encode_body(event)
+        return self._pack(codec.encode_body(event), variant, topic)
+
+    def _pack(self, body: bytes, variant: Negotiated, topic: Topic) -> bytes:
+        """A msgpack body, compressed for *variant* when it allows, framed."""
+        if not variant.compression:
+            return frame(envelope.PLAIN + body)
         message = self.compressor.pack(body)
         topic.bytes_before_compression += len(envelope.PLAIN) + len(body)
         topic.bytes_after_compression += len(message)
         return frame(message)
 
+    def _data_frame(self, t: Topic, entry: Entry, variant: Negotiated) -> bytes:
+        if variant.codec is Codec.JSON:
+            return frame(codec.encode_json(Data(t.topic_id, entry.offset, entry.payload)))
+        return self._pack(codec.data_body(t.topic_id, entry.offset, entry.packed), variant, t)
+
+    def _batch_frame(self, t: Topic, entries: Sequence[Entry], variant: Negotiated) -> bytes:
+        first = entries[0].offset
+        if variant.codec is Codec.JSON:
+            event = Batch(t.topic_id, first, [e.payload for e in entries])
+            return frame(codec.encode_json(event))
+        body = codec.batch_body(t.topic_id, first, [e.packed for e in entries])
+        return self._pack(body, variant, t)
+
     def frames(self, topic: Topic, entry: Entry, variant: Negotiated) -> bytes:
         """The frame of a history entry for *variant*, encoded once and kept."""
         data = entry.framed.get(variant)
         if data is None:
-            event = Data(topic.topic_id, entry.offset, entry.payload)
-            data = entry.framed[variant] = self.encode(event, variant, topic)
+            data = entry.framed[variant] = self._data_frame(topic, entry, variant)
+            self._count(topic, entry, len(data))
         return data
 
-    def snapshot(self, topic: Topic, variant: Negotiated) -> bytes:
-        """The SNAPSHOT frame of a table topic for *variant* at its current offset, encoded
-        once for every subscriber that needs it at this offset.
+    def snapshot(self, topic: Topic, variant: Negotiated) -> list[bytes]:
+        """The SNAPSHOT frames of a table topic for *variant* at its current offset (one,
+        or several parts when the table is larger than a message), encoded once for every
+        subscriber that needs them at this offset.
 
         Raises:
             ValueError: *topic* is not a table.
@@ -492,72 +677,148 @@ class Hub:
         cache = topic.snapshot_cache()
         data = cache.get(variant)
         if data is None:
-            event = Snapshot(topic.topic_id, topic.offset, topic.table.snapshot_payload())
-            data = cache[variant] = self.encode(event, variant, topic)
+            parts = topic.table.snapshot_parts()
+            data = cache[variant] = [
+                self.encode(
+                    Snapshot(topic.topic_id, topic.offset, part, more=i < len(parts) - 1),
+                    variant,
+                    topic,
+                )
+                for i, part in enumerate(parts)
+            ]
         return data
+
+    # -- history ----------------------------------------------------------------------------
+
+    def _keep(self, t: Topic, entry: Entry) -> None:
+        """Add *entry* to the history, within the topic's and the hub's budgets."""
+        entry.size = len(entry.packed) + 64
+        t.history.append(entry)
+        t.history_bytes += entry.size
+        self.history_bytes += entry.size
+        self.history_bytes -= t.trim(entry.stamp)
+        self._within_budget(t)
+
+    def _count(self, t: Topic, entry: Entry, size: int) -> None:
+        """A frame was added to a kept entry: count it."""
+        if t.history and t.history[0].offset <= entry.offset:
+            entry.size += size
+            t.history_bytes += size
+            self.history_bytes += size
+
+    def _within_budget(self, t: Topic) -> None:
+        """Past the hub's budget, forget the oldest messages: this topic's first, then
+        those of the topic whose oldest message is the oldest."""
+        while self.history_bytes > self.max_history_bytes:
+            victim = t if len(t.history) > 1 else None
+            if victim is None:
+                victim = min(
+                    (x for x in self._topics.values() if x.history),
+                    key=lambda x: x.history[0].stamp,
+                    default=None,
+                )
+                if victim is None:
+                    return
+            self.history_bytes -= victim.pop_oldest().size
 
     # -- publishing ---------------------------------------------------------------------------
 
-    def publish_nowait(self, topic: str, payload: Any, *, key: str | None = None) -> int:
+    def check_payload(self, payload: Any, *, where: str = "payload") -> bytes:
+        """*payload* packed, if every receiver can get it exactly (:func:`pack_value`).
+
+        Raises:
+            InvalidValue, ValueTooLarge: what is wrong, and where in the payload.
+        """
+        try:
+            return pack_value(payload, self._payload_limits, where=where)
+        except InvalidValue:
+            self.refused_values += 1
+            raise
+
+    def publish_nowait(
+        self, topic: str, payload: Any, *, key: str | None = None, client: bool = False
+    ) -> int:
         """Publish *payload* on stream topic *topic* to every subscriber now; return its
         offset.
 
-        The message is encoded, compressed and framed once per subscriber variant in use
-        (at most three), and the same bytes go to every subscriber. With an idempotency
-        *key* seen recently on this topic (as long as the history keeps its message, and at
-        least the last 1,024 keys), nothing is published and the original offset is
-        returned (PROTOCOL.md §4.10).
+        The payload is checked and packed before anything else: a refused call uses no
+        offset and changes nothing. The message is then framed once per subscriber
+        variant in use (at most three), and the same bytes go to every subscriber. With an
+        idempotency *key* seen recently on this topic (as long as the history keeps its
+        message, and at least the last 1,024 keys), nothing is published and the original
+        offset is returned (PROTOCOL.md §4.10).
+
+        Args:
+            client: the call is a client's PUBLISH: a topic it creates counts against
+                :attr:`max_client_topics`.
 
         Raises:
             ValueError: an invalid topic name, or a table topic (use :meth:`upsert`).
+            InvalidValue: a payload some receiver could not get exactly (its message says
+                what and where); ``ValueTooLarge`` over the receivers' limits.
             DuplicateKey: *key* was used for another payload.
-            TypeError: a payload msgpack cannot carry.
             Overloaded: an in-process :class:`Listener` of the topic is full.
+            TooManyTopics: a client's publish would create one topic too many.
         """
-        t = self.topic(topic)
-        if t.table is not None:
+        t = self._topics.get(topic)
+        if t is None:
+            self._check_name(topic)
+        elif t.table is not None:
             raise ValueError(f"{topic!r} is a table topic: use upsert(), delete() or update()")
-        seen = None if key is None else t.keys.get(key)
-        if seen is not None:
-            if seen[1] != payload:
-                raise DuplicateKey(f"idempotency key {key!r} was used for another payload")
-            return int(seen[0])  # published already: the same answer again
-        if t.listeners and any(listener.full() for listener in t.listeners):
+        if key is not None and not isinstance(key, str):
+            raise TypeError("an idempotency key is a str")
+        packed = self.check_payload(payload)
+        if key is not None and t is not None:
+            seen = t.keys.get(key)
+            if seen is not None:
+                if seen[1] != _digest(packed):
+                    raise DuplicateKey(f"idempotency key {key!r} was used for another payload")
+                return seen[0]  # published already: the same answer again
+        if t is not None and t.listeners and any(listener.full() for listener in t.listeners):
             raise Overloaded(f"{topic}: the server is not keeping up with this topic")
+        if t is None:
+            t = self._create(topic, None, client=client)
+            if t.listeners and any(listener.full() for listener in t.listeners):
+                self._free_if_unused(t)
+                raise Overloaded(f"{topic}: the server is not keeping up with this topic")
+        elif t.client_created and not client:
+            self._adopt(t)
         if key is not None:
-            t.keys[key] = (t.offset + 1, payload)
+            t.keys[key] = (t.offset + 1, _digest(packed))
             while len(t.keys) > max(MIN_KEYS, t.config.history_size):
                 t.keys.popitem(last=False)
         t.offset += 1
+        now = self.clock()
+        t.last_published = now
         for listener in t.listeners:
             listener.offer(Published(topic, t.offset, payload))
-        framed: dict[Negotiated, bytes] = {}
+        entry = Entry(t.offset, now, packed)
         if t.config.history_size:
-            now = self.clock()
-            t.history.append(Entry(t.offset, now, payload, framed))
-            t.trim(now)
+            self._keep(t, entry)
         window = t.config.batch_window
         if window is not None:
-            t.pending.append(payload)
+            t.pending.append(entry)
             if len(t.pending) == 1:
                 self._schedule(t, window)
             return t.offset
         if t.subscribers:
-            self._fan_out(t, Data(t.topic_id, t.offset, payload), t.offset, framed, since=_now())
+            self._fan_out(t, [entry], since=_now())
         return t.offset
 
     def upsert(self, topic: str, key: Key, values: Mapping[str, Any]) -> int:
         """Create or update row *key* of table *topic* with the fields in *values*.
 
         Only fields whose wire value changes are sent. Without a batch window the delta goes
-        out now; with one, every change inside the window merges into one delta.
+        out now; with one, every change inside the window merges into one delta (or, on a
+        topic that does not merge, each call is a delta of its own, sent with the window).
 
         Returns:
             The offset of the delta that carries the change.
 
         Raises:
             KeyError: no table topic *topic*, or a field not in its schema.
-            TypeError, ValueError: a key or value of the wrong type or out of range.
+            InvalidValue: a key or value of the wrong type, out of range or off the field's
+                grid; nothing changes.
         """
         return self.update(topic, {key: values})
 
@@ -580,28 +841,38 @@ class Hub:
         deletes: Iterable[Key] = (),
     ) -> int:
         """Apply several row changes to table *topic* as one delta (a game tick): the
-        *upserts* (key -> fields), then the *deletes*.
+        *upserts* (key -> fields), then the *deletes*. All or nothing: every key and value
+        is checked before anything changes.
+
+        A delta larger than one message (more rows than the receivers' limits let one
+        message carry) is sent as several consecutive deltas.
 
         Returns:
-            The offset of the delta that carries the changes.
+            The offset of the (last) delta that carries the changes.
 
         Raises:
-            KeyError, TypeError, ValueError: as :meth:`upsert`; the changes before the bad
-                one are applied.
+            KeyError, InvalidValue: as :meth:`upsert`; nothing changes.
         """
         t = self._topics.get(topic)
         if t is None or t.table is None:
             raise KeyError(f"no table topic {topic!r}: declare it with Hub.table()")
         table = t.table
-        for key, values in (upserts or {}).items():
-            table.upsert(key, values)
-        for key in deletes:
-            table.delete(key)
+        try:
+            table.apply(upserts or {}, deletes)
+        except InvalidValue:
+            self.refused_values += 1
+            raise
         if not table.pending:
             return t.offset
         window = t.config.batch_window
         if window is None:
-            self._send_delta(t)
+            self._send_deltas(t)
+            return t.offset
+        if not t.config.merge:
+            entries = self._take_deltas(t)
+            t.pending.extend(entries)
+            if t not in self._due:
+                self._schedule(t, window)
             return t.offset
         if t not in self._due:
             self._schedule(t, window)
@@ -613,81 +884,127 @@ class Hub:
         self._due[t] = -math.inf if t.since is None else t.since + window
         self._wakeup.set()
 
-    def _send_delta(self, t: Topic, since: float | None = None) -> None:
-        """Give the table's pending changes the next offset, keep them, and send them."""
+    def _take_deltas(self, t: Topic) -> list[Entry]:
+        """The table's pending changes as deltas with the next offsets, kept."""
         assert t.table is not None
-        delta = t.table.take_delta()
-        if delta is None:
-            return
-        t.offset += 1
-        payload = delta.payload()
-        framed: dict[Negotiated, bytes] = {}
-        if t.config.history_size:
-            now = self.clock()
-            t.history.append(Entry(t.offset, now, payload, framed, delta.changes))
-            t.trim(now)
+        out: list[Entry] = []
+        now = self.clock()
+        t.last_published = now
+        for delta in t.table.take_deltas():
+            t.offset += 1
+            entry = Entry(t.offset, now, pack_trusted(delta.payload()), delta=delta.changes)
+            if t.config.history_size:
+                self._keep(t, entry)
+            out.append(entry)
+        return out
+
+    def _send_deltas(self, t: Topic, since: float | None = None) -> None:
+        """Give the table's pending changes the next offsets, keep them, and send them."""
+        entries = self._take_deltas(t)
         if t.subscribers:
-            self._fan_out(
-                t,
-                Data(t.topic_id, t.offset, payload),
-                t.offset,
-                framed,
-                delta=delta.changes,
-                since=_now() if since is None else since,
-            )
+            since = _now() if since is None else since
+            for entry in entries:
+                self._fan_out(t, [entry], since=since)
 
     def _fan_out(
         self,
         t: Topic,
-        event: Event,
-        first: int,
-        framed: dict[Negotiated, bytes],
+        entries: Sequence[Entry],
         *,
-        delta: Changes | None = None,
-        optional: bool = False,
         since: float | None = None,
     ) -> None:
-        """Give every subscriber of *t* the frame of *event* for its variant, each variant
-        encoded once (into *framed*); the event carries offsets *first* to ``t.offset``,
-        the first of them published at *since* (trio's clock)."""
+        """Give every subscriber of *t* the frame of *entries* (one DATA, or a BATCH) for
+        its variant, each variant encoded once; the first of them was published at *since*
+        (trio's clock)."""
         overflow = t.config.overflow
+        first, last = entries[0].offset, entries[-1].offset
+        single = entries[0] if len(entries) == 1 else None
+        framed = {} if single is None else single.framed
+        delta: Changes | None = None
+        if t.table is not None:
+            if single is not None:
+                delta = single.delta
+            else:
+                delta = {}
+                for entry in entries:
+                    if entry.delta is not None:
+                        merge_into(delta, entry.delta)
         direct = 0
         for subscriber in list(t.subscribers):
             variant = subscriber.variant
             data = framed.get(variant)
             if data is None:
-                data = framed[variant] = self.encode(event, variant, t)
+                try:
+                    if single is not None:
+                        data = self._data_frame(t, single, variant)
+                        self._count(t, single, len(data))
+                    else:
+                        data = self._batch_frame(t, entries, variant)
+                except Exception as exc:  # a bug: these values passed the gate
+                    self._failed(t, exc, "encoding")
+                    data = self.encode(Gap(t.topic_id, first, last), variant)
+                framed[variant] = data
             direct += subscriber.deliver_nowait(
                 data,
                 topic_id=t.topic_id,
                 first=first,
-                last=t.offset,
+                last=last,
                 overflow=overflow,
                 delta=delta,
-                optional=optional,
                 published_at=since,
             )
         if direct and since is not None:
             # Written at once: one clock reading for all of them, off the per-subscriber path.
             self.publish_to_send.observe(trio.current_time() - since, direct)
 
+    def _failed(self, t: Topic, exc: BaseException, what: str) -> None:
+        self.internal_errors += 1
+        log.error("topic %s: %s failed", t.name, what, exc_info=exc, extra={"topic": t.name})
+
     def flush(self, now: float | None = None) -> None:
-        """Send the pending batches and table deltas that are due at *now* (all when None)."""
+        """Send the pending batches and table deltas that are due at *now* (all when None).
+
+        A failure while sending one topic's batch is logged and counted
+        (:attr:`internal_errors`), its subscribers get a GAP for what it held, and the other
+        topics are not affected."""
         for topic, due in list(self._due.items()):
             if now is None or due <= now:
-                self._flush_topic(topic)
+                try:
+                    self._flush_topic(topic)
+                except Exception as exc:  # never the hub's timer, never the server
+                    self._failed(topic, exc, "its batch window")
+                    self._lost(topic)
+
+    def _lost(self, t: Topic) -> None:
+        """Tell *t*'s subscribers that what it held pending will never arrive."""
+        pending, t.pending = t.pending, []
+        if t.table is not None:
+            t.table.take_delta()  # changes that cannot be sent: a keyframe will resync
+        if not pending:
+            return
+        gap = Gap(t.topic_id, pending[0].offset, pending[-1].offset)
+        for subscriber in list(t.subscribers):
+            subscriber.deliver_nowait(self.encode(gap, subscriber.variant))
 
     def _flush_topic(self, t: Topic) -> None:
         self._due.pop(t, None)
         since, t.since = t.since, None
-        if t.table is not None:
-            self._send_delta(t, since)
+        if t.table is not None and t.config.merge:
+            self._send_deltas(t, since)
             return
-        payloads, t.pending = t.pending, []
-        if not payloads or not t.subscribers:
+        entries, t.pending = t.pending, []
+        if not entries or not t.subscribers:
             return
-        first = t.offset - len(payloads) + 1
-        self._fan_out(t, Batch(t.topic_id, first, payloads), first, {}, since=since)
+        budget = self._budget
+        chunk: list[Entry] = []
+        size = 0
+        for entry in entries:
+            if chunk and size + len(entry.packed) > budget:
+                self._fan_out(t, chunk, since=since)
+                chunk, size = [], 0
+            chunk.append(entry)
+            size += len(entry.packed)
+        self._fan_out(t, chunk, since=since)
 
     def keyframe(self, topic: Topic) -> None:
         """Send a SNAPSHOT of table *topic* to each subscriber with nothing queued, now."""
@@ -696,11 +1013,16 @@ class Hub:
         self._flush_topic(topic)
         topic.keyframe_offset = topic.offset
         for subscriber in list(topic.subscribers):
-            data = self.snapshot(topic, subscriber.variant)  # encoded once per variant
-            subscriber.deliver_nowait(data, topic_id=topic.topic_id, optional=True)
+            if subscriber.busy():
+                continue
+            parts = self.snapshot(topic, subscriber.variant)  # encoded once per variant
+            for i, data in enumerate(parts):
+                subscriber.deliver_nowait(data, topic_id=topic.topic_id, optional=i == 0)
 
     async def run(self) -> None:
-        """The hub's timers: batch windows and keyframes; runs until cancelled.
+        """The hub's timers: batch windows, keyframes and the sweep of unused topics; runs
+        until cancelled. A failure in one topic's timer is logged and counted and never
+        ends it.
 
         The server runs it; run it yourself when using batch windows or keyframes without
         a server. Only one runs per hub: a second call returns at once.
@@ -708,21 +1030,28 @@ class Hub:
         if self._running:
             return
         self._running = True
+        next_sweep = trio.current_time() + SWEEP_INTERVAL
         try:
             while True:
                 now = trio.current_time()
                 self.flush(now)
-                for topic in self._tables:
+                for topic in list(self._tables):
                     interval = topic.config.keyframe_interval
                     if interval is None:
                         continue
                     due = self._keyframes.setdefault(topic, now + interval)
                     if due <= now:
                         if topic.offset != topic.keyframe_offset:
-                            self.keyframe(topic)
+                            try:
+                                self.keyframe(topic)
+                            except Exception as exc:  # never the hub's timer
+                                self._failed(topic, exc, "its keyframe")
                         self._keyframes[topic] = now + interval
+                if now >= next_sweep:
+                    self.sweep()
+                    next_sweep = now + SWEEP_INTERVAL
                 deadline = min(
-                    itertools.chain(self._due.values(), self._keyframes.values()),
+                    itertools.chain(self._due.values(), self._keyframes.values(), [next_sweep]),
                     default=math.inf,
                 )
                 self._wakeup = trio.Event()
@@ -747,13 +1076,17 @@ class Hub:
 
         Raises:
             ValueError: an invalid topic name, or a table topic.
+            InvalidValue: as :meth:`publish_nowait`, before waiting.
             DuplicateKey: as :meth:`publish_nowait`.
-            TypeError: a payload msgpack cannot carry.
             Overloaded: a listener had no room within *timeout*.
         """
-        t = self.topic(topic)
-        if t.table is not None:
+        existing = self._topics.get(topic)
+        if existing is not None and existing.table is not None:
             raise ValueError(f"{topic!r} is a table topic: use upsert(), delete() or update()")
+        if existing is None:
+            self._check_name(topic)
+        self.check_payload(payload)  # refused before waiting for anyone
+        t = self.topic(topic)
         deadline = trio.current_time() + timeout
         for subscriber in list(t.subscribers):
             if not subscriber.has_room():
@@ -823,7 +1156,9 @@ class Hub:
         if leaving is not None:
             for topic in self._topics.values():
                 for variant in variants:
+                    before = topic.history_bytes
                     topic.forget_frames(variant)
+                    self.history_bytes -= before - topic.history_bytes
         return new
 
     def dictionary_samples(self, topics: Sequence[str] | None = None) -> list[bytes]:
@@ -836,7 +1171,7 @@ class Hub:
             if topic is None:
                 continue
             for entry in topic.history:
-                samples.append(codec.encode_body(Data(topic.topic_id, entry.offset, entry.payload)))
+                samples.append(codec.data_body(topic.topic_id, entry.offset, entry.packed))
         return samples
 
     def train_dictionary(
@@ -853,13 +1188,20 @@ class Hub:
 
     # -- subscriptions ------------------------------------------------------------------------
 
-    def subscribe(self, subscriber: Subscriber, pattern: str, request_id: int) -> list[Topic]:
-        """Subscribe to *pattern*; return the topics it matches now.
+    def subscribe(
+        self, subscriber: Subscriber, pattern: str, request_id: int, *, client: bool = False
+    ) -> list[Topic]:
+        """Subscribe to *pattern*; return the topics it matches now that *subscriber* may
+        receive (:meth:`Subscriber.may_receive`).
 
-        Topics that appear later and match call ``subscriber.topic_added``.
+        Topics that appear later and match call ``subscriber.topic_added``. A name that no
+        topic has yet is created as a stream, so that the subscriber is told its epoch now;
+        with *client*, it counts against :attr:`max_client_topics` until the program uses
+        it, and is freed when its last subscriber leaves before anything was published.
 
         Raises:
             ValueError: an invalid pattern, or one this subscriber already holds.
+            TooManyTopics: the topic would be one client-created topic too many.
         """
         if not valid_pattern(pattern):
             raise ValueError(f"invalid topic pattern: {pattern!r}")
@@ -867,12 +1209,18 @@ class Hub:
         if pattern in patterns:
             raise ValueError(f"already subscribed to {pattern!r}")
         if "*" not in pattern.split("."):
-            matched = [self.topic(pattern)]  # before registering: no topic_added for it
+            topic = self._topics.get(pattern)
+            if topic is None:  # before registering: no topic_added for it
+                topic = self._create(pattern, None, client=client)
+            matched = [topic]
         else:
             matched = [t for t in self._topics.values() if pattern_matches(pattern, t.name)]
+        matched = [t for t in matched if subscriber.may_receive(t)]
         patterns[pattern] = request_id
         for topic in matched:
             topic.subscribers[subscriber] = None
+        if not matched and "*" not in pattern.split("."):
+            self._free_if_unused(self._topics[pattern])
         return matched
 
     def unsubscribe(self, subscriber: Subscriber, pattern: str) -> bool:
@@ -880,12 +1228,27 @@ class Hub:
         patterns = self._patterns.get(subscriber, {})
         if patterns.pop(pattern, None) is None:
             return False
-        for topic in self._topics.values():
+        for topic in list(self._topics.values()):
             if subscriber in topic.subscribers and not any(
                 pattern_matches(p, topic.name) for p in patterns
             ):
                 del topic.subscribers[subscriber]
+                self._free_if_unused(topic)
         return True
+
+    def withdraw(self, subscriber: Subscriber, topic: Topic) -> None:
+        """Stop sending *topic* to *subscriber* (a permission it no longer has), whatever
+        its patterns say."""
+        topic.subscribers.pop(subscriber, None)
+        self._free_if_unused(topic)
+
+    def patterns_of(self, subscriber: Subscriber) -> dict[str, int]:
+        """The patterns *subscriber* holds, with their request ids."""
+        return dict(self._patterns.get(subscriber, {}))
+
+    def topics_of(self, subscriber: Subscriber) -> list[Topic]:
+        """The topics *subscriber* is sent."""
+        return [t for t in self._topics.values() if subscriber in t.subscribers]
 
     def attach(self, subscriber: Subscriber) -> None:
         """Count *subscriber* (a connection) among those told of dictionary rotations."""
@@ -895,9 +1258,18 @@ class Hub:
         """Forget *subscriber* entirely (its connection ended)."""
         self._members.pop(subscriber, None)
         self._patterns.pop(subscriber, None)
-        for topic in self._topics.values():
-            topic.subscribers.pop(subscriber, None)
+        for topic in list(self._topics.values()):
+            if topic.subscribers.pop(subscriber, 0) is None:
+                self._free_if_unused(topic)
 
     def subscriber_count(self) -> int:
         """Subscribers holding at least one pattern."""
         return len(self._patterns)
+
+
+SWEEP_INTERVAL = 10.0  # seconds between the hub's sweeps of expired history and topics
+
+
+def _digest(packed: bytes) -> bytes:
+    """What an idempotency key remembers of its payload: 16 bytes, not the payload."""
+    return hashlib.blake2b(packed, digest_size=16).digest()

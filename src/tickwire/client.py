@@ -407,15 +407,19 @@ class Subscription:
             ConnectionClosed: the client closed, or gave up reconnecting.
             SlowConsumer: the buffer overflowed with ``on_overflow="raise"``.
         """
+        # Cancellation-safe: a cancellation is delivered before an update is taken, or not
+        # at all (trio's checkpoint_if_cancelled / cancel_shielded_checkpoint pair), so an
+        # update is either returned or still queued.
+        await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             update = self.receive_nowait()
             if update is not None:
-                await trio.lowlevel.checkpoint()
+                await trio.lowlevel.cancel_shielded_checkpoint()
                 return update
             if self._error is not None:
                 raise self._error
             self._wake = trio.Event()
-            await self._wake.wait()
+            await self._wake.wait()  # cancelled here, nothing was taken
 
     def receive_nowait(self) -> Update | None:
         """The next update if one is waiting, else None."""
@@ -994,6 +998,9 @@ class Client:
         if isinstance(event, Snapshot):
             if state.view is None:
                 return
+            if event.more:  # a part: the view applies the snapshot whole with its last
+                state.view.apply_snapshot(event.offset, event.payload, more=True)
+                return
             reason = state.expect_snapshot
             previous = None if reason else {k: dict(v) for k, v in state.view.rows.items()}
             state.view.apply_snapshot(event.offset, event.payload)
@@ -1004,12 +1011,18 @@ class Client:
             elif previous != state.view.rows:
                 subscription._reset(name, state, "keyframe")
             return
-        if isinstance(event, Data) and state.view is not None:
-            changes = state.view.apply_delta(event.offset, event.payload)
-            state.offset = state.view.offset
-            if changes:
-                self._count(len(changes))
-                subscription._table_changes(name, changes)
+        if state.view is not None:  # a table's delta, or a BATCH of every update's deltas
+            deltas = (
+                [(event.offset, event.payload)]
+                if isinstance(event, Data)
+                else [(event.first_offset + i, p) for i, p in enumerate(event.payloads)]
+            )
+            for offset, payload in deltas:
+                changes = state.view.apply_delta(offset, payload)
+                state.offset = state.view.offset
+                if changes:
+                    self._count(len(changes))
+                    subscription._table_changes(name, changes)
             return
         payloads = [event.payload] if isinstance(event, Data) else list(event.payloads)
         first = event.offset if isinstance(event, Data) else event.first_offset

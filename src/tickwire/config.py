@@ -7,6 +7,7 @@ float seconds.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from typing import Final
 
@@ -20,6 +21,8 @@ MiB: Final = 1024 * KiB
 
 
 _POSITIVE_INT: Final = (instance_of(int), ge(1))
+# §4.4: dot-separated segments of letters, digits and _-:, or * for one segment.
+_PATTERN: Final = re.compile(r"(?:[A-Za-z0-9_\-:]+|\*)(?:\.(?:[A-Za-z0-9_\-:]+|\*))*")
 
 
 @attrs.frozen(kw_only=True)
@@ -106,6 +109,18 @@ class ServerConfig:
         trusted_proxies: addresses or networks of reverse proxies (nginx, a load balancer)
             whose ``X-Forwarded-For`` names the client, for the per-address limit and the
             logs; None trusts nobody's.
+        client_publish: topic patterns on which clients may PUBLISH when neither an
+            ``authorize`` hook nor a principal's permissions decide (no authentication, or
+            an authenticator returning something else than a ``Principal``). Empty by
+            default: nobody publishes unless you say where (``["input.*"]``).
+        max_publish_bytes: the largest PUBLISH a client may send, decompressed; larger
+            ones get ERROR 413 and nothing is stored.
+        max_topics_per_connection: topics one connection may create (subscribing to a
+            name nobody publishes yet, or publishing to a new one) in its lifetime; the
+            hub bounds those of all clients together (``Hub.max_client_topics``).
+        max_handshakes: handshakes in progress at once. They do not count against
+            *max_connections*, so that slow handshakes (slowloris) cannot keep clients out
+            of a server that has room.
     """
 
     limits: Limits = attrs.field(factory=lambda: Limits.for_message_bytes(64 * KiB))
@@ -132,8 +147,15 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] | None = attrs.field(default=None, converter=_origins)
     allow_missing_origin: bool = True
     trusted_proxies: tuple[str, ...] | None = attrs.field(default=None, converter=_origins)
+    client_publish: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    max_publish_bytes: int = attrs.field(default=16 * KiB, validator=_POSITIVE_INT)
+    max_topics_per_connection: int = attrs.field(default=64, validator=[instance_of(int), ge(0)])
+    max_handshakes: int = attrs.field(default=1024, validator=_POSITIVE_INT)
 
     def __attrs_post_init__(self) -> None:
+        for pattern in self.client_publish:
+            if not isinstance(pattern, str) or not _PATTERN.fullmatch(pattern):
+                raise ValueError(f"client_publish: not a topic pattern: {pattern!r}")
         for item in self.trusted_proxies or ():
             try:
                 ipaddress.ip_network(item.strip(), strict=False)

@@ -23,6 +23,7 @@ connection closes it with 1011 and never reaches another connection.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -33,13 +34,21 @@ import trio
 import trio_websocket
 import wsproto
 import wsproto.events
+import wsproto.utilities
 from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
-from tickwire.auth import AuthenticationError, Principal, seconds_until
-from tickwire.broadcast import DuplicateKey, Hub, Overloaded, Topic
+from tickwire.auth import AuthenticationError, Principal, pattern_covers, seconds_until
+from tickwire.broadcast import (
+    DuplicateKey,
+    Hub,
+    Overloaded,
+    TooManyTopics,
+    Topic,
+    pattern_matches,
+)
 from tickwire.config import ServerConfig
-from tickwire.errors import RemoteProtocolError
+from tickwire.errors import InvalidValue, RemoteProtocolError, ValueTooLarge
 from tickwire.sansio.admission import RateLimiter, RateVerdict, Throttle
 from tickwire.sansio.events import (
     Ack,
@@ -68,7 +77,7 @@ from tickwire.sansio.session import Role, Session
 from tickwire.sansio.table import Changes, encode_changes
 from tickwire.statistics import ServerCounters
 
-__all__ = ["ServerConnection", "WebSocket", "wrap_server_stream"]
+__all__ = ["PrefixedStream", "ServerConnection", "WebSocket", "wrap_server_stream"]
 
 log = logging.getLogger("tickwire.server")
 
@@ -160,6 +169,49 @@ class WebSocket(trio_websocket.WebSocketConnection):
             self._fragments = 0
         await super()._handle_message_event(event)
 
+    async def _handle_close_connection_event(self, event: CloseConnection) -> None:
+        if self._wsproto.state is ConnectionState.OPEN and self._close_reason is None:
+            # Not a close frame from the peer: wsproto met a frame-level protocol error
+            # (bad opcode, reserved bits, a masked... ) and reports it as a close. Say so to
+            # the peer with the code it chose (1002, 1007) before the stream goes.
+            self._close_reason = trio_websocket.CloseReason(event.code, event.reason or None)
+            with contextlib.suppress(trio_websocket.ConnectionClosed):
+                reason = (event.reason or "")[:120]
+                await self._send(CloseConnection(code=event.code, reason=reason))
+        await super()._handle_close_connection_event(event)
+
+
+class PrefixedStream(trio.abc.Stream):
+    """A stream whose first received bytes are *prefix* (the request head the server read
+    itself, §2), then the rest of *stream*; everything else goes to *stream*."""
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
+        self.stream = stream
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._prefix:
+            await trio.lowlevel.checkpoint()
+            if max_bytes is None or max_bytes >= len(self._prefix):
+                data, self._prefix = self._prefix, b""
+            else:
+                data, self._prefix = self._prefix[:max_bytes], self._prefix[max_bytes:]
+            return data
+        return await self.stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        if isinstance(self.stream, trio.abc.HalfCloseableStream):
+            await self.stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
 
 async def wrap_server_stream(
     nursery: trio.Nursery, stream: trio.abc.Stream, config: ServerConfig
@@ -176,8 +228,9 @@ async def wrap_server_stream(
         max_message_size=config.limits.max_message_bytes,
     )
     ws.max_fragments = config.max_fragments
-    if isinstance(stream, trio.SocketStream):
-        ws._fd = stream.socket.fileno()
+    inner = stream.stream if isinstance(stream, PrefixedStream) else stream
+    if isinstance(inner, trio.SocketStream):
+        ws._fd = inner.socket.fileno()
     nursery.start_soon(ws._reader_task)
     return await ws._get_request()
 
@@ -191,6 +244,7 @@ class ServerConnection:
         "_auth_pending",
         "_authorize",
         "_close",
+        "_created",
         "_custom",
         "_drained",
         "_expires",
@@ -289,6 +343,7 @@ class ServerConnection:
             burst_seconds=config.rate_burst_seconds,
         )
         self._subscriptions: dict[str, int] = {}
+        self._created = 0  # topics this connection's requests created
         # Subscription options, by request id and then by topic id: (policy, interval).
         self._options: dict[int, tuple[Overflow | None, float | None]] = {}
         self._custom: dict[int, tuple[Overflow | None, float | None]] = {}
@@ -403,6 +458,14 @@ class ServerConnection:
     def slow_consumer(self) -> None:
         self.finish(4000, "slow consumer: no room in time")
 
+    def may_receive(self, topic: Topic) -> bool:
+        """Whether this connection's principal may be sent *topic*: asked for every concrete
+        topic a pattern matches, so that a pattern never reaches past a permission."""
+        return self._allowed("subscribe", topic.name)
+
+    def busy(self) -> bool:
+        return self.outbox.busy() or bool(self.ws._tail)
+
     def topic_added(self, topic: Topic, request_id: int) -> None:
         options = self._options.get(request_id)
         if options is not None:
@@ -417,7 +480,8 @@ class ServerConnection:
             )
         )
         if topic.table is not None and outcome is not Outcome.RECOVERED:
-            self.deliver_nowait(self.hub.snapshot(topic, self.variant))
+            for part in self.hub.snapshot(topic, self.variant):
+                self.deliver_nowait(part)
 
     # -- sending ------------------------------------------------------------------------
 
@@ -483,9 +547,13 @@ class ServerConnection:
 
     async def _close_websocket(self) -> None:
         code, reason = self._close or (1000, "")
-        if not self._interrupted:
+        # A close frame already went out or came in (trio-websocket closes with 1009 on a
+        # message too large or too fragmented itself): a second one would be a protocol error.
+        if not self._interrupted and self.ws.closed is None:
             with trio.move_on_after(CLOSE_TIMEOUT):
-                await self.ws.aclose(code, reason[:120])
+                # Closing already (a race with the peer's close): no second frame.
+                with contextlib.suppress(wsproto.utilities.LocalProtocolError):
+                    await self.ws.aclose(code, reason[:120])
         # else a write was cut off mid-frame: no close frame can follow it.
         await self.ws._close_stream()
         log.debug(
@@ -670,14 +738,40 @@ class ServerConnection:
         self._auth_pending = False
         self._set_principal(principal)
         self.send(Ack(event.request_id))
+        self._revoke()
+
+    def _revoke(self) -> None:
+        """After new credentials: end every subscription that the principal may no longer
+        hold, or that delivers a topic it may no longer receive (UNSUBSCRIBED 403, §4.5)."""
+        ended: dict[str, str] = {}
+        for pattern in self.hub.patterns_of(self):
+            if not self._allowed("subscribe", pattern):
+                ended[pattern] = f"forbidden: {pattern}"
+        for topic in self.hub.topics_of(self):
+            if self.may_receive(topic):
+                continue
+            self.hub.withdraw(self, topic)
+            for pattern in self.hub.patterns_of(self):
+                if pattern_matches(pattern, topic.name):
+                    ended.setdefault(pattern, f"forbidden: {topic.name}")
+        for pattern, text in ended.items():
+            self.hub.unsubscribe(self, pattern)
+            self._subscriptions.pop(pattern, None)
+            self.send(Unsubscribed(None, pattern, ErrorCode.FORBIDDEN, text))
 
     # -- requests -----------------------------------------------------------------------
 
     def _allowed(self, action: str, topic: str) -> bool:
+        """Whether the principal may *action* ("subscribe", "publish") on *topic* (a name,
+        or for a subscription's first check its pattern): the server's ``authorize``
+        hook decides; else a :class:`Principal`'s permissions; else anyone may subscribe,
+        and publish only where ``ServerConfig.client_publish`` says."""
         if self._authorize is not None:
             return bool(self._authorize(self.principal, action, topic))
         if isinstance(self.principal, Principal):
             return self.principal.allows(action, topic)
+        if action == "publish":
+            return any(pattern_covers(p, topic) for p in self.config.client_publish)
         return True
 
     def _handle(self, event: Event) -> None:
@@ -754,12 +848,23 @@ class ServerConnection:
                 message = "max_rate applies to table topics; this is a stream"
                 self.send(Error(request_id, ErrorCode.BAD_REQUEST, message))
                 return
+        creates = exact and self.hub.topic_by_name(event.pattern) is None
+        if creates and self._created >= self.config.max_topics_per_connection:
+            message = (
+                "this connection has created the most topics it may; subscribe to existing ones"
+            )
+            self.send(Error(request_id, ErrorCode.RATE_LIMITED, message))
+            return
         try:
-            topics = self.hub.subscribe(self, event.pattern, request_id)
+            topics = self.hub.subscribe(self, event.pattern, request_id, client=True)
+        except TooManyTopics as exc:
+            self.send(Error(request_id, ErrorCode.UNAVAILABLE, str(exc)))
+            return
         except ValueError as exc:
             code = ErrorCode.CONFLICT if "already" in str(exc) else ErrorCode.BAD_REQUEST
             self.send(Error(request_id, code, str(exc)))
             return
+        self._created += creates
         self._subscriptions[event.pattern] = request_id
         if options != (None, None):
             self._options[request_id] = options
@@ -801,24 +906,42 @@ class ServerConnection:
         self._recover(event.request_id, topic, Position(topic.epoch, offset))
 
     def _publish(self, event: Publish) -> None:
+        request_id = event.request_id
         if not self._allowed("publish", event.topic):
-            self.send(Error(event.request_id, ErrorCode.FORBIDDEN, f"forbidden: {event.topic}"))
+            self.send(Error(request_id, ErrorCode.FORBIDDEN, f"forbidden: {event.topic}"))
             return
         topic = self.hub.topic_by_name(event.topic)
         if topic is not None and topic.table is not None:
             message = f"{event.topic} is a table topic: only the server changes it"
-            self.send(Error(event.request_id, ErrorCode.BAD_REQUEST, message))
+            self.send(Error(request_id, ErrorCode.BAD_REQUEST, message))
+            return
+        size = self.session.last_decoded_bytes
+        if size > self.config.max_publish_bytes:
+            message = (
+                f"a PUBLISH of {size} bytes; this server takes {self.config.max_publish_bytes}"
+            )
+            self.send(Error(request_id, ErrorCode.TOO_LARGE, message))
+            return
+        if topic is None and self._created >= self.config.max_topics_per_connection:
+            message = "this connection has created the most topics it may"
+            self.send(Error(request_id, ErrorCode.RATE_LIMITED, message))
             return
         try:
-            offset = self.hub.publish_nowait(event.topic, event.payload, key=event.key)
+            offset = self.hub.publish_nowait(event.topic, event.payload, key=event.key, client=True)
         except DuplicateKey as exc:
-            self.send(Error(event.request_id, ErrorCode.CONFLICT, str(exc)))
+            self.send(Error(request_id, ErrorCode.CONFLICT, str(exc)))
             return
-        except Overloaded as exc:
-            self.send(Error(event.request_id, ErrorCode.UNAVAILABLE, str(exc)))
+        except (Overloaded, TooManyTopics) as exc:
+            self.send(Error(request_id, ErrorCode.UNAVAILABLE, str(exc)))
             return
-        except ValueError as exc:
-            self.send(Error(event.request_id, ErrorCode.BAD_REQUEST, str(exc)))
+        except ValueTooLarge as exc:
+            self.send(Error(request_id, ErrorCode.TOO_LARGE, str(exc)))
             return
-        if event.request_id is not None:
-            self.send(Ack(event.request_id, self.hub.topic(event.topic).topic_id, offset))
+        except (InvalidValue, ValueError, TypeError) as exc:
+            self.send(Error(request_id, ErrorCode.BAD_REQUEST, str(exc)))
+            return
+        self._created += topic is None
+        if request_id is not None:
+            published = self.hub.topic_by_name(event.topic)
+            topic_id = published.topic_id if published is not None else 0
+            self.send(Ack(request_id, topic_id, offset))

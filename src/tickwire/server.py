@@ -31,7 +31,7 @@ from tickwire._groups import unwrapped
 from tickwire.auth import PENDING
 from tickwire.broadcast import Hub
 from tickwire.config import ServerConfig
-from tickwire.connection import ServerConnection, wrap_server_stream
+from tickwire.connection import PrefixedStream, ServerConnection, wrap_server_stream
 from tickwire.errors import NegotiationError
 from tickwire.sansio.admission import (
     AdmissionControl,
@@ -41,6 +41,7 @@ from tickwire.sansio.admission import (
     parse_networks,
 )
 from tickwire.sansio.events import Hello
+from tickwire.sansio.handshake import MAX_HEAD_BYTES, head_complete, head_problem, rejection
 from tickwire.sansio.negotiation import (
     NO_COMMON_SUBPROTOCOL,
     NegotiationPolicy,
@@ -62,6 +63,7 @@ log = logging.getLogger("tickwire.server")
 # ServerStatistics.handshakes_refused labels for the admission reasons.
 _ADMISSION_LABELS = {
     "server full": "server_full",
+    "too many handshakes in progress": "handshakes",
     "too many connections from this address": "per_address_limit",
     "too many new connections": "connection_rate",
 }
@@ -156,6 +158,7 @@ class Server:
             max_per_address=self.config.max_connections_per_address,
             new_per_second=self.config.max_new_connections_per_second,
             retry_after=self.config.retry_after,
+            max_handshakes=self.config.max_handshakes,
         )
         self.connections: dict[ServerConnection, None] = {}
         self.counters = ServerCounters()
@@ -322,7 +325,9 @@ class Server:
         remote = _remote(stream)
         proxy = in_networks(remote, self._trusted)
         admission = self.admission.admit(remote, trio.current_time(), per_address=not proxy)
-        counted = [remote]  # the address the admission counts it under (a proxy's client)
+        # The address the admission counts it under (a proxy's client), and whether it
+        # counts as established yet (a handshake in progress does not hold a connection).
+        counted: list[Any] = [remote, False]
         try:
             async with trio.open_nursery() as nursery:
                 accepted = await self._handshake(
@@ -344,7 +349,7 @@ class Server:
             )
         finally:
             if admission.admitted:
-                self.admission.release(counted[0])
+                self.admission.release(counted[0], established=counted[1])
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
@@ -352,7 +357,7 @@ class Server:
         self,
         nursery: trio.Nursery,
         stream: trio.abc.Stream,
-        counted: list[str],
+        counted: list[Any],
         admitted: bool,
         refusal: str,
         retry_after: float,
@@ -363,8 +368,17 @@ class Server:
         remote = counted[0]
         ws: trio_websocket.WebSocketConnection | None = None
         with trio.move_on_after(config.handshake_timeout) as scope:
+            head = await self._read_head(stream)
+            if head is None:
+                return None
+            problem = head_problem(head)
+            if problem is not None:
+                self._refused("bad_request", remote, 400)
+                with trio.move_on_after(1.0):
+                    await stream.send_all(rejection(problem))
+                return None
             try:
-                request = await wrap_server_stream(nursery, stream, config)
+                request = await wrap_server_stream(nursery, PrefixedStream(stream, head), config)
             except trio_websocket.ConnectionClosed:
                 return None
         if scope.cancelled_caught:
@@ -383,6 +397,13 @@ class Server:
                     counted[0] = remote = client
                 else:
                     admitted, refusal, retry_after = False, moved.reason, moved.retry_after
+            if admitted:
+                established = self.admission.establish()
+                if established.admitted:
+                    counted[1] = True
+                else:
+                    admitted, refusal = False, established.reason
+                    retry_after = established.retry_after
             if not admitted or not self.ready:
                 why = refusal or "server shutting down"
                 self._refused(_ADMISSION_LABELS.get(refusal, "shutting_down"), remote, 503)
@@ -449,6 +470,21 @@ class Server:
             extra={"conn": connection.id, "remote": remote},
         )
         return connection, negotiated.compression
+
+    @staticmethod
+    async def _read_head(stream: trio.abc.Stream) -> bytes | None:
+        """The bytes of the request head (and any that came with it), read within
+        MAX_HEAD_BYTES; None when the peer closed first."""
+        data = b""
+        while not head_complete(data) and len(data) <= MAX_HEAD_BYTES:
+            try:
+                chunk = await stream.receive_some(4096)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return None
+            if not chunk:
+                return None
+            data += chunk
+        return data
 
     async def _supervise(self, connection: ServerConnection, compression: bool) -> None:
         """Run an accepted connection to its end, counted among the open ones."""

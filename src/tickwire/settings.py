@@ -147,6 +147,7 @@ _SERVER_TYPES: Final[dict[str, tuple[Callable[[str], Any], tuple[type, ...]]]] =
     "float | None": (_optional_number, (*_N, str)),
     "bool": (_bool, _B),
     "tuple[str, ...] | None": (_words, _L),
+    "tuple[str, ...]": (lambda text: _words(text) or (), _L),
 }
 
 
@@ -394,7 +395,7 @@ def describe() -> str:
     """A Markdown table of the settings (docs/configuration.md is generated from it)."""
     rows = ["| setting | flag | environment | default | meaning |", "|---|---|---|---|---|"]
     for setting in SETTINGS.values():
-        default = "" if setting.default in (None, "") else f"`{setting.default}`"
+        default = "" if setting.default in (None, "", ()) else f"`{setting.default}`"
         rows.append(
             f"| `{setting.name}` | `{setting.flag}` | `{setting.env}` | {default} | "
             f"{setting.help.replace('%%', '%')} |"

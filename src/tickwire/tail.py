@@ -18,6 +18,7 @@ import ssl
 import sys
 import threading
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any, Literal, TextIO
 
 import attrs
@@ -62,7 +63,10 @@ class TailOptions:
 
 def plain(value: Any) -> Any:
     """*value* as JSON can carry it: bytes as ``{"$bin": hex}``, keys as strings, attrs
-    objects (events) as maps of their fields."""
+    objects (events) as maps of their fields, and the exact decimals of FIXED fields as
+    strings of their digits (``"1.23456"``: a JSON number would go through a float)."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
     if isinstance(value, bytes):
         return {"$bin": value.hex()}
     if isinstance(value, dict):
@@ -114,9 +118,13 @@ def format_json(update: Update) -> list[str]:
     ]
 
 
+def _text(value: Any) -> str:
+    return format(value, "f") if isinstance(value, Decimal) else json.dumps(plain(value))
+
+
 def _fields(row: Any, names: tuple[str, ...] | None = None) -> str:
     items = row.items() if names is None else ((n, row[n]) for n in names if n in row)
-    return " ".join(f"{k}={json.dumps(plain(v))}" for k, v in items)
+    return " ".join(f"{k}={_text(v)}" for k, v in items)
 
 
 def format_text(update: Update) -> list[str]:

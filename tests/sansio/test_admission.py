@@ -50,17 +50,45 @@ def test_rate_limiter_counts_bytes_and_forgives_a_pause() -> None:
 
 def test_admission_limits() -> None:
     control = AdmissionControl(max_connections=3, max_per_address=2, new_per_second=100)
-    assert control.admit("10.0.0.1", 0).admitted
-    assert control.admit("10.0.0.1", 0).admitted
+    for address in ("10.0.0.1", "10.0.0.1"):
+        assert control.admit(address, 0).admitted
+        assert control.establish().admitted
     refused = control.admit("10.0.0.1", 0)
     assert not refused.admitted
     assert refused.reason == "too many connections from this address"
     assert control.admit("10.0.0.2", 0).admitted
+    assert control.establish().admitted
     full = control.admit("10.0.0.3", 0)
     assert (full.admitted, full.reason, full.retry_after) == (False, "server full", 1.0)
     control.release("10.0.0.1")
     assert control.open == 2
     assert control.admit("10.0.0.1", 0).admitted
+
+
+def test_handshakes_in_progress_hold_no_connection_slot() -> None:
+    # Slowloris: handshakes that never finish fill the handshake slots, not the server.
+    control = AdmissionControl(
+        max_connections=2, max_per_address=100, new_per_second=100, max_handshakes=3
+    )
+    for _ in range(3):
+        assert control.admit("10.0.0.9", 0).admitted  # slow: never established
+    assert (control.handshaking, control.open) == (3, 0)
+    refused = control.admit("10.0.0.1", 0)
+    assert (refused.admitted, refused.reason) == (False, "too many handshakes in progress")
+    control.release("10.0.0.9", established=False)  # one slow handshake timed out
+    assert control.admit("10.0.0.1", 0).admitted
+    assert control.establish().admitted
+    assert control.open == 1
+    # A handshake that completes when the server is full is refused then, and released
+    # as a handshake.
+    control.release("10.0.0.9", established=False)
+    control.release("10.0.0.9", established=False)
+    assert control.admit("10.0.0.2", 0).admitted
+    assert control.admit("10.0.0.3", 0).admitted
+    assert control.establish().admitted
+    assert control.establish().reason == "server full"
+    control.release("10.0.0.3", established=False)
+    assert (control.handshaking, control.open) == (0, 2)
 
 
 def test_admission_new_connection_rate() -> None:
@@ -141,6 +169,8 @@ def test_readdress_moves_the_count_to_the_client_within_its_limit() -> None:
     control = AdmissionControl(max_connections=10, max_per_address=1, new_per_second=100)
     assert control.admit("10.0.0.5", 0.0, per_address=False).admitted
     assert control.admit("10.0.0.5", 0.0, per_address=False).admitted  # a proxy: no limit
+    assert control.establish().admitted
+    assert control.establish().admitted
     assert control.readdress("10.0.0.5", "198.51.100.7").admitted
     refused = control.readdress("10.0.0.5", "198.51.100.7")  # that client's second
     assert not refused.admitted

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from decimal import Decimal
 from typing import Any
 
 import msgpack
@@ -12,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.strategies import msgpack_values
-from tickwire.errors import DecodeError
+from tickwire.errors import DecodeError, InvalidValue
 from tickwire.sansio.table import (
     MAX_FIELDS,
     Field,
@@ -62,19 +63,132 @@ def view_of(schema: Schema) -> TableView:
 def test_9_1_fixed_point_prices_travel_as_integer_ticks() -> None:
     bid = Field.fixed("bid", 2)
     assert bid.encode(189.12) == 18912
-    assert bid.encode(189.120001) == 18912  # the wire keeps two decimals
-    assert bid.decode(18912) == 189.12
+    assert bid.encode(Decimal("189.12")) == 18912
+    assert bid.encode(189) == 18900
+    assert bid.decode(18912) == Decimal("189.12")
+    assert type(bid.decode(18912)) is Decimal
+    lots = Field.fixed("size", 0, step=100)
+    assert (lots.encode(300), lots.decode(3)) == (3, 300)
+    assert type(lots.decode(3)) is int
     assert Field.fixed("size", -2).encode(300) == 3
-    assert Field.fixed("size", -2).decode(3) == 300
     assert Field.fixed("n", 0).decode(7) == 7
+    tick = Field.fixed("px", 2, step=5)  # a tick of 0.05
+    assert (tick.encode(1.05), tick.decode(21), tick.tick) == (21, Decimal("1.05"), Decimal("0.05"))
 
 
-@given(st.integers(min_value=-(10**12), max_value=10**12), st.integers(0, 6))
-def test_9_1_fixed_point_round_trips_every_decimal(ticks: int, decimals: int) -> None:
+# What a user of the first release saw (the issue's table), now exact or refused.
+@pytest.mark.parametrize(
+    ("field", "value", "delivered"),
+    [
+        (Field.fixed("bid", 5), 1.23456, Decimal("1.23456")),  # FX
+        (Field.fixed("bid", 8), 0.00001234, Decimal("0.00001234")),  # crypto
+        (Field.fixed("bid", 3), 0.004, Decimal("0.004")),
+        (Field.fixed("bid", 3), -0.004, Decimal("-0.004")),
+        (Field.fixed("bid_size", 8), 0.5, Decimal("0.5")),
+        (Field.fixed("bid_size", 0), 37, 37),
+        (Field.fixed("bid_size", 0), 150, 150),
+        (Field.fixed("bid_size", 0), 1000050, 1000050),
+        (Field.fixed("bid", 2), 12345678901234567, 12345678901234567),
+        (Field.fixed("bid", 8), 493275071.9425646, Decimal("493275071.9425646")),
+        (Field.fixed("bid", 8), Decimal("493275071.94256467"), Decimal("493275071.94256467")),
+        (Field.fixed("bid", 18), Decimal("9.223372036854775807"), Decimal("9.223372036854775807")),
+    ],
+)
+def test_9_1_fixed_values_arrive_exactly(field: Field, value: Any, delivered: Any) -> None:
+    wire = field.encode(value)
+    out = Field.fixed(field.name, field.decimals).decode(msgpack.unpackb(msgpack.packb(wire)))
+    assert out == delivered == value or (out == delivered and Decimal(repr(value)) == out)
+    assert type(out) is (int if field.decimals <= 0 else Decimal)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (Field.fixed("bid", 2), 1.23456, "more than 2 decimal places"),
+        (Field.fixed("bid", 2), 0.004, "more than 2 decimal places"),
+        (Field.fixed("bid", 2), 0.1 + 0.2, "0.30000000000000004 has more than 2"),
+        (Field.fixed("bid", 2), Decimal("1.005"), "more than 2 decimal places"),
+        (Field.fixed("size", 0), 0.5, "not a whole number"),
+        (Field.fixed("size", 0, step=100), 37, "37 is not a multiple of 100"),
+        (Field.fixed("size", 0, step=100), 150, "not a multiple of 100"),
+        (Field.fixed("size", -2), 1000050, "not a multiple of 100"),
+        (Field.fixed("px", 2, step=5), 1.07, "not a multiple of 0.05"),
+        (Field.fixed("bid", 18), Decimal("9.3"), "out of range"),
+        (Field.fixed("bid", 2), Decimal("NaN"), "not a finite number"),
+    ],
+)
+def test_9_1_values_off_the_grid_are_refused_never_rounded(
+    field: Field, value: Any, message: str
+) -> None:
+    with pytest.raises(InvalidValue, match=message) as caught:
+        field.encode(value)
+    assert caught.value.where == field.name
+    assert (
+        "nothing is rounded" in str(caught.value)
+        or "range" in str(caught.value)
+        or ("finite" in str(caught.value))
+    )
+
+
+@given(st.integers(min_value=-(2**63), max_value=2**63 - 1), st.integers(-18, 18))
+def test_9_1_fixed_point_round_trips_every_wire_value(ticks: int, decimals: int) -> None:
     field = Field.fixed("f", decimals)
     value = field.decode(ticks)
     assert field.encode(value) == ticks
-    assert value == float(f"{ticks}e-{decimals}")  # exactly the float of the decimal
+    assert value == Decimal(ticks).scaleb(-decimals)  # exactly the decimal, never a float
+
+
+@given(
+    st.decimals(
+        allow_nan=False, allow_infinity=False, places=5, min_value=-(10**12), max_value=10**12
+    )
+)
+def test_9_1_any_decimal_with_the_declared_places_is_exact(value: Decimal) -> None:
+    field = Field.fixed("px", 5)
+    assert field.decode(field.encode(value)) == value
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e9, max_value=1e9))
+def test_9_1_a_float_is_taken_only_if_it_is_the_float_of_its_decimal(value: float) -> None:
+    field = Field.fixed("px", 4)
+    exact = Decimal(repr(value))
+    try:
+        wire = field.encode(value)
+    except InvalidValue:
+        assert exact.as_tuple().exponent < -4  # type: ignore[operator]
+        return
+    assert field.decode(wire) == exact
+
+
+def test_9_1_quantized_fields_round_by_name() -> None:
+    x = Field.quantized("x", 3)
+    assert x.encode(512.3456) == 512346  # half to even, as asked for
+    assert x.decode(512346) == 512.346
+    assert type(x.decode(1)) is float
+    with pytest.raises(InvalidValue, match="finite"):
+        x.encode(math.inf)
+
+
+def test_9_1_integers_and_floats_stay_what_they_are() -> None:
+    assert Field.integer("n").encode(2**64 - 1) == 2**64 - 1
+    with pytest.raises(InvalidValue, match="outside"):
+        Field.integer("n").encode(2**64)
+    assert Field.float64("f").encode(2**53) == 2.0**53
+    with pytest.raises(InvalidValue, match="not exactly a float64"):
+        Field.float64("f").encode(2**53 + 1)
+    with pytest.raises(InvalidValue, match="cannot be sent"):
+        Field.float64("f").encode(math.nan)
+    with pytest.raises(InvalidValue, match="surrogate"):
+        Field.string("s").encode("\ud800")
+
+
+def test_9_1_an_open_enum_sends_other_strings_as_themselves() -> None:
+    kind = Field.enum("kind", ["player", "npc"], strict=False)
+    assert (kind.encode("npc"), kind.encode("vehicle")) == (1, "vehicle")
+    received = Schema.from_info(Schema("id", [kind], key_type=FieldType.INT).info()).fields[0]
+    assert (received.decode(1), received.decode("vehicle")) == ("npc", "vehicle")
+    with pytest.raises(InvalidValue, match="vehicle"):
+        Field.enum("kind", ["player", "npc"]).encode("vehicle")
 
 
 @pytest.mark.parametrize(
@@ -91,11 +205,14 @@ def test_9_1_fixed_point_round_trips_every_decimal(ticks: int, decimals: int) ->
         (Field.string("f"), 1, TypeError),
         (Field.boolean("f"), 1, TypeError),
         (Field.enum("f", ["a", "b"]), "c", ValueError),
+        (Field.any("f"), Decimal(1), TypeError),
+        (Field.any("f"), {"a": math.nan}, ValueError),
     ],
 )
 def test_9_1_a_bad_value_is_refused_by_the_publisher(field: Field, value: Any, error: type) -> None:
-    with pytest.raises(error, match="f"):
+    with pytest.raises(error, match="f") as caught:
         field.encode(value)
+    assert isinstance(caught.value, InvalidValue)
 
 
 @pytest.mark.parametrize(
@@ -128,7 +245,8 @@ def test_9_1_every_type_round_trips_and_none_is_empty() -> None:
     }
     encoded = ENTITIES.encode_fields(values)
     assert encoded == {0: 1, 1: 512345, 2: 1, 3: 100, 4: "orc", 5: True, 6: 1.5, 7: {"a": [1]}}
-    assert ENTITIES.row(7, [encoded[i] for i in range(8)]) == {"id": 7, **values}
+    row = ENTITIES.row(7, [encoded[i] for i in range(8)])
+    assert row == {"id": 7, **values, "x": Decimal("512.345"), "y": Decimal("0.001")}
     assert ENTITIES.fields[0].encode(None) is None
     assert ENTITIES.fields[0].decode(None) is None
 
@@ -179,7 +297,9 @@ def test_9_1_any_value_as_a_schema_is_a_schema_or_a_decode_error(info: Any) -> N
         (lambda: Schema("", []), "key"),
         (lambda: Schema("k", [], key_type=FieldType.FLOAT), "key type"),
         (lambda: Schema("k", [Field.integer(f"f{i}") for i in range(MAX_FIELDS + 1)]), "63"),
-        (lambda: Field.fixed("f", 16), "decimals"),
+        (lambda: Field.fixed("f", 19), "decimals"),
+        (lambda: Field.fixed("f", 2, step=0), "step"),
+        (lambda: Field.integer("f").__class__("f", FieldType.INT, step=2), "step"),
         (lambda: Field("f", FieldType.INT, 2), "decimals"),
         (lambda: Field.enum("f", []), "choices"),
         (lambda: Field.enum("f", ["a", "a"]), "duplicate"),
@@ -205,8 +325,10 @@ def test_9_2_a_new_row_carries_every_field_and_an_update_only_what_changed() -> 
     delta = table.take_delta()
     assert delta is not None
     assert delta.payload() == ["AAPL", 0b00010, 18914]  # bid did not change on the wire
-    assert not table.upsert("AAPL", {"bid": 189.1200001})
+    assert not table.upsert("AAPL", {"bid": Decimal("189.120")})
     assert table.take_delta() is None
+    with pytest.raises(InvalidValue, match="more than 2 decimal places"):
+        table.upsert("AAPL", {"bid": 189.1200001})  # refused, not rounded to 189.12
 
 
 def test_9_2_golden_bytes_of_a_delta() -> None:
@@ -307,7 +429,7 @@ def test_9_4_deltas_already_in_the_snapshot_are_ignored() -> None:
     assert change.key == "A"
     assert change.changed == ("bid",)
     assert change.row is not None
-    assert change.row["bid"] == 1.02
+    assert change.row["bid"] == Decimal("1.02")
     assert view.offset == 14
     (gone,) = view.apply_delta(15, ["A", 0])
     assert (gone.row, view.rows) == (None, {})

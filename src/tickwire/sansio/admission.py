@@ -144,17 +144,22 @@ class Admission:
 
 @attrs.define(eq=False, kw_only=True)
 class AdmissionControl:
-    """Connection limits: in total, per client address, and new connections a second.
+    """Connection limits: in total, per client address, new connections a second, and
+    handshakes in progress.
 
-    Call :meth:`admit` when a connection arrives and :meth:`release` when an admitted one
-    ends.
+    Call :meth:`admit` when a connection arrives, :meth:`establish` once its upgrade
+    request has been read (only then does it count against *max_connections*: a slow
+    handshake holds a handshake slot, never a connection slot), and :meth:`release` when an
+    admitted one ends.
     """
 
     max_connections: int = attrs.field(validator=[instance_of(int), ge(1)])
     max_per_address: int = attrs.field(validator=[instance_of(int), ge(1)])
     new_per_second: float = attrs.field(validator=gt(0))
     retry_after: float = attrs.field(default=1.0, validator=ge(0))
+    max_handshakes: int = attrs.field(default=1024, validator=[instance_of(int), ge(1)])
     _open: int = attrs.field(init=False, default=0)
+    _handshaking: int = attrs.field(init=False, default=0)
     _by_address: dict[str, int] = attrs.field(init=False, factory=dict)
     _new: TokenBucket = attrs.field(init=False)
 
@@ -163,24 +168,41 @@ class AdmissionControl:
 
     @property
     def open(self) -> int:
-        """Connections admitted and not yet released."""
+        """Connections established and not yet released."""
         return self._open
 
+    @property
+    def handshaking(self) -> int:
+        """Connections admitted whose handshake has not been read yet."""
+        return self._handshaking
+
     def admit(self, address: str, now: float, *, per_address: bool = True) -> Admission:
-        """Decide on a new connection from *address*; an admitted one is counted.
+        """Decide on a new connection from *address*; an admitted one is counted as
+        handshaking, and under its address.
 
         *per_address* False skips the per-address limit (a trusted proxy: the limit
         applies once :meth:`readdress` names the client behind it)."""
         if self._open >= self.max_connections:
             return Admission(False, "server full", self.retry_after)
+        if self._handshaking >= self.max_handshakes:
+            return Admission(False, "too many handshakes in progress", self.retry_after)
         if per_address and self._by_address.get(address, 0) >= self.max_per_address:
             return Admission(False, "too many connections from this address", self.retry_after)
         if not self._new.take(now):
             return Admission(
                 False, "too many new connections", max(self.retry_after, self._new.wait_time(now))
             )
-        self._open += 1
+        self._handshaking += 1
         self._by_address[address] = self._by_address.get(address, 0) + 1
+        return Admission(True)
+
+    def establish(self) -> Admission:
+        """A handshaking connection's upgrade request is in: count it as open if there is
+        room (otherwise it stays handshaking until released, and the answer says why)."""
+        if self._open >= self.max_connections:
+            return Admission(False, "server full", self.retry_after)
+        self._handshaking -= 1
+        self._open += 1
         return Admission(True)
 
     def readdress(self, old: str, new: str) -> Admission:
@@ -192,13 +214,19 @@ class AdmissionControl:
         if self._by_address.get(new, 0) >= self.max_per_address:
             return Admission(False, "too many connections from this address", self.retry_after)
         self._by_address[new] = self._by_address.get(new, 0) + 1
-        self._open += 1  # release() below takes it back off
-        self.release(old)
+        self._forget(old)
         return Admission(True)
 
-    def release(self, address: str) -> None:
-        """An admitted connection from *address* ended."""
-        self._open -= 1
+    def release(self, address: str, *, established: bool = True) -> None:
+        """An admitted connection from *address* ended (*established*: after
+        :meth:`establish` admitted it)."""
+        if established:
+            self._open -= 1
+        else:
+            self._handshaking -= 1
+        self._forget(address)
+
+    def _forget(self, address: str) -> None:
         left = self._by_address.get(address, 0) - 1
         if left > 0:
             self._by_address[address] = left

@@ -13,7 +13,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import attrs
@@ -50,9 +51,19 @@ from tickwire.sansio.events import (
 )
 from tickwire.sansio.scan import scan
 
-__all__ = ["decode_body", "decode_json", "encode_body", "encode_json", "from_fields", "to_fields"]
+__all__ = [
+    "batch_body",
+    "data_body",
+    "decode_body",
+    "decode_json",
+    "encode_body",
+    "encode_json",
+    "from_fields",
+    "to_fields",
+]
 
-MAX_UINT: Final = 2**64 - 1
+MAX_UINT: Final = 2**64 - 1  # §4.1: uint is below 2^64
+MIN_INT: Final = -(2**63)  # §4.1: int is msgpack's range
 # §7.2: bodies up to this size are decoded without the structural pre-scan. At most 256
 # objects fit in them, so they cost at most about 16 KiB once decoded, and msgpack's own
 # per-container limits (capped at the body's size) bound what a lying header preallocates.
@@ -72,6 +83,9 @@ def to_fields(event: Event) -> list[Any]:
         return [Kind.DATA.value, event.topic_id, event.offset, event.payload]
     if isinstance(event, Batch):
         return [Kind.BATCH.value, event.topic_id, event.first_offset, list(event.payloads)]
+    if isinstance(event, Snapshot):
+        fields = [Kind.SNAPSHOT.value, event.topic_id, event.offset, event.payload]
+        return [*fields, True] if event.more else fields
     if isinstance(event, Hello):
         compression = (
             None
@@ -134,6 +148,8 @@ class _Fields:
         v = self.values[i]
         if type(v) is not int or v < 0:
             raise self._fail(i, "an unsigned integer")
+        if v > MAX_UINT:  # only JSON can say so
+            raise DecodeError(f"{self.kind.name} position {i}: an unsigned integer below 2^64")
         return v
 
     def opt_uint(self, i: int) -> int | None:
@@ -141,8 +157,17 @@ class _Fields:
 
     def int_(self, i: int) -> int:
         v = self.values[i]
-        if type(v) is not int:
+        if type(v) is not int or not MIN_INT <= v <= MAX_UINT:
             raise self._fail(i, "an integer")
+        return v
+
+    def opt_bool(self, i: int) -> bool:
+        """An optional trailing position: false when absent."""
+        if len(self.values) <= i:
+            return False
+        v = self.values[i]
+        if type(v) is not bool:
+            raise self._fail(i, "a boolean")
         return v
 
     def str_(self, i: int) -> str:
@@ -272,7 +297,7 @@ _DECODERS: Final[dict[Kind, tuple[int, Callable[[_Fields], Event]]]] = {
     ),
     Kind.DATA: (3, lambda f: Data(f.uint(1), f.uint(2), f.any_(3))),
     Kind.BATCH: (3, lambda f: Batch(f.uint(1), f.uint(2), f.list_(3))),
-    Kind.SNAPSHOT: (3, lambda f: Snapshot(f.uint(1), f.uint(2), f.any_(3))),
+    Kind.SNAPSHOT: (3, lambda f: Snapshot(f.uint(1), f.uint(2), f.any_(3), f.opt_bool(4))),
     Kind.GAP: (3, lambda f: Gap(f.uint(1), f.uint(2), f.uint(3))),
     Kind.RESYNC: (3, lambda f: Resync(f.uint(1), f.uint(2), f.opt_uint(3))),
     Kind.PUBLISH: (
@@ -346,6 +371,19 @@ def encode_body(event: Event) -> bytes:
     except (TypeError, ValueError):
         _packer.reset()
         raise
+
+
+def data_body(topic_id: int, offset: int, payload: bytes) -> bytes:
+    """The msgpack body of ``Data(topic_id, offset, <payload>)`` around an already packed
+    *payload* (the value gate's bytes): the payload is never packed twice."""
+    return b"\x94\x07" + _packer.pack(topic_id) + _packer.pack(offset) + payload  # type: ignore[no-any-return]
+
+
+def batch_body(topic_id: int, first_offset: int, payloads: Sequence[bytes]) -> bytes:
+    """The msgpack body of ``Batch(topic_id, first_offset, <payloads>)`` around payloads
+    already packed."""
+    head = b"\x94\x08" + _packer.pack(topic_id) + _packer.pack(first_offset)
+    return head + _packer.pack_array_header(len(payloads)) + b"".join(payloads)  # type: ignore[no-any-return]
 
 
 def decode_body(body: bytes | memoryview, limits: Limits) -> Event:
@@ -443,21 +481,84 @@ def _no_constant(name: str) -> Any:
     raise DecodeError(f"{name} is not valid JSON")
 
 
+def _json_int(text: str) -> int:
+    value = int(text)
+    if not MIN_INT <= value <= MAX_UINT:
+        raise DecodeError("a JSON integer outside msgpack's range (-2^63 to 2^64-1)")
+    return value
+
+
+def _json_float(text: str) -> float:
+    value = float(text)
+    if value - value != 0.0:  # 1e400 parses as infinity
+        raise DecodeError(f"the JSON number {text[:40]} is not a finite float64")
+    return value
+
+
+# A JSON string, escapes included: what a bracket count must not look into.
+_JSON_STRING: Final = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _containers(text: str) -> int:
+    """Arrays and objects in a JSON text: brackets outside strings."""
+    bare = _JSON_STRING.sub("", text)
+    return bare.count("[") + bare.count("{")
+
+
+def _check_json(value: Any, limits: Limits, depth: int, strings: bool) -> None:
+    """The limits msgpack's pre-scan applies (§7), and no lone surrogate (from ``\ud800``
+    escapes), over a decoded JSON message."""
+    t = type(value)
+    if t is list or t is dict:
+        if value and depth >= limits.max_depth:
+            raise MessageTooBig(f"nesting deeper than {limits.max_depth}")
+        if len(value) > limits.max_container_items:
+            raise MessageTooBig(f"container exceeds {limits.max_container_items} items")
+        if t is dict:
+            for key, item in value.items():
+                if strings:
+                    _check_json(key, limits, depth + 1, strings)
+                _check_json(item, limits, depth + 1, strings)
+        else:
+            for item in value:
+                _check_json(item, limits, depth + 1, strings)
+    elif strings and t is str and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DecodeError("a JSON string escapes a lone surrogate") from None
+
+
 def decode_json(text: str, limits: Limits) -> Event:
     """Decode one ``tickwire.v1.json`` text message within *limits*.
+
+    The limits of §7 apply as to msgpack (containers, items, nesting), and what msgpack
+    could not carry is refused: NaN and infinities (``1e400`` too), integers outside
+    msgpack's range, lone surrogates.
 
     Raises:
         DecodeError, MessageTooBig, RemoteProtocolError: as :func:`decode_body`.
     """
-    # Brackets bound the containers (an over-count when strings hold brackets: conservative).
-    if text.count("[") + text.count("{") > limits.max_containers:
+    # Brackets bound the containers; only when they might exceed the limit are the ones
+    # inside strings told apart.
+    brackets = text.count("[") + text.count("{")
+    if brackets > limits.max_containers and _containers(text) > limits.max_containers:
         raise MessageTooBig(f"more than {limits.max_containers} arrays and objects")
     try:
-        values = json.loads(text, object_hook=_from_json_object, parse_constant=_no_constant)
+        values = json.loads(
+            text,
+            object_hook=_from_json_object,
+            parse_constant=_no_constant,
+            parse_int=_json_int,
+            parse_float=_json_float,
+        )
     except RemoteProtocolError:
         raise
     except RecursionError as exc:
         raise MessageTooBig("JSON nested too deeply") from exc
     except ValueError as exc:  # json.JSONDecodeError is a ValueError
         raise DecodeError(f"invalid JSON: {exc}") from exc
+    strings = "\\u" in text
+    if strings or brackets > limits.max_depth or len(text) > limits.max_container_items:
+        _check_json(values, limits, 0, strings)
     return from_fields(values)

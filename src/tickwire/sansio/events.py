@@ -198,11 +198,13 @@ class Batch:
 
 @attrs.frozen
 class Snapshot:
-    """Server to client: a table topic's whole state as of *offset* (§4.8)."""
+    """Server to client: a table topic's whole state as of *offset* (§4.8), or a part of
+    it: *more* says that further parts of the same snapshot follow (§9.3)."""
 
     topic_id: int
     offset: int
     payload: Any
+    more: bool = False
 
 
 @attrs.frozen

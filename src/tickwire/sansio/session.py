@@ -152,6 +152,7 @@ class Session:
     _events: list[Event] = attrs.field(init=False, factory=list)
     bytes_received: int = attrs.field(init=False, default=0)  # messages decoded, as received
     bytes_decoded: int = attrs.field(init=False, default=0)  # their bodies, decompressed
+    last_decoded_bytes: int = attrs.field(init=False, default=0)  # the last one's body
     # A client's messages waiting for a dictionary, and events decoded behind them (§5.3).
     _held: collections.deque[bytes | Event] = attrs.field(init=False, factory=collections.deque)
     _held_bytes: int = attrs.field(init=False, default=0)
@@ -226,6 +227,7 @@ class Session:
         )
         self.bytes_received += len(message)
         self.bytes_decoded += size
+        self.last_decoded_bytes = size
         if isinstance(event, Ignored):
             return None
         allowed = CLIENT_KINDS if self.role is Role.SERVER else SERVER_KINDS

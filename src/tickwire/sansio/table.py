@@ -1,20 +1,31 @@
 """Table topics: keyed rows with a declared schema, sent as snapshot plus deltas (§9).
 
-Imports: attrs, enum, math, tickwire.errors.
+Imports: attrs, decimal, enum, math, tickwire.errors, tickwire.sansio.values.
 
 Theory of operation. A :class:`Schema` names a key field and up to 63 value fields, each
 with a :class:`FieldType`. Rows travel *positionally*, as wire values: fixed-point numbers
-as integers (a price of 189.12 with 2 decimals is ``18912``; sizes in round lots of 100 with
--2 decimals are ``1`` to ``50``), enumerations as small indexes, the rest as msgpack values.
-Field names cross the wire once, in the schema that SUBSCRIBED carries.
+as integer counts of their tick (a price of 189.12 with 2 decimals is ``18912``; a size in
+lots of 100 declared with ``step=100`` is ``3`` for 300), enumerations as small indexes, the
+rest as msgpack values. Field names cross the wire once, in the schema that SUBSCRIBED
+carries.
+
+Exactness (§9.1). A FIXED field is exact decimal arithmetic end to end: integers,
+``decimal.Decimal`` and floats that are exactly a number of ticks go in, the receiver gets a
+``Decimal`` (an ``int`` when the field has no decimals), and anything off the grid (1.234 in a
+2-decimal field, 150 in lots of 100, a float that is not the float of a decimal with that
+many places) is refused with :class:`~tickwire.errors.InvalidValue`, never rounded. Rounding
+is something to ask for by name: a QUANTIZED field (game coordinates, sensor readings)
+rounds floats to its grid and gives the receiver the float back. Every other field checks
+its value fully (integer range, finite floats, UTF-8, the receivers' limits for ANY), so
+that what a table accepts can always be sent.
 
 The publisher's :class:`Table` keeps every row as wire values, so that a value that does not
-change on the wire (189.120001 after 189.12) is not a change. What changed since the last
-:meth:`Table.take_delta` accumulates in one pending :class:`Delta` (key -> changed field
-positions, or None for a deletion), so repeated updates to one key inside a batch window
-merge into one. A delta is encoded flat, ``[key, mask, values..., key, mask, values...]``:
-bit *i* of *mask* says field *i* follows; mask 0 deletes the row. A snapshot is
-``[key, v0, ..., vn-1, key, ...]``, every field of every row.
+change on the wire is not a change. What changed since the last :meth:`Table.take_delta`
+accumulates in one pending :class:`Delta` (key -> changed field positions, or None for a
+deletion), so repeated updates to one key inside a batch window merge into one. A delta is
+encoded flat, ``[key, mask, values..., key, mask, values...]``: bit *i* of *mask* says
+field *i* follows; mask 0 deletes the row. A snapshot is ``[key, v0, ..., vn-1, key, ...]``,
+every field of every row.
 
 A subscriber's :class:`TableView` rebuilds the rows as plain dicts. Deltas merge associatively
 (:func:`merge_into`), which is what lets a slow subscriber's outbox conflate several queued
@@ -23,14 +34,18 @@ deltas into one (the CONFLATE policy, :mod:`tickwire.sansio.fanout`).
 
 from __future__ import annotations
 
+import decimal
 import enum
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from decimal import Decimal
 from typing import Any, Final, TypeAlias
 
 import attrs
 
-from tickwire.errors import DecodeError
+from tickwire.config import Limits
+from tickwire.errors import DecodeError, InvalidValue, ValueTooLarge
+from tickwire.sansio.values import ValueLimits, pack_value
 
 __all__ = [
     "MAX_FIELDS",
@@ -49,9 +64,15 @@ __all__ = [
 ]
 
 MAX_FIELDS: Final = 63  # §9.2: the mask is a uint below 2^63
-MAX_DECIMALS: Final = 15  # a float holds about 15 significant decimal digits
-MAX_FIXED: Final = 2**63 - 1
-_INFINITIES: Final = (math.inf, -math.inf)
+MAX_DECIMALS: Final = 18  # §9.1: -18 to 18 (wire values are int64: 9.2 with 18 decimals)
+MAX_STEP: Final = 10**9  # §9.1: a tick of up to 10^9 units keeps values within 28 digits
+MIN_WIRE: Final = -(2**63)  # §9.1: FIXED and QUANTIZED wire values are int64
+MAX_WIRE: Final = 2**63 - 1
+MIN_INT: Final = -(2**63)  # §9.1: INT is msgpack's integer range
+MAX_INT: Final = 2**64 - 1
+_FAST: Final = 2.0**52  # below this, a float times 10^d has one integer within half an ulp
+_EXACT: Final = decimal.Context(prec=60, Emin=-(10**6), Emax=10**6, traps=[])
+FIELD_LIMITS: Final = ValueLimits.for_fields(Limits())  # the default receivers' limits
 
 Key: TypeAlias = str | int
 Row: TypeAlias = dict[str, Any]
@@ -70,16 +91,54 @@ def _fields(values: Iterable[Field]) -> tuple[Field, ...]:
     return tuple(values)
 
 
+def _is_text(value: str) -> bool:
+    """Whether *value* encodes to UTF-8 (no lone surrogate)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class FieldType(enum.IntEnum):
-    """How a field's value travels (§9.1)."""
+    """How a field's value travels, and what the receiver gets back (§9.1)."""
 
     ANY = 0  # any msgpack value, as given
-    INT = 1  # an integer
+    INT = 1  # an integer (msgpack's range)
     FLOAT = 2  # a float64
-    FIXED = 3  # a decimal number as an integer: round(value * 10**decimals)
+    FIXED = 3  # an exact decimal as an integer count of ticks: Decimal (or int) back
     STR = 4  # a string
     BOOL = 5  # true or false
-    ENUM = 6  # one of the declared strings, as its index
+    ENUM = 6  # one of the declared strings as its index (or, if open, another string)
+    QUANTIZED = 7  # a float rounded to a grid of 10^-decimals, sent as an integer count
+
+
+def _tick(decimals: int, step: int) -> Decimal:
+    return Decimal(step).scaleb(-decimals, _EXACT)
+
+
+def _decimal_units(value: Decimal, decimals: int) -> int | None:
+    """*value* x 10^decimals if that is an integer (exactly), else None."""
+    sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # finite: checked by the caller
+    coefficient = int("".join(map(str, digits))) if digits else 0
+    e = exponent + decimals
+    units: int
+    if coefficient == 0:
+        return 0
+    if e >= 0:
+        if e > 40:  # far outside int64 whatever the coefficient
+            return MAX_WIRE + 1
+        units = coefficient * 10**e
+    else:
+        if -e >= len(digits):
+            return None  # more decimal places than the coefficient has digits
+        units, rest = divmod(coefficient, 10**-e)
+        if rest:
+            return None
+    return -units if sign else units
 
 
 @attrs.frozen
@@ -89,30 +148,45 @@ class Field:
     Attributes:
         name: the key of this field in the rows that applications see.
         type: how its values travel.
-        decimals: for FIXED, the digits after the decimal point that the wire keeps (2 for
-            cent prices, 3 for millimetres; negative for round lots: -2 counts hundreds).
+        decimals: for FIXED and QUANTIZED, the digits after the decimal point (2 for cent
+            prices, 8 for crypto sizes, 3 for millimetres; negative for a grid of tens,
+            hundreds...).
+        step: for FIXED, the tick in units of 10^-decimals: ``Field.fixed("px", 2,
+            step=5)`` takes multiples of 0.05, ``Field.fixed("size", 0, step=100)`` round
+            lots of 100. Values off the grid are refused, never rounded.
         choices: for ENUM, the possible values, sent as their index.
+        strict: for ENUM, refuse strings outside *choices*; when False such a string
+            travels as itself (a feed that grows a new kind keeps working).
 
-    Build fields with the class methods: ``Field.fixed("bid", 2)``, ``Field.enum("side",
-    ["B", "S"])``, ``Field.integer("size")``.
+    Build fields with the class methods: ``Field.fixed("bid", 5)``, ``Field.enum("side",
+    ["B", "S"])``, ``Field.integer("size")``, ``Field.quantized("x", 3)``.
     """
 
     name: str = attrs.field(validator=attrs.validators.instance_of(str))
     type: FieldType = attrs.field(default=FieldType.ANY, converter=FieldType)
     decimals: int = attrs.field(default=0, validator=attrs.validators.instance_of(int))
     choices: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    step: int = attrs.field(default=1, validator=attrs.validators.instance_of(int))
+    strict: bool = attrs.field(default=True, eq=False)
     _encode: Callable[[Any], Any] = attrs.field(init=False, eq=False, repr=False)
     _decode: Callable[[Any], Any] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        if not self.name:
-            raise ValueError("a field needs a name")
-        if self.type is FieldType.FIXED and not -MAX_DECIMALS <= self.decimals <= MAX_DECIMALS:
+        if not self.name or not _is_text(self.name):
+            raise ValueError("a field needs a name (valid UTF-8)")
+        scaled = self.type in (FieldType.FIXED, FieldType.QUANTIZED)
+        if scaled and not -MAX_DECIMALS <= self.decimals <= MAX_DECIMALS:
             raise ValueError(f"decimals must be between -{MAX_DECIMALS} and {MAX_DECIMALS}")
-        if self.type is not FieldType.FIXED and self.decimals:
-            raise ValueError("only FIXED fields have decimals")
+        if not scaled and self.decimals:
+            raise ValueError("only FIXED and QUANTIZED fields have decimals")
+        if type(self.step) is not int or not 1 <= self.step <= MAX_STEP:
+            raise ValueError(f"step must be an integer from 1 to {MAX_STEP}")
+        if self.step != 1 and self.type is not FieldType.FIXED:
+            raise ValueError("only FIXED fields have a step")
         if self.type is FieldType.ENUM:
-            if not self.choices or not all(isinstance(c, str) for c in self.choices):
+            if not self.choices or not all(
+                isinstance(c, str) and _is_text(c) for c in self.choices
+            ):
                 raise ValueError(f"ENUM field {self.name!r} needs string choices")
             if len(set(self.choices)) != len(self.choices):
                 raise ValueError(f"ENUM field {self.name!r} has duplicate choices")
@@ -123,24 +197,37 @@ class Field:
 
     @classmethod
     def any(cls, name: str) -> Field:
-        """A field whose values travel as given (any msgpack value)."""
+        """A field whose values travel as given (any value a stream payload may be)."""
         return cls(name, FieldType.ANY)
 
     @classmethod
     def integer(cls, name: str) -> Field:
-        """An integer field."""
+        """An integer field (-2^63 to 2^64-1); the receiver gets the same int."""
         return cls(name, FieldType.INT)
 
     @classmethod
     def float64(cls, name: str) -> Field:
-        """A float field, sent as a float64 (9 bytes; prefer :meth:`fixed`)."""
+        """A float field, sent as a float64 (9 bytes; prefer :meth:`fixed` or
+        :meth:`quantized`). Integers are taken when a float holds them exactly."""
         return cls(name, FieldType.FLOAT)
 
     @classmethod
-    def fixed(cls, name: str, decimals: int) -> Field:
-        """A fixed-point field: prices in ticks (``decimals=2``), positions in millimetres
-        (``decimals=3``), sizes in lots (``decimals=-2``)."""
-        return cls(name, FieldType.FIXED, decimals)
+    def fixed(cls, name: str, decimals: int, *, step: int = 1) -> Field:
+        """An exact decimal field: prices (``decimals=5`` for FX, 8 for crypto), sizes
+        (``decimals=0`` for shares, 8 for fractional coins). The receiver gets a
+        ``Decimal``, or an ``int`` when *decimals* is 0 or less.
+
+        *step* makes the grid coarser, as an exchange's tick or lot size does (refusing
+        values off it): ``Field.fixed("bid_size", 0, step=100)`` sends 300 as 3.
+        """
+        return cls(name, FieldType.FIXED, decimals, step=step)
+
+    @classmethod
+    def quantized(cls, name: str, decimals: int) -> Field:
+        """A float rounded (half to even) to *decimals* places on the way out, for
+        measurements where that is what you want: positions in millimetres
+        (``decimals=3``), headings in tenths of a degree. The receiver gets a float."""
+        return cls(name, FieldType.QUANTIZED, decimals)
 
     @classmethod
     def string(cls, name: str) -> Field:
@@ -153,18 +240,24 @@ class Field:
         return cls(name, FieldType.BOOL)
 
     @classmethod
-    def enum(cls, name: str, choices: Iterable[str]) -> Field:
-        """A field taking one of *choices*, sent as its index (one byte for up to 128)."""
-        return cls(name, FieldType.ENUM, choices=tuple(choices))
+    def enum(cls, name: str, choices: Iterable[str], *, strict: bool = True) -> Field:
+        """A field taking one of *choices*, sent as its index (one byte for up to 128).
+        With ``strict=False`` another string is sent as itself instead of refused."""
+        return cls(name, FieldType.ENUM, choices=tuple(choices), strict=strict)
 
     # -- values -----------------------------------------------------------------------
+
+    @property
+    def tick(self) -> Decimal:
+        """For FIXED and QUANTIZED, the smallest step a value can take (``Decimal('0.01')``)."""
+        return _tick(self.decimals, self.step)
 
     def encode(self, value: Any) -> Any:
         """The wire value of *value* (None stays None: the field is empty).
 
         Raises:
-            TypeError: a value of the wrong type. ValueError: out of range, not finite, or
-                not one of the choices.
+            InvalidValue: a value of the wrong type, out of range, not finite, off the
+                field's grid, or not one of the choices; it says which field and value.
         """
         return self._encode(value)
 
@@ -180,70 +273,189 @@ class Field:
         """One function per field, chosen once: tables encode millions of values."""
         name, kind = self.name, self.type
 
-        def wrong(value: Any, want: str) -> TypeError:
-            return TypeError(f"{name}: expected {want}, got {type(value).__name__}")
+        def wrong(value: Any, want: str) -> InvalidValue:
+            return InvalidValue(f"expected {want}, got {type(value).__name__}", where=name)
 
         if kind is FieldType.ANY:
-            return _identity
+
+            def any_(value: Any) -> Any:
+                pack_value(value, FIELD_LIMITS, where=name)
+                return value
+
+            return any_
         if kind is FieldType.FIXED:
-            decimals = self.decimals
-            scale = 10**decimals if decimals >= 0 else 0
-            divisor = 10**-decimals if decimals < 0 else 1
-
-            def fixed(value: Any) -> Any:
-                t = type(value)
-                if t is int:
-                    wire = value * scale if scale else round(value / divisor)
-                elif t is float:
-                    scaled = value * scale if scale else value / divisor
-                    if scaled != scaled or scaled in _INFINITIES:
-                        raise ValueError(f"{name}: {value!r} is not finite")
-                    wire = round(scaled)
-                elif value is None:
-                    return None
-                else:  # bool is not a number here
-                    raise wrong(value, "a number")
-                if -MAX_FIXED <= wire <= MAX_FIXED:
-                    return wire
-                raise ValueError(f"{name}: {value!r} is out of range")
-
-            return fixed
+            return self._fixed_encoder(wrong)
+        if kind is FieldType.QUANTIZED:
+            return self._quantized_encoder(wrong)
         if kind is FieldType.FLOAT:
 
             def float64(value: Any) -> Any:
                 t = type(value)
                 if t is float:
-                    return value
-                if t is int:
-                    return float(value)
+                    if value - value == 0.0:  # finite: inf - inf and nan - nan are nan
+                        return value
+                    raise InvalidValue(
+                        f"{value!r} cannot be sent (JSON receivers cannot carry it)", where=name
+                    )
                 if value is None:
                     return None
-                raise wrong(value, "a number")
+                if (t is int or isinstance(value, int | Decimal)) and t is not bool:
+                    try:
+                        as_float = (
+                            float(value)
+                            if not isinstance(value, Decimal) or (value.is_finite())
+                            else math.nan
+                        )
+                    except OverflowError:
+                        as_float = math.nan
+                    if math.isfinite(as_float) and as_float == value:  # an exact comparison
+                        return as_float
+                    raise InvalidValue(
+                        f"{value!r} is not exactly a float64; use Field.integer or Field.fixed",
+                        where=name,
+                    )
+                raise wrong(value, "a float")
 
             return float64
+        if kind is FieldType.INT:
+
+            def integer(value: Any) -> Any:
+                if type(value) is int:
+                    if MIN_INT <= value <= MAX_INT:
+                        return value
+                    raise InvalidValue(f"{value} is outside -2**63 to 2**64-1", where=name)
+                if value is None:
+                    return None
+                if isinstance(value, int) and not isinstance(value, bool):
+                    return integer(int(value))  # an IntEnum, say
+                raise wrong(value, "an int")
+
+            return integer
         if kind is FieldType.ENUM:
             index = {choice: i for i, choice in enumerate(self.choices)}
-            choices = self.choices
+            choices, strict = self.choices, self.strict
 
             def enum_(value: Any) -> Any:
                 if type(value) is str:
                     i = index.get(value)
                     if i is not None:
                         return i
+                    if not strict and _is_text(value):
+                        return value
                 elif value is None:
                     return None
-                raise ValueError(f"{name}: {value!r} is not one of {choices}")
+                raise InvalidValue(f"{value!r} is not one of {choices}", where=name)
 
             return enum_
-        want = {FieldType.INT: int, FieldType.STR: str, FieldType.BOOL: bool}[kind]
-        label = {int: "an int", str: "a str", bool: "a bool"}[want]
+        if kind is FieldType.STR:
 
-        def exact(value: Any) -> Any:
-            if type(value) is want or value is None:
+            def string(value: Any) -> Any:
+                if type(value) is str:
+                    if _is_text(value):
+                        return value
+                    raise InvalidValue("a lone surrogate is not valid UTF-8", where=name)
+                if value is None:
+                    return None
+                raise wrong(value, "a str")
+
+            return string
+
+        def boolean(value: Any) -> Any:
+            if type(value) is bool or value is None:
                 return value
-            raise wrong(value, label)
+            raise wrong(value, "a bool")
 
-        return exact
+        return boolean
+
+    def _fixed_encoder(self, wrong: Callable[[Any, str], InvalidValue]) -> Callable[[Any], Any]:
+        name, decimals, step = self.name, self.decimals, self.step
+        scale = 10**decimals if decimals >= 0 else 0
+        divisor = 10**-decimals if decimals < 0 else 1
+        tick = self.tick
+
+        def off_grid(value: Any) -> InvalidValue:
+            if step == 1 and decimals > 0:
+                why = f"has more than {decimals} decimal places"
+            elif step == 1 and decimals == 0:
+                why = "is not a whole number"
+            else:
+                why = f"is not a multiple of {tick:f}"
+            return InvalidValue(
+                f"{value!r} {why}; round it yourself (nothing is rounded for you), "
+                "or declare the field with a finer grid",
+                where=name,
+            )
+
+        def fixed(value: Any) -> Any:
+            t = type(value)
+            if t is int:
+                if scale:
+                    units = value * scale
+                else:
+                    units, rest = divmod(value, divisor)
+                    if rest:
+                        raise off_grid(value)
+            elif t is float:
+                if value - value != 0.0:
+                    raise InvalidValue(f"{value!r} is not a finite number", where=name)
+                scaled = value * scale if scale else value / divisor
+                if -_FAST < scaled < _FAST:
+                    units = round(scaled)
+                    if (units / scale if scale else units * divisor) != value:
+                        raise off_grid(value)
+                else:  # the decimal the float was written as: its shortest repr
+                    exact = _decimal_units(Decimal(repr(value)), decimals)
+                    if exact is None:
+                        raise off_grid(value)
+                    units = exact
+            elif value is None:
+                return None
+            elif t is Decimal or isinstance(value, Decimal):
+                if not value.is_finite():
+                    raise InvalidValue(f"{value!r} is not a finite number", where=name)
+                exact = _decimal_units(value, decimals)
+                if exact is None:
+                    raise off_grid(value)
+                units = exact
+            elif isinstance(value, int) and not isinstance(value, bool):
+                return fixed(int(value))
+            else:  # bool is not a number here
+                raise wrong(value, "an int, a Decimal or a float")
+            if step != 1:
+                units, rest = divmod(units, step)
+                if rest:
+                    raise off_grid(value)
+            if MIN_WIRE <= units <= MAX_WIRE:
+                return units
+            raise InvalidValue(f"{value!r} is out of range for {decimals} decimals", where=name)
+
+        return fixed
+
+    def _quantized_encoder(self, wrong: Callable[[Any, str], InvalidValue]) -> Callable[[Any], Any]:
+        name, decimals = self.name, self.decimals
+        scale = 10**decimals if decimals >= 0 else 0
+        divisor = 10**-decimals if decimals < 0 else 1
+
+        def quantized(value: Any) -> Any:
+            t = type(value)
+            if t is float or t is int:
+                scaled = value * scale if scale else value / divisor
+                if t is float and value - value != 0.0:
+                    raise InvalidValue(f"{value!r} is not a finite number", where=name)
+                units = round(scaled)
+            elif value is None:
+                return None
+            elif isinstance(value, Decimal) and value.is_finite():
+                units = round(value.scaleb(decimals, _EXACT))
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                return quantized(float(value) if isinstance(value, float) else int(value))
+            else:
+                raise wrong(value, "a number")
+            if MIN_WIRE <= units <= MAX_WIRE:
+                return units
+            raise InvalidValue(f"{value!r} is out of range for {decimals} decimals", where=name)
+
+        return quantized
 
     def _make_decoder(self) -> Callable[[Any], Any]:
         name, kind = self.name, self.type
@@ -253,42 +465,37 @@ class Field:
 
         if kind is FieldType.ANY:
             return _identity
-        if kind is FieldType.FIXED and self.decimals > 0:
-            divisor = 10**self.decimals
+        if kind in (FieldType.FIXED, FieldType.QUANTIZED):
+            decimals, step = self.decimals, self.step
+            as_float = kind is FieldType.QUANTIZED
 
-            def fixed(wire: Any) -> Any:
-                if type(wire) is int:
-                    # Correctly rounded: 18912 / 100 is exactly the float written 189.12.
-                    return wire / divisor
+            def scaled(wire: Any) -> Any:
+                if type(wire) is int and MIN_WIRE <= wire <= MAX_WIRE:
+                    units = wire * step
+                    if decimals <= 0:
+                        value = units * 10**-decimals
+                        return float(value) if as_float else value
+                    if as_float:
+                        # Correctly rounded: 18912 / 100 is exactly the float written 189.12.
+                        return units / 10**decimals
+                    return Decimal(units).scaleb(-decimals, _EXACT)
                 if wire is None:
                     return None
-                raise bad("an integer")
+                raise bad("an int64")
 
-            return fixed
-        if kind is FieldType.FIXED and self.decimals < 0:
-            factor = 10**-self.decimals
-
-            def lots(wire: Any) -> Any:
-                if type(wire) is int:
-                    return wire * factor
-                if wire is None:
-                    return None
-                raise bad("an integer")
-
-            return lots
+            return scaled
         if kind is FieldType.ENUM:
             choices = self.choices
 
             def enum_(wire: Any) -> Any:
                 if type(wire) is int and 0 <= wire < len(choices):
                     return choices[wire]
-                if wire is None:
-                    return None
+                if wire is None or type(wire) is str:  # an open enum's other value
+                    return wire
                 raise DecodeError(f"table field {name!r}: not a choice index")
 
             return enum_
         want = {
-            FieldType.FIXED: int,
             FieldType.INT: int,
             FieldType.FLOAT: float,
             FieldType.STR: str,
@@ -306,6 +513,10 @@ class Field:
     def info(self) -> list[Any]:
         """This field as the schema in SUBSCRIBED carries it (§9.1)."""
         if self.type is FieldType.FIXED:
+            if self.step != 1:
+                return [self.name, self.type.value, self.decimals, self.step]
+            return [self.name, self.type.value, self.decimals]
+        if self.type is FieldType.QUANTIZED:
             return [self.name, self.type.value, self.decimals]
         if self.type is FieldType.ENUM:
             return [self.name, self.type.value, list(self.choices)]
@@ -320,6 +531,9 @@ class Schema:
         key: the name of the key field (``"symbol"``, ``"id"``).
         fields: the value fields, at most 63.
         key_type: STR or INT.
+
+    A row offered with a name that is not a field is refused (:class:`KeyError` naming
+    it and the fields there are): declare every field a feed carries.
 
     Raises:
         ValueError: duplicate names, the key among the fields, too many fields, a key type
@@ -362,18 +576,25 @@ class Schema:
         """*key*, if it is of the key type.
 
         Raises:
-            TypeError: it is not.
+            InvalidValue: it is not, or it cannot be sent (a lone surrogate, an integer
+                outside msgpack's range).
         """
-        want = str if self.key_type is FieldType.STR else int
-        if type(key) is not want:
-            raise TypeError(f"{self.key}: expected a {want.__name__} key, got {type(key).__name__}")
-        return key
+        if self.key_type is FieldType.STR:
+            if type(key) is str and _is_text(key):
+                return key
+        elif type(key) is int and MIN_INT <= key <= MAX_INT:
+            return key
+        want = "str" if self.key_type is FieldType.STR else "int"
+        raise InvalidValue(
+            f"expected a {want} key that can be sent, got {key!r} ({type(key).__name__})",
+            where=self.key,
+        )
 
     def encode_fields(self, values: Mapping[str, Any]) -> dict[int, Any]:
         """Field positions to wire values, for the named fields of *values*.
 
         Raises:
-            KeyError: a name that is not a field. TypeError, ValueError: see :meth:`Field.encode`.
+            KeyError: a name that is not a field. InvalidValue: see :meth:`Field.encode`.
         """
         return dict(self.encode_items(values))
 
@@ -381,7 +602,7 @@ class Schema:
         """(position, wire value) for the named fields of *values* (the key is skipped).
 
         Raises:
-            KeyError, TypeError, ValueError: as :meth:`encode_fields`.
+            KeyError, InvalidValue: as :meth:`encode_fields`.
         """
         encoders = self._encoders
         out: list[tuple[int, Any]] = []
@@ -390,7 +611,11 @@ class Schema:
             if slot is None:
                 if name == self.key:
                     continue  # the key may ride along in a row dict
-                raise KeyError(f"no field {name!r} in this table")
+                fields = ", ".join(f.name for f in self.fields)
+                raise KeyError(
+                    f"no field {name!r} in this table's schema (fields: {fields}); declare "
+                    "it, or leave it out"
+                )
             out.append((slot[0], slot[1](value)))
         return out
 
@@ -423,12 +648,13 @@ class Schema:
                 name, kind = entry[0], FieldType(entry[1])
                 if type(name) is not str:
                     raise TypeError
-                if kind is FieldType.FIXED:
-                    if type(entry[2]) is not int:
+                if kind in (FieldType.FIXED, FieldType.QUANTIZED):
+                    step = entry[3] if kind is FieldType.FIXED and len(entry) > 3 else 1
+                    if type(entry[2]) is not int or type(step) is not int:
                         raise TypeError
-                    parsed.append(Field(name, kind, entry[2]))
+                    parsed.append(Field(name, kind, entry[2], step=step))
                 elif kind is FieldType.ENUM:
-                    parsed.append(Field(name, kind, choices=tuple(entry[2])))
+                    parsed.append(Field(name, kind, choices=tuple(entry[2]), strict=False))
                 else:
                     parsed.append(Field(name, kind))
             return cls(key, parsed, FieldType(key_type))
@@ -485,17 +711,65 @@ def encode_changes(changes: Mapping[Key, dict[int, Any] | None]) -> list[Any]:
     return out
 
 
+def wire_size(value: Any) -> int:
+    """An upper bound of the packed size of one wire value (a table's, §9)."""
+    t = type(value)
+    if t is int or t is float:
+        return 9
+    if value is None or t is bool:
+        return 1
+    if t is str:
+        return 5 + 4 * len(value)
+    if t is bytes:
+        return 5 + len(value)
+    return len(pack_value(value, FIELD_LIMITS))
+
+
+MESSAGE_BUDGET: Final = 64 * 1024 - 64  # see :func:`message_budget`
+
+
+def message_budget(limits: Limits) -> int:
+    """How many packed bytes of rows or deltas one message may carry for receivers within
+    *limits* (§9.6): an eighth of a message (JSON's worst case), and no more than the
+    containers and items a message may hold, as each takes at least a byte."""
+    return max(
+        256,
+        min(
+            limits.max_message_bytes // 8,
+            limits.max_decompressed_bytes // 8,
+            limits.max_containers - 64,
+            limits.max_container_items - 64,
+        ),
+    )
+
+
 @attrs.define(eq=False)
 class Table:
     """The publisher's side of a table topic: the rows and the changes not yet sent.
 
     Attributes:
         schema: the table's columns.
+        budget: what one message may carry (:func:`message_budget`); a row that would
+            not fit in one is refused, a delta or a snapshot that would not is split.
     """
 
     schema: Schema
+    budget: int = MESSAGE_BUDGET
     _rows: dict[Key, list[Any]] = attrs.field(init=False, factory=dict)
     _pending: Changes = attrs.field(init=False, factory=dict)
+    _variable: bool = attrs.field(init=False, default=False)  # fields of varying size
+    _fixed: int = attrs.field(init=False, default=0)  # a row's size but its key, if fixed
+    _max_key: int = attrs.field(init=False, default=9)  # the largest key's size yet
+
+    def __attrs_post_init__(self) -> None:
+        sized = (FieldType.INT, FieldType.FLOAT, FieldType.FIXED, FieldType.QUANTIZED)
+        self._variable = any(
+            f.type not in (*sized, FieldType.BOOL) and not (f.type is FieldType.ENUM and f.strict)
+            for f in self.schema.fields
+        )
+        self._fixed = 18 + 9 * len(self.schema.fields)  # mask, array header, values
+        if self._fixed + 64 > self.budget:
+            raise ValueError("the message budget is too small for one row of this schema")
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -529,14 +803,59 @@ class Table:
         is unchanged is not a change.
 
         Raises:
-            TypeError, ValueError, KeyError: a bad key, field name or value; nothing changes.
+            KeyError, InvalidValue: a bad key, field name or value; nothing changes.
+            ValueTooLarge: the row would not fit in one message; nothing changes.
+        """
+        return self.apply({key: values})
+
+    def apply(self, upserts: Mapping[Any, Mapping[str, Any]], deletes: Iterable[Any] = ()) -> bool:
+        """Apply *upserts* (key -> fields), then *deletes*, all or nothing: every key and
+        value is checked before anything changes. Return whether anything changed.
+
+        Raises:
+            KeyError, InvalidValue, ValueTooLarge: as :meth:`upsert`; nothing changes.
         """
         schema = self.schema
-        schema.check_key(key)
-        encoded = schema.encode_items(values)  # validates everything before changing
+        checked = [
+            (schema.check_key(key), schema.encode_items(values)) for key, values in upserts.items()
+        ]
+        removed = [schema.check_key(key) for key in deletes]
+        for key, encoded in checked:
+            if self._variable:
+                self._check_size(key, encoded)
+            elif key not in self._rows and type(key) is str:
+                size = wire_size(key)
+                if size + self._fixed > self.budget:
+                    raise ValueTooLarge(
+                        f"a key of {len(key)} characters does not fit in one message",
+                        where=self.schema.key,
+                    )
+        changed = False
+        for key, encoded in checked:
+            if key not in self._rows and type(key) is str:
+                self._max_key = max(self._max_key, wire_size(key))
+            changed = self._upsert(key, encoded) or changed
+        for key in removed:
+            changed = self.delete(key) or changed
+        return changed
+
+    def _check_size(self, key: Key, encoded: list[tuple[int, Any]]) -> None:
+        row = self._rows.get(key)
+        wire = list(row) if row is not None else [None] * len(self.schema.fields)
+        for i, value in encoded:
+            wire[i] = value
+        size = 18 + wire_size(key) + sum(map(wire_size, wire))
+        if size > self.budget:
+            raise ValueTooLarge(
+                f"row {key!r} would take about {size} bytes, more than the {self.budget} "
+                "one message carries",
+                where=self.schema.key,
+            )
+
+    def _upsert(self, key: Key, encoded: list[tuple[int, Any]]) -> bool:
         row = self._rows.get(key)
         if row is None:
-            row = [None] * len(schema.fields)
+            row = [None] * len(self.schema.fields)
             for i, wire in encoded:
                 row[i] = wire
             self._rows[key] = row
@@ -562,19 +881,69 @@ class Table:
         return True
 
     def take_delta(self) -> Delta | None:
-        """The changes since the last call, or None when nothing changed."""
+        """The changes since the last call, or None when nothing changed (one delta,
+        whatever its size: see :meth:`take_deltas`)."""
         if not self._pending:
             return None
         delta, self._pending = Delta(self._pending), {}
         return delta
 
+    def take_deltas(self) -> list[Delta]:
+        """The changes since the last call, as deltas that each fit in one message
+        (usually one; more when a window changed more rows than a message carries)."""
+        delta = self.take_delta()
+        if delta is None:
+            return []
+        if not self._variable and len(delta.changes) * (self._fixed + self._max_key) <= self.budget:
+            return [delta]
+        out: list[Delta] = []
+        part: Changes = {}
+        size = 0
+        for key, fields in delta.changes.items():
+            if fields is None:
+                entry = 18 + wire_size(key)
+            elif self._variable:
+                entry = 18 + wire_size(key) + sum(map(wire_size, fields.values()))
+            else:
+                entry = self._fixed + wire_size(key)
+            if part and size + entry > self.budget:
+                out.append(Delta(part))
+                part, size = {}, 0
+            part[key] = fields
+            size += entry
+        out.append(Delta(part))
+        return out
+
     def snapshot_payload(self) -> list[Any]:
-        """Every row, flat: ``[key, v0, ..., vn-1, key, ...]`` (§9.3)."""
+        """Every row, flat: ``[key, v0, ..., vn-1, key, ...]`` (§9.3), in one list."""
         out: list[Any] = []
         for key, row in self._rows.items():
             out.append(key)
             out.extend(row)
         return out
+
+    def snapshot_parts(self) -> list[list[Any]]:
+        """Every row, flat as in :meth:`snapshot_payload`, in parts that each fit in one
+        message (one part, empty, for an empty table; §9.3)."""
+        fixed = self._fixed
+        if not self._variable and len(self._rows) * (fixed + self._max_key) <= self.budget:
+            return [self.snapshot_payload()]
+        parts: list[list[Any]] = []
+        part: list[Any] = []
+        size = 0
+        for key, row in self._rows.items():
+            if self._variable:
+                entry = 18 + wire_size(key) + sum(map(wire_size, row))
+            else:
+                entry = fixed + wire_size(key)
+            if part and size + entry > self.budget:
+                parts.append(part)
+                part, size = [], 0
+            part.append(key)
+            part.extend(row)
+            size += entry
+        parts.append(part)
+        return parts
 
 
 @attrs.frozen
@@ -611,6 +980,7 @@ class TableView:
     rows: dict[Key, Row] = attrs.field(init=False, factory=dict)
     offset: int = attrs.field(init=False, default=0)
     synced: bool = attrs.field(init=False, default=False)
+    _staged: tuple[int, dict[Key, Row]] | None = attrs.field(init=False, default=None)
 
     def _key(self, key: Any) -> Key:
         want = str if self.schema.key_type is FieldType.STR else int
@@ -618,20 +988,32 @@ class TableView:
             raise DecodeError("table row key of the wrong type")
         return key
 
-    def apply_snapshot(self, offset: int, payload: Any) -> None:
-        """Replace the rows with a SNAPSHOT's.
+    def apply_snapshot(self, offset: int, payload: Any, *, more: bool = False) -> bool:
+        """Replace the rows with a SNAPSHOT's; return whether the snapshot is complete.
+
+        A snapshot in several parts (every part but the last sent with *more*) is
+        gathered and applied whole when its last part arrives (§9.3).
 
         Raises:
-            DecodeError: a malformed payload (1007); the view is left unchanged.
+            DecodeError: a malformed payload, or parts of different offsets (1007); the
+                view is left unchanged.
         """
         width = len(self.schema.fields) + 1
         if type(payload) is not list or len(payload) % width:
             raise DecodeError(f"a snapshot holds rows of {width} values")
-        rows: dict[Key, Row] = {}
+        staged = self._staged
+        if staged is not None and staged[0] != offset:
+            raise DecodeError("a snapshot part of another offset before the last part")
+        rows: dict[Key, Row] = {} if staged is None else staged[1]
         for start in range(0, len(payload), width):
             key = self._key(payload[start])
             rows[key] = self.schema.row(key, payload[start + 1 : start + width])
+        if more:
+            self._staged = (offset, rows)
+            return False
+        self._staged = None
         self.rows, self.offset, self.synced = rows, offset, True
+        return True
 
     def apply_delta(self, offset: int, payload: Any) -> list[RowChange]:
         """Apply a delta; return the row changes (empty when it was already in the state).

@@ -1,6 +1,6 @@
 """A simulated game world: a few hundred entities moving at a fixed tick rate, seeded.
 
-Imports: stdlib, attrs, tickwire.sansio.table (for the entity table's schema).
+Imports: stdlib, attrs, tickwire.schemas (for the entity table's schema).
 
 Players steer and stop, NPCs wander, projectiles fly for a second or two and vanish; health
 changes on hits, and entities spawn and despawn. Each :meth:`GameWorld.tick` returns the
@@ -17,26 +17,16 @@ from typing import Any, Final
 import attrs
 from attrs.validators import ge, gt, instance_of, le
 
-from tickwire.sansio.table import Field, FieldType, Schema
+from tickwire.schemas import GAME_ENTITY_SCHEMA
 
 __all__ = ["ENTITY_SCHEMA", "GameTick", "GameWorld"]
 
 Entity = dict[str, Any]
 WORLD = 1000.0  # metres along each side
 
-ENTITY_SCHEMA: Final = Schema(
-    "id",
-    [
-        Field.enum("kind", ["player", "npc", "projectile"]),
-        Field.fixed("x", 3),  # millimetres
-        Field.fixed("y", 3),
-        Field.fixed("heading", 1),  # tenths of a degree
-        Field.integer("hp"),
-        Field.enum("state", ["idle", "moving", "flying"]),
-    ],
-    key_type=FieldType.INT,
-)
-"""A table of the world's entities by id, for :meth:`tickwire.Hub.table`."""
+ENTITY_SCHEMA: Final = GAME_ENTITY_SCHEMA
+"""A table of the world's entities by id, for :meth:`tickwire.Hub.table`: the ready-made
+:data:`tickwire.GAME_ENTITY_SCHEMA`."""
 
 
 @attrs.frozen

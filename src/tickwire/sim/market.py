@@ -21,23 +21,29 @@ import attrs
 from attrs.validators import ge, gt, instance_of, le
 
 from tickwire.sansio.table import Field, Schema
+from tickwire.schemas import EQUITY_QUOTE_SCHEMA
 
-__all__ = ["QUOTE_SCHEMA", "MarketFeed", "quote_row"]
+__all__ = ["LOT_QUOTE_SCHEMA", "QUOTE_SCHEMA", "MarketFeed", "quote_row"]
 
 Update = dict[str, Any]
 
-QUOTE_SCHEMA: Final = Schema(
+QUOTE_SCHEMA: Final = EQUITY_QUOTE_SCHEMA
+"""The quote table of the simulated market, for :meth:`tickwire.Hub.table`: the ready-made
+:data:`tickwire.EQUITY_QUOTE_SCHEMA` (prices to 4 decimals, sizes in shares)."""
+
+LOT_QUOTE_SCHEMA: Final = Schema(
     "symbol",
     [
-        Field.fixed("bid", 2),  # prices in cents
+        Field.fixed("bid", 2),  # this market's tick: a cent
         Field.fixed("ask", 2),
-        Field.fixed("bid_size", -2),  # sizes in round lots of 100
-        Field.fixed("ask_size", -2),
-        Field.integer("ts"),  # nanoseconds since the epoch
+        Field.fixed("bid_size", 0, step=100),  # its lot: 100 shares, sent as 1, 2, 3...
+        Field.fixed("ask_size", 0, step=100),
+        Field.integer("seq"),
+        Field.integer("ts"),
     ],
 )
-"""A table of the latest quote per symbol, for :meth:`tickwire.Hub.table`. Prices below a
-dollar (tick 0.0001) would need 4 decimals; the simulated market has none."""
+"""The simulated market's quotes on its own grid (cent ticks, lots of 100): the smallest
+wire, refusing what is off the grid. What a venue with a known tick and lot would declare."""
 
 
 def quote_row(update: Update) -> Update:
