@@ -818,6 +818,11 @@ class Client:
                 try:
                     message = await ws.get_message()
                 except trio_websocket.ConnectionClosed as exc:
+                    if self._closed is not None:
+                        # Our own aclose(): trio-websocket's reader, in this connection's
+                        # nursery, must read the server's answering close frame for it to
+                        # return. Whoever owns the client cancels this once it has.
+                        await trio.sleep_forever()
                     raise self._closed_by(exc) from None
                 self._stats_messages += 1
                 try:

@@ -155,6 +155,8 @@ class WebSocket(trio_websocket.WebSocketConnection):
         return sent
 
     async def _handle_message_event(self, event: BytesMessage | TextMessage) -> None:
+        if self._close_reason is not None:
+            return  # closing: the rest of what came in one read is not read
         if event.frame_finished and not event.message_finished:
             self._fragments += 1
             if self._fragments > self.max_fragments:
@@ -554,6 +556,11 @@ class ServerConnection:
                 # Closing already (a race with the peer's close): no second frame.
                 with contextlib.suppress(wsproto.utilities.LocalProtocolError):
                     await self.ws.aclose(code, reason[:120])
+        elif not self._interrupted:
+            # The peer closed (or trio-websocket did): its reader is sending the answering
+            # close frame; let it finish before the stream goes, or the peer waits for it.
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await self.ws._close_handshake.wait()
         # else a write was cut off mid-frame: no close frame can follow it.
         await self.ws._close_stream()
         log.debug(

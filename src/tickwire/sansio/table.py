@@ -427,7 +427,11 @@ class Field:
                     raise off_grid(value)
             if MIN_WIRE <= units <= MAX_WIRE:
                 return units
-            raise InvalidValue(f"{value!r} is out of range for {decimals} decimals", where=name)
+            raise InvalidValue(
+                f"{value!r} is out of range for {decimals} decimals "
+                f"(at most {Decimal(MAX_WIRE * step).scaleb(-decimals, _EXACT):f})",
+                where=name,
+            )
 
         return fixed
 
