@@ -170,7 +170,7 @@ def zstd_stream_codec(level: int):
 
 
 def tickwire_codec(dictionary: Dictionary | None, level: int = 3):
-    """tickwire/1: envelope + DATA/BATCH/SNAPSHOT, zstd when smaller, the dictionary by id."""
+    """tickwire/2: envelope + DATA/BATCH/SNAPSHOT, zstd when smaller, the dictionary by id."""
 
     def make() -> tuple[Encoder, Decoder]:
         compressor = Compressor(CompressionConfig(level=level, min_bytes=0, dictionary=dictionary))
@@ -266,9 +266,9 @@ def codecs_for(training: Stream, dict_sizes: list[int], quick: bool) -> list[tup
         )
     )
     rows.append(("zstd-3 stream per connection", zstd_stream_codec(3), False))
-    rows.append(("tickwire/1 (no dict)", tickwire_codec(None), True))
+    rows.append(("tickwire/2 (no dict)", tickwire_codec(None), True))
     rows.append(
-        ("tickwire/1 + dict 16K", tickwire_codec(train(training, 16 * KiB, tickwire=True)), True)
+        ("tickwire/2 + dict 16K", tickwire_codec(train(training, 16 * KiB, tickwire=True)), True)
     )
     return rows
 
@@ -339,7 +339,7 @@ def fanout(
         )
 
     once(
-        "tickwire/1 + dict: compress once",
+        "tickwire/2 + dict: compress once",
         Compressor(CompressionConfig(min_bytes=0, dictionary=dictionary)),
     )
 

@@ -186,7 +186,7 @@ def serve_trio_websocket(subscribers: int, count: int, rate: float | None) -> No
 
 
 def subscribe_message() -> bytes:
-    """SUBSCRIBE "bench" as a tickwire.v1 client sends it."""
+    """SUBSCRIBE "bench" as a tickwire.v2 client sends it."""
     from tickwire.sansio import Subscribe, encode_message
 
     message = encode_message(Subscribe(0, "bench"))
@@ -212,7 +212,7 @@ class Subscriber(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        protocol = b"Sec-WebSocket-Protocol: tickwire.v1\r\n" if self.tickwire else b""
+        protocol = b"Sec-WebSocket-Protocol: tickwire.v2\r\n" if self.tickwire else b""
         transport.write(
             b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"

@@ -1,4 +1,4 @@
-"""The tickwire/1 codec without any I/O: negotiate, encode, compress with a dictionary, decode.
+"""The tickwire/2 codec without any I/O: negotiate, encode, compress with a dictionary, decode.
 
 Shows: the sans-I/O core (tickwire.sansio) that the server and client are built on. A server
 Session encodes market-feed quotes; a client Session decodes them, first without a

@@ -4,7 +4,7 @@ Shows: tickwire.open_server() inside your own nursery, a table topic of the late
 per symbol (fixed-point prices, 10 ms windows), a stream topic per symbol's trades, the
 /metrics, /healthz and /readyz endpoint beside it, and a graceful shutdown when the block
 ends. Connect with any WebSocket client offering the
-subprotocol "tickwire.v1+zstd" and send SUBSCRIBE for "quotes" or "trades.*"
+subprotocol "tickwire.v2+zstd" and send SUBSCRIBE for "quotes" or "trades.*"
 (docs/PROTOCOL.md §4.4, §9).
 
 Try it:  python examples/ticker_server.py [seconds]    (default: 2 seconds, then it stops)

@@ -1,4 +1,4 @@
-"""Test clients: a trio-websocket client speaking tickwire/1, and a raw wsproto client."""
+"""Test clients: a trio-websocket client speaking tickwire/2, and a raw wsproto client."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ PROBE = 4_242_424
 
 
 class Client:
-    """A minimal tickwire/1 client over trio-websocket, for tests."""
+    """A minimal tickwire/2 client over trio-websocket, for tests."""
 
     def __init__(self, ws: trio_websocket.WebSocketConnection, offer: list[str]) -> None:
         self.ws = ws
@@ -179,7 +179,7 @@ CLIENT = Session(Role.CLIENT, Negotiated.of(MSGPACK))
 
 
 def encode(event: Event) -> bytes:
-    """*event* as a client sends it on ``tickwire.v1``."""
+    """*event* as a client sends it on ``tickwire.v2``."""
     message = CLIENT.send(event)
     assert isinstance(message, bytes)
     return message
@@ -207,7 +207,7 @@ async def start_memory_server(
 
 
 async def open_raw(listener: MemoryListener, **kwargs: Any) -> RawClient:
-    """A raw client through the handshake on ``tickwire.v1``, HELLO read."""
+    """A raw client through the handshake on ``tickwire.v2``, HELLO read."""
     raw = RawClient(await listener.connect())
     accepted = await raw.handshake([MSGPACK], **kwargs)
     assert isinstance(accepted, AcceptConnection)

@@ -193,7 +193,7 @@ def test_serve_applies_the_topics_of_its_config_file(tmp_path: object) -> None:
     config = Path(str(tmp_path)) / "tickwire.toml"
     config.write_text('client_publish = ["chat"]\n[topics."chat"]\nbatch_window = 0.2\n')
     with tickwire_serve("--config", str(config)) as served:
-        with websockets.sync.client.connect(served.url, subprotocols=["tickwire.v1.json"]) as ws:  # type: ignore[list-item]
+        with websockets.sync.client.connect(served.url, subprotocols=["tickwire.v2.json"]) as ws:  # type: ignore[list-item]
             assert json.loads(ws.recv(timeout=10))[0] == 1  # HELLO
             ws.send(json.dumps([3, 1, "chat", None, {}]))  # SUBSCRIBE
             kinds = [json.loads(ws.recv(timeout=10))[0] for _ in range(2)]

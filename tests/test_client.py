@@ -86,7 +86,7 @@ async def test_stream_subscribe_publish_and_statistics() -> None:
                 assert fills.position() == tickwire.sansio.Position(hub.topic("fills").epoch, 6)
             stats = client.statistics()
             assert stats.connected
-            assert stats.subprotocol == "tickwire.v1+zstd"
+            assert stats.subprotocol == "tickwire.v2+zstd"
             assert stats.updates_received == 6
             assert stats.bytes_received > 0
             assert stats.bytes_decoded >= stats.bytes_received - stats.messages_received
@@ -392,7 +392,7 @@ class SilentServer:
         async def handle(stream: trio.SocketStream) -> None:
             self.connections += 1
             ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
-            hello = Session(Role.SERVER, Negotiated.of("tickwire.v1")).send(
+            hello = Session(Role.SERVER, Negotiated.of("tickwire.v2")).send(
                 Hello("s", 0, 200, 1 << 20, 1 << 22, 1024, 1024, 32, 16)
             )
             assert isinstance(hello, bytes)
@@ -402,7 +402,7 @@ class SilentServer:
                     requests = [e for e in ws.events() if isinstance(e, Request)]
                     if requests:
                         break
-                await stream.send_all(ws.send(AcceptConnection(subprotocol="tickwire.v1")))
+                await stream.send_all(ws.send(AcceptConnection(subprotocol="tickwire.v2")))
                 await stream.send_all(ws.send(BytesMessage(hello)))
             except trio.BrokenResourceError:  # the client gave up on us first: fine
                 return

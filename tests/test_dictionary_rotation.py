@@ -16,7 +16,7 @@ from tickwire.sim import MarketFeed
 
 
 class ZstdClient:
-    """A raw client on ``tickwire.v1+zstd`` that fetches dictionaries as they are offered."""
+    """A raw client on ``tickwire.v2+zstd`` that fetches dictionaries as they are offered."""
 
     def __init__(self, raw: RawClient) -> None:
         self.raw = raw

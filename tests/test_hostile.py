@@ -306,7 +306,7 @@ async def test_a_frame_level_protocol_error_gets_a_close_frame(
 HEAD = (
     "GET / {version}\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     "Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-    "Sec-WebSocket-Protocol: tickwire.v1\r\n\r\n"
+    "Sec-WebSocket-Protocol: tickwire.v2\r\n\r\n"
 )
 
 

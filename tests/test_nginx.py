@@ -84,7 +84,7 @@ async def test_nginx_terminates_tls_and_balances_websockets(tmp_path: Path) -> N
                     remotes = {x.remote for s in (one, two) for x in s.connections}
                     assert remotes == {"127.0.0.1"}  # from X-Forwarded-For, via the proxy
                     for client in (a, b, c, d):
-                        assert client.statistics().subprotocol == "tickwire.v1+zstd"
+                        assert client.statistics().subprotocol == "tickwire.v2+zstd"
                     async with a.subscribe("news") as sa, d.subscribe("news") as sd:
                         for hub in hubs:
                             hub.publish_nowait("news", {"via": "nginx"})

@@ -91,7 +91,7 @@ async def test_no_common_subprotocol_is_closed_with_4004() -> None:
         await trio.aclose_forcefully(ws._stream)  # see tests/helpers.connect
     assert info.value.reason is not None
     assert info.value.reason.code == 4004
-    assert "tickwire.v1+zstd" in (info.value.reason.reason or "")
+    assert "tickwire.v2+zstd" in (info.value.reason.reason or "")
 
 
 async def test_a_bug_in_one_connection_leaves_fifty_others_receiving() -> None:

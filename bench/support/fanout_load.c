@@ -5,7 +5,7 @@
  *
  *   fanout_load PORT SUBSCRIBERS EXPECTED LIMIT_SECONDS STALLED PAYLOAD_SIZE [SUBSCRIBE_HEX]
  *
- * Each subscriber sends the HTTP upgrade (offering tickwire.v1 when SUBSCRIBE_HEX is
+ * Each subscriber sends the HTTP upgrade (offering tickwire.v2 when SUBSCRIBE_HEX is
  * given, then sending that message in a masked frame with a zero key), reads unmasked
  * server frames, answers pings, and for every binary frame of at least PAYLOAD_SIZE bytes
  * records now - the publish time in its last 8 bytes (CLOCK_MONOTONIC nanoseconds, the
@@ -166,7 +166,7 @@ int main(int argc, char **argv) {
                         "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
                         "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                         "Sec-WebSocket-Version: 13\r\n%s\r\n",
-                        subscribe ? "Sec-WebSocket-Protocol: tickwire.v1\r\n" : "");
+                        subscribe ? "Sec-WebSocket-Protocol: tickwire.v2\r\n" : "");
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
     for (long i = 0; i < n; i++) {

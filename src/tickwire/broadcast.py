@@ -430,7 +430,7 @@ class Hub:
     :meth:`upsert`, :meth:`delete` or :meth:`update` (tables).
 
     Args:
-        compression: how ``tickwire.v1+zstd`` subscribers' messages are compressed; a
+        compression: how ``tickwire.v2+zstd`` subscribers' messages are compressed; a
             dictionary given here is put on offer (as :meth:`rotate_dictionary` does).
         dictionaries: the zstd dictionaries on offer.
         default_topic: the configuration of topics that :meth:`configure` did not name.
@@ -1133,7 +1133,7 @@ class Hub:
     def rotate_dictionary(self, dictionary: Dictionary | bytes) -> Dictionary:
         """Compress with *dictionary* from now on, without reconnecting anyone (§5.3).
 
-        It gets the next free wire id; every ``tickwire.v1+zstd`` subscriber is sent a
+        It gets the next free wire id; every ``tickwire.v2+zstd`` subscriber is sent a
         DICT_OFFER (encoded once) holding it and the previous one, which stays on offer so
         that what is already queued still decodes; everything sent after the offer uses it.
         Frames kept for recovery that were compressed with the dictionary leaving the offer

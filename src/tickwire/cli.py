@@ -3,7 +3,7 @@
 Imports: argparse, tickwire.
 
 ``tickwire serve --demo ticker`` runs a server streaming the simulated market (or ``game``);
-``tickwire decode HEX`` explains one tickwire/1 message; ``tickwire feed`` prints the
+``tickwire decode HEX`` explains one tickwire/2 message; ``tickwire feed`` prints the
 simulated feeds as JSON lines.
 """
 
@@ -197,7 +197,11 @@ async def _serve_async(settings: ServeSettings) -> None:
             settings.demo, symbols=settings.symbols, entities=settings.entities
         )
         compression = CompressionConfig(dictionary=dictionary)
-    hub = Hub(compression=compression)
+    hub = Hub(
+        compression=compression,
+        max_history_bytes=settings.max_history_bytes,
+        max_client_topics=settings.max_client_topics,
+    )
     for pattern, topic_config in settings.topics:  # before the demo's: the first match wins
         hub.configure(pattern, topic_config)
     context = None
@@ -473,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--level", type=int, default=3, help="zstd level (3)")
     p.add_argument("-o", "--output", type=Path, help="write the dictionary here")
     p.set_defaults(run=_dict_train)
-    p = sub.add_parser("decode", help="explain one binary tickwire/1 message given in hex")
+    p = sub.add_parser("decode", help="explain one binary tickwire/2 message given in hex")
     p.add_argument("hex")
     p.set_defaults(run=_decode)
     p = sub.add_parser("feed", help="print a simulated feed as JSON lines")

@@ -228,8 +228,8 @@ class ClientConfig:
     """What a client offers and how long it waits.
 
     Attributes:
-        compression: offer ``tickwire.v1+zstd`` first (else ``tickwire.v1`` only).
-        json: offer ``tickwire.v1.json`` too, last.
+        compression: offer ``tickwire.v2+zstd`` first (else ``tickwire.v2`` only).
+        json: offer ``tickwire.v2.json`` too, last.
         connect_timeout: seconds for TCP, TLS and the upgrade.
         heartbeat_interval: seconds between the client's pings; None uses the server's
             interval from HELLO.

@@ -109,6 +109,11 @@ class WebSocket(trio_websocket.WebSocketConnection):
 
     async def _send(self, event: wsproto.events.Event) -> None:
         # trio-websocket's _send, with the owed tail first.
+        if (
+            isinstance(event, wsproto.events.Ping | wsproto.events.Pong)
+            and self._wsproto.state is not ConnectionState.OPEN
+        ):
+            return  # closing: a ping's answer is no longer allowed, and nobody waits for it
         data = self._wsproto.send(event)
         async with self._stream_lock:
             try:

@@ -30,7 +30,7 @@ class TickwireError(Exception):
 
 
 class ProtocolError(TickwireError):
-    """Raised by the sans-I/O core when a message breaks the tickwire/1 protocol."""
+    """Raised by the sans-I/O core when a message breaks the tickwire/2 protocol."""
 
 
 class LocalProtocolError(ProtocolError):

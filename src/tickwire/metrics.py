@@ -90,6 +90,13 @@ class ServerCollector(Collector):
         ):
             yield CounterMetricFamily(f"tickwire_{name}", doc, value=value)
         for name, doc, value in (
+            ("values_refused", "Values the value gate refused (program and clients)", s.values_refused),
+            ("hub_internal_errors", "Failures caught inside the hub (logged)", s.internal_errors),
+        ):
+            yield CounterMetricFamily(f"tickwire_{name}", doc, value=value)
+        for name, doc, value in (
+            ("history_bytes", "Bytes of history kept, all topics", s.history_bytes),
+            ("client_topics", "Topics created by clients that exist now", s.client_topics),
             ("outbox_messages", "Messages queued for slow connections", s.outbox_messages),
             ("outbox_bytes", "Bytes queued for slow connections", s.outbox_bytes),
             (

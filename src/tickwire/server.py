@@ -261,6 +261,7 @@ class Server:
                 t.bytes_after_compression,
             )
             for t in self.hub.topics
+            if not t.client_created
         )
         return ServerStatistics(
             ready=self.ready,
@@ -281,6 +282,10 @@ class Server:
             publish_to_send=self.hub.publish_to_send.statistics(),
             heartbeat_rtt=c.heartbeat_rtt.statistics(),
             topics=topics,
+            history_bytes=self.hub.history_bytes,
+            client_topics=self.hub.client_topics,
+            values_refused=self.hub.refused_values,
+            internal_errors=self.hub.internal_errors,
         )
 
     def _absorb(self, connection: ServerConnection) -> None:
@@ -513,7 +518,7 @@ class Server:
             limits.max_depth,
             config.max_subscriptions,
             zstd.level if compression else None,
-            zstd.min_bytes if compression else 0,
+            zstd.threshold if compression else 0,
             self.hub.dictionaries.offer() if compression else (),
         )
 

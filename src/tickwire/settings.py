@@ -137,6 +137,16 @@ _OWN: Final = [
         "",
     ),
     Setting("max_message_bytes", _int, _I, "largest message a client may send", 64 * 1024),
+    Setting(
+        "max_history_bytes",
+        _int,
+        _I,
+        "history of all topics together, in bytes (the oldest messages go first past it)",
+        256 * 1024 * 1024,
+    ),
+    Setting(
+        "max_client_topics", _int, _I, "topics clients may create, all together", 10_000
+    ),
     Setting("log_level", str, _S, "log level", "info", ("debug", "info", "warning", "error")),
     Setting("log_format", str, _S, "text, or json lines", "text", ("text", "json")),
 ]
@@ -207,6 +217,8 @@ class ServeSettings:
     tls_key: str
     jwt_secret: str
     dictionary: str
+    max_history_bytes: int
+    max_client_topics: int
     log_level: str
     log_format: str
     server: ServerConfig
@@ -366,6 +378,9 @@ def _build(values: dict[str, Any], sources: dict[str, str]) -> ServeSettings:
         server = ServerConfig(limits=limits, **server_values)
         if bool(value("tls_cert")) != bool(value("tls_key")):
             raise ValueError("tls_cert and tls_key go together")
+        for name in ("max_history_bytes", "max_client_topics"):
+            if value(name) < 0:
+                raise ValueError(f"{name!r} is out of range: {value(name)}")
         for name in ("port", "symbols", "entities", "rate", "tick_rate"):
             if value(name) < (0 if name == "port" else 1e-9) or (
                 name == "port" and value(name) > 65535

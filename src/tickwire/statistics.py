@@ -169,7 +169,12 @@ class ServerStatistics:
         publish_to_send: seconds from publishing to the socket write, one observation
             per write (the oldest message in it).
         heartbeat_rtt: seconds from ping to pong.
-        topics: every topic.
+        topics: every topic the program publishes to (those that only clients created are
+            counted in *client_topics*, not listed: a client cannot add label series).
+        history_bytes: the hub's history of all topics, in bytes (``Hub.max_history_bytes``).
+        client_topics: topics created by clients that exist now (``Hub.max_client_topics``).
+        values_refused: values the value gate refused, from the program or from clients.
+        internal_errors: failures caught inside the hub (logged; GAP sent for what was lost).
     """
 
     ready: bool
@@ -190,6 +195,10 @@ class ServerStatistics:
     publish_to_send: HistogramStatistics
     heartbeat_rtt: HistogramStatistics
     topics: Sequence[TopicStatistics]
+    history_bytes: int = 0
+    client_topics: int = 0
+    values_refused: int = 0
+    internal_errors: int = 0
 
     @property
     def slow_consumer_disconnects(self) -> int:

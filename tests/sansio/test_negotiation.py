@@ -21,9 +21,9 @@ from tickwire.sansio.negotiation import (
 
 
 def test_2_1_tokens() -> None:
-    assert Negotiated.of(MSGPACK_ZSTD) == Negotiated("tickwire.v1+zstd", Codec.MSGPACK, True)
-    assert Negotiated.of(MSGPACK) == Negotiated("tickwire.v1", Codec.MSGPACK, False)
-    assert Negotiated.of(JSON) == Negotiated("tickwire.v1.json", Codec.JSON, False)
+    assert Negotiated.of(MSGPACK_ZSTD) == Negotiated("tickwire.v2+zstd", Codec.MSGPACK, True)
+    assert Negotiated.of(MSGPACK) == Negotiated("tickwire.v2", Codec.MSGPACK, False)
+    assert Negotiated.of(JSON) == Negotiated("tickwire.v2.json", Codec.JSON, False)
 
 
 def test_2_2_server_preference_wins() -> None:
@@ -35,7 +35,7 @@ def test_2_2_server_preference_wins() -> None:
 def test_2_2_policy_can_disable_compression_and_json() -> None:
     no_zstd = NegotiationPolicy(compression=False)
     assert select([MSGPACK_ZSTD, MSGPACK], no_zstd).subprotocol == MSGPACK
-    with pytest.raises(NegotiationError, match=r"tickwire\.v1 tickwire\.v1\.json"):
+    with pytest.raises(NegotiationError, match=r"tickwire\.v2 tickwire\.v2\.json"):
         select([MSGPACK_ZSTD], no_zstd)
     with pytest.raises(NegotiationError):
         select([JSON], NegotiationPolicy(json=False))
@@ -43,7 +43,7 @@ def test_2_2_policy_can_disable_compression_and_json() -> None:
 
 def test_2_2_nothing_in_common() -> None:
     with pytest.raises(NegotiationError, match="no common subprotocol"):
-        select(["graphql-ws", "tickwire.v2"])
+        select(["graphql-ws", "tickwire.v3"])
     with pytest.raises(NegotiationError):
         select([])
 
@@ -54,7 +54,7 @@ def test_2_3_auth_offers_are_never_selected() -> None:
     assert token_from_offer(offer) == "abc.def-ghi_jkl"
     assert token_from_offer([MSGPACK]) is None
     with pytest.raises(NegotiationError):
-        select(["tickwire.auth.tickwire.v1"])
+        select(["tickwire.auth.tickwire.v2"])
 
 
 @pytest.mark.parametrize("token", ["", "has space", "a,b", 'quote"', "é"])
@@ -68,7 +68,7 @@ def test_client_offer_variants() -> None:
 
 
 def test_parse_offer_splits_header_values() -> None:
-    assert parse_offer(["tickwire.v1+zstd, tickwire.v1", " tickwire.v1.json "]) == [
+    assert parse_offer(["tickwire.v2+zstd, tickwire.v2", " tickwire.v2.json "]) == [
         MSGPACK_ZSTD,
         MSGPACK,
         JSON,

@@ -1,4 +1,4 @@
-"""The sans-I/O core of tickwire/1: bytes in, events out. It never imports trio or sockets.
+"""The sans-I/O core of tickwire/2: bytes in, events out. It never imports trio or sockets.
 
 Imports: tickwire.sansio modules only.
 """

@@ -422,7 +422,7 @@ def decode_body(body: bytes | memoryview, limits: Limits) -> Event:
     return from_fields(values)
 
 
-# -- JSON (tickwire.v1.json, §4.12) -------------------------------------------------------
+# -- JSON (tickwire.v2.json, §4.12) -------------------------------------------------------
 
 _BIN: Final = "$bin"
 _MAP: Final = "$map"
@@ -445,7 +445,7 @@ def _to_json(value: Any) -> Any:
 
 
 def encode_json(event: Event) -> str:
-    """The JSON text of *event* for ``tickwire.v1.json`` (§4.12): the same array as msgpack.
+    """The JSON text of *event* for ``tickwire.v2.json`` (§4.12): the same array as msgpack.
 
     Raises:
         TypeError: a value JSON cannot carry even escaped. ValueError: NaN or infinity.
@@ -530,7 +530,7 @@ def _check_json(value: Any, limits: Limits, depth: int, strings: bool) -> None:
 
 
 def decode_json(text: str, limits: Limits) -> Event:
-    """Decode one ``tickwire.v1.json`` text message within *limits*.
+    """Decode one ``tickwire.v2.json`` text message within *limits*.
 
     The limits of §7 apply as to msgpack (containers, items, nesting), and what msgpack
     could not carry is refused: NaN and infinities (``1e400`` too), integers outside

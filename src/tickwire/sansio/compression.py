@@ -111,8 +111,11 @@ class CompressionConfig:
 
     Attributes:
         level: zstd level (negative levels are faster, 3 is zstd's default).
-        min_bytes: bodies shorter than this are sent uncompressed.
+        min_bytes: bodies shorter than this are sent uncompressed (without a dictionary:
+            zstd alone does not shrink a small message).
         dictionary: compress with this dictionary, or none.
+        dictionary_min_bytes: with a dictionary, bodies shorter than this are sent
+            uncompressed: a trained dictionary shrinks even a 30-byte quote delta.
     """
 
     level: int = attrs.field(default=3, validator=[instance_of(int), ge(-7), le(22)])
@@ -120,6 +123,14 @@ class CompressionConfig:
     dictionary: Dictionary | None = attrs.field(
         default=None, validator=optional(instance_of(Dictionary))
     )
+    dictionary_min_bytes: int = attrs.field(default=16, validator=[instance_of(int), ge(0)])
+
+    @property
+    def threshold(self) -> int:
+        """The size from which bodies are compressed (HELLO's ``min_bytes``, §5.2)."""
+        if self.dictionary is None:
+            return self.min_bytes
+        return min(self.min_bytes, self.dictionary_min_bytes)
 
 
 @attrs.define(eq=False)
@@ -129,6 +140,7 @@ class Compressor:
     config: CompressionConfig = attrs.field(factory=CompressionConfig)
     _cctx: zstandard.ZstdCompressor = attrs.field(init=False)
     _header: bytes = attrs.field(init=False)
+    _threshold: int = attrs.field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
         self.reconfigure(self.config)
@@ -147,10 +159,11 @@ class Compressor:
         )
         dict_id = dictionary.dict_id if dictionary else 0
         self._header = bytes([envelope.header(compressed=True, dict_id=dict_id)])
+        self._threshold = config.threshold
 
     def pack(self, body: bytes) -> bytes:
         """Return header + body, the body compressed if that is at least a byte smaller."""
-        if len(body) >= self.config.min_bytes:
+        if len(body) >= self._threshold:
             frame = self._cctx.compress(body)
             if len(frame) - len(ZSTD_MAGIC) < len(body):
                 return self._header + frame[len(ZSTD_MAGIC) :]

@@ -1,4 +1,4 @@
-"""The one-byte envelope header in front of every binary tickwire/1 message (PROTOCOL.md §3).
+"""The one-byte envelope header in front of every binary tickwire/2 message (PROTOCOL.md §3).
 
 Imports: tickwire.errors.
 

@@ -1,4 +1,4 @@
-"""The tickwire/1 message kinds as frozen events (PROTOCOL.md §4).
+"""The tickwire/2 message kinds as frozen events (PROTOCOL.md §4).
 
 Imports: attrs, tickwire.sansio.compression (for DictionaryInfo).
 

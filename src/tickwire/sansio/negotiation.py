@@ -32,9 +32,9 @@ __all__ = [
     "token_from_offer",
 ]
 
-MSGPACK_ZSTD: Final = "tickwire.v1+zstd"  # §2.1: msgpack, zstd per message, dictionaries
-MSGPACK: Final = "tickwire.v1"  # §2.1: msgpack, never compressed
-JSON: Final = "tickwire.v1.json"  # §2.1: JSON text frames, for a browser console
+MSGPACK_ZSTD: Final = "tickwire.v2+zstd"  # §2.1: msgpack, zstd per message, dictionaries
+MSGPACK: Final = "tickwire.v2"  # §2.1: msgpack, never compressed
+JSON: Final = "tickwire.v2.json"  # §2.1: JSON text frames, for a browser console
 AUTH_PREFIX: Final = "tickwire.auth."  # §2.3: a bearer token, never selected
 NO_COMMON_SUBPROTOCOL: Final = 4004  # §6: the close code when nothing matches
 
@@ -59,12 +59,12 @@ class Negotiated:
         """The settlement a known tickwire subprotocol token stands for.
 
         Raises:
-            NegotiationError: not a tickwire/1 codec token.
+            NegotiationError: not a tickwire/2 codec token.
         """
         try:
             codec, compression = _TOKENS[subprotocol]
         except KeyError:
-            raise NegotiationError(f"not a tickwire/1 subprotocol: {subprotocol!r}") from None
+            raise NegotiationError(f"not a tickwire/2 subprotocol: {subprotocol!r}") from None
         return cls(subprotocol, codec, compression)
 
 
@@ -85,7 +85,7 @@ class NegotiationPolicy:
 
     Attributes:
         preference: tokens in the server's order of preference.
-        compression: offer ``tickwire.v1+zstd`` at all.
+        compression: offer ``tickwire.v2+zstd`` at all.
         json: offer the JSON debugging variant at all.
     """
 

@@ -1,4 +1,4 @@
-"""One side of a tickwire/1 connection: whole messages in, events out, and back (§3-§5).
+"""One side of a tickwire/2 connection: whole messages in, events out, and back (§3-§5).
 
 Imports: attrs, tickwire.config, tickwire.errors, tickwire.sansio modules.
 
@@ -107,7 +107,7 @@ def decode_sized(
     """
     if negotiated.codec is Codec.JSON:
         if not isinstance(message, str):
-            raise RemoteProtocolError("binary frame on tickwire.v1.json", close_code=1003)
+            raise RemoteProtocolError("binary frame on tickwire.v2.json", close_code=1003)
         if len(message) > limits.max_message_bytes:  # a cheap bound before encoding
             raise MessageTooBig(f"message exceeds {limits.max_message_bytes} bytes")
         return codec.decode_json(message, limits), len(message)
