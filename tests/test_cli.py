@@ -207,6 +207,32 @@ def test_serve_applies_the_topics_of_its_config_file(tmp_path: object) -> None:
         assert served.process.wait(timeout=30) == 0
 
 
+def test_the_demo_feeds_cannot_be_forged_by_a_client() -> None:
+    """With no authentication (the demo's default), a client's PUBLISH to the server's own
+    feed is ERROR 403, and nothing reaches the feed's subscribers; nor can a JSON client
+    stop the server with a value the hub could not re-encode."""
+    with tickwire_serve("--demo", "ticker") as served:
+        with websockets.sync.client.connect(served.url, subprotocols=["tickwire.v2.json"]) as ws:  # type: ignore[list-item]
+            assert json.loads(ws.recv(timeout=10))[0] == 1  # HELLO
+            ws.send(json.dumps([12, 7, "trades.AAPL", {"price": 0.01, "size": 1000000}, None]))
+            ws.send(json.dumps([12, 8, "trades.ZZZ", 1.5, None]))
+            answers = []
+            while len(answers) < 2:
+                message = json.loads(ws.recv(timeout=10))
+                if message[0] == 2:  # ERROR
+                    answers.append((message[1], message[2]))
+            assert answers == [(7, 403), (8, 403)]
+            ws.send('[12,9,"trades.ZZZ",1e400,null]')  # what stopped the server before
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                while True:
+                    ws.recv(timeout=10)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1007
+        with websockets.sync.client.connect(served.url, subprotocols=["tickwire.v2.json"]) as ws:  # type: ignore[list-item]
+            assert json.loads(ws.recv(timeout=10))[0] == 1  # still serving
+        assert served.process.poll() is None
+
+
 def test_serve_with_unreadable_tls_files_says_so(tmp_path: object) -> None:
     from pathlib import Path
 

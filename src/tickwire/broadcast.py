@@ -424,7 +424,7 @@ class Topic:
         return not self.subscribers and not self.listeners
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)  # validated once: its counters are hot
 class Hub:
     """Owns the topics. Embedding programs publish with :meth:`publish_nowait` (streams) and
     :meth:`upsert`, :meth:`delete` or :meth:`update` (tables).
