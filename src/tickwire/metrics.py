@@ -90,7 +90,7 @@ class ServerCollector(Collector):
         ):
             yield CounterMetricFamily(f"tickwire_{name}", doc, value=value)
         for name, doc, value in (
-            ("values_refused", "Values the value gate refused (program and clients)", s.values_refused),
+            ("values_refused", "Values the value gate refused (all callers)", s.values_refused),
             ("hub_internal_errors", "Failures caught inside the hub (logged)", s.internal_errors),
         ):
             yield CounterMetricFamily(f"tickwire_{name}", doc, value=value)
