@@ -144,9 +144,7 @@ _OWN: Final = [
         "history of all topics together, in bytes (the oldest messages go first past it)",
         256 * 1024 * 1024,
     ),
-    Setting(
-        "max_client_topics", _int, _I, "topics clients may create, all together", 10_000
-    ),
+    Setting("max_client_topics", _int, _I, "topics clients may create, all together", 10_000),
     Setting("log_level", str, _S, "log level", "info", ("debug", "info", "warning", "error")),
     Setting("log_format", str, _S, "text, or json lines", "text", ("text", "json")),
 ]
