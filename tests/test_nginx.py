@@ -53,7 +53,9 @@ async def test_nginx_terminates_tls_and_balances_websockets(tmp_path: Path) -> N
     ca.configure_trust(client_tls)
 
     hubs = [Hub(), Hub()]
-    config = ServerConfig(shutdown_timeout=1, trusted_proxies=["127.0.0.1"])
+    config = ServerConfig(
+        shutdown_timeout=1, trusted_proxies=["127.0.0.1"], client_publish=["chat"]
+    )
     fast = ClientConfig(reconnect=Reconnect(initial_delay=0.05, max_delay=0.2))
     listen = free_port()
     with trio.fail_after(30):

@@ -518,7 +518,7 @@ class Server:
             limits.max_depth,
             config.max_subscriptions,
             zstd.level if compression else None,
-            zstd.threshold if compression else 0,
+            zstd.min_bytes if compression else 0,
             self.hub.dictionaries.offer() if compression else (),
         )
 

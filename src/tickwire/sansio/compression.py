@@ -111,11 +111,10 @@ class CompressionConfig:
 
     Attributes:
         level: zstd level (negative levels are faster, 3 is zstd's default).
-        min_bytes: bodies shorter than this are sent uncompressed (without a dictionary:
-            zstd alone does not shrink a small message).
+        min_bytes: bodies shorter than this are sent uncompressed (zstd's frame and block
+            headers outweigh what it saves on them, a dictionary or not: a 30-byte quote
+            delta came out no smaller with one, bench/README.md).
         dictionary: compress with this dictionary, or none.
-        dictionary_min_bytes: with a dictionary, bodies shorter than this are sent
-            uncompressed: a trained dictionary shrinks even a 30-byte quote delta.
     """
 
     level: int = attrs.field(default=3, validator=[instance_of(int), ge(-7), le(22)])
@@ -123,14 +122,6 @@ class CompressionConfig:
     dictionary: Dictionary | None = attrs.field(
         default=None, validator=optional(instance_of(Dictionary))
     )
-    dictionary_min_bytes: int = attrs.field(default=16, validator=[instance_of(int), ge(0)])
-
-    @property
-    def threshold(self) -> int:
-        """The size from which bodies are compressed (HELLO's ``min_bytes``, §5.2)."""
-        if self.dictionary is None:
-            return self.min_bytes
-        return min(self.min_bytes, self.dictionary_min_bytes)
 
 
 @attrs.define(eq=False)
@@ -159,7 +150,7 @@ class Compressor:
         )
         dict_id = dictionary.dict_id if dictionary else 0
         self._header = bytes([envelope.header(compressed=True, dict_id=dict_id)])
-        self._threshold = config.threshold
+        self._threshold = config.min_bytes
 
     def pack(self, body: bytes) -> bytes:
         """Return header + body, the body compressed if that is at least a byte smaller."""
