@@ -27,6 +27,7 @@ told what they missed (GAP); it never stops the hub or the server.
 from __future__ import annotations
 
 import collections
+import difflib
 import hashlib
 import itertools
 import logging
@@ -607,6 +608,17 @@ class Hub:
         if not valid_pattern(pattern):
             raise ValueError(f"invalid topic pattern: {pattern!r}")
         self._configs.append((pattern, config))
+
+    def similar(self, name: str, *, count: int = 3) -> list[str]:
+        """Names of the program's topics that look like *name* (for a typo's hint)."""
+        names = [t.name for t in self._topics.values() if not t.client_created]
+        return difflib.get_close_matches(name, names, n=count, cutoff=0.6)
+
+    @staticmethod
+    def unknown(topic: Topic) -> bool:
+        """Whether *topic* exists only because a client asked for it: nothing was ever
+        published to it, and the program did not declare it."""
+        return topic.client_created and not topic.offset and topic.table is None
 
     def topic_by_id(self, topic_id: int) -> Topic | None:
         """The topic with this id, if any."""

@@ -315,6 +315,10 @@ def _tail(args: argparse.Namespace) -> int:
         cafile=args.cafile,
     )
     logging.basicConfig(level="WARNING", format="%(message)s")
+    # tail says what the server noted of a topic itself, once, in its own words.
+    logging.getLogger("tickwire.client").addFilter(
+        lambda record: not record.getMessage().startswith("tickwire server says of")
+    )
     try:
         return trio.run(tail, options)
     except KeyboardInterrupt:

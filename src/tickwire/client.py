@@ -32,10 +32,11 @@ import itertools
 import logging
 import os
 import random
+import socket
 import ssl
 import struct
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, Final, Literal, TypeAlias
@@ -201,6 +202,26 @@ class ClientStatistics:
 # -- configuration ---------------------------------------------------------------------------
 
 
+@attrs.frozen
+class Attempt:
+    """A connection attempt that failed, as :attr:`ClientConfig.on_retry` is told of it.
+
+    Attributes:
+        url: what the client connects to.
+        failures: consecutive failed attempts, this one included.
+        reason: what happened, in words ("connection refused", "HTTP 404: not found").
+        permanent: whether retrying cannot help (a name that does not resolve, an HTTP
+            4xx, a TLS handshake against a plain server, a refused token).
+        delay: seconds until the next attempt, or None when the client gives up.
+    """
+
+    url: str
+    failures: int
+    reason: str
+    permanent: bool
+    delay: float | None
+
+
 @attrs.frozen(kw_only=True)
 class Reconnect:
     """How a client reconnects: exponential backoff with full jitter, and a cap.
@@ -209,13 +230,18 @@ class Reconnect:
         initial_delay: the first backoff's upper bound, in seconds.
         max_delay: the cap on any backoff.
         multiplier: how the bound grows with each failed attempt.
-        max_attempts: consecutive failed attempts before giving up (None: never).
+        max_attempts: consecutive failed attempts before giving up (None: never; 0: the
+            first failure ends the client).
+        retry_permanent: retry failures that retrying cannot fix (a name that does not
+            resolve, HTTP 404, a TLS handshake against a plain server) as well; by default
+            they end the client at once with :class:`~tickwire.ConnectionRefused`.
     """
 
     initial_delay: float = attrs.field(default=0.25, validator=gt(0))
     max_delay: float = attrs.field(default=30.0, validator=gt(0))
     multiplier: float = attrs.field(default=2.0, validator=ge(1))
-    max_attempts: int | None = attrs.field(default=None, validator=optional(ge(1)))
+    max_attempts: int | None = attrs.field(default=None, validator=optional(ge(0)))
+    retry_permanent: bool = False
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """The wait before attempt *attempt* (0 is the first retry): uniform in [0, bound]."""
@@ -239,6 +265,8 @@ class ClientConfig:
         max_buffered: stream updates a subscription keeps unread before dropping the oldest.
         dictionary_cache: a directory to keep fetched dictionaries in, by SHA-256, or None.
         max_bandwidth: ask the server to send at most this many bytes a second (§2.4).
+        on_retry: called with an :class:`Attempt` after each failed connection attempt,
+            before waiting for the next (or giving up): what ``tickwire tail`` shows.
     """
 
     compression: bool = True
@@ -253,6 +281,7 @@ class ClientConfig:
     max_buffered: int = attrs.field(default=10_000, validator=[instance_of(int), ge(1)])
     dictionary_cache: str | Path | None = None
     max_bandwidth: float | None = attrs.field(default=None, validator=optional(gt(0)))
+    on_retry: Callable[[Attempt], None] | None = attrs.field(default=None, eq=False)
 
 
 # -- subscriptions -----------------------------------------------------------------------------
@@ -303,6 +332,9 @@ class Subscription:
         self._error: BaseException | None = None
         self.request_id = 0
         self.active = True
+        # What the server said of topics that may deliver nothing yet (one that does not
+        # exist: "no topic 'quote' on this server; did you mean 'quotes'?"), by topic.
+        self.notes: dict[str, str] = {}
 
     @property
     def exact(self) -> bool:
@@ -467,12 +499,56 @@ class _Pending:
 
 
 class _Retry(Exception):
-    """The connection ended; try again after *delay* seconds (None: the backoff)."""
+    """The connection ended; try again after *delay* seconds (None: the backoff), unless it
+    is *permanent* (retrying cannot help)."""
 
-    def __init__(self, why: str, delay: float | None = None, *, prompt: bool = False) -> None:
+    def __init__(
+        self,
+        why: str,
+        delay: float | None = None,
+        *,
+        prompt: bool = False,
+        permanent: bool = False,
+        status: int | None = None,
+    ) -> None:
         super().__init__(why)
         self.delay = delay
         self.prompt = prompt
+        self.permanent = permanent
+        self.status = status
+
+
+# HTTP answers to an upgrade that a retry may cure: timeouts, rate limits, and 5xx.
+_TRANSIENT_STATUS: Final = frozenset({408, 425, 429})
+
+
+def _why(exc: BaseException) -> tuple[str, bool]:
+    """A connection failure in words, and whether it is permanent."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            reason = getattr(cause, "reason", None) or str(cause)
+            return f"TLS handshake failed ({reason}): is it a wss:// server?", True
+        if isinstance(cause, socket.gaierror):
+            if cause.errno in _NO_SUCH_NAME:
+                return f"the name does not resolve ({cause.strerror})", True
+            return f"name lookup failed ({cause.strerror})", False
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused (nothing listening?)", False
+        if isinstance(cause, TimeoutError | trio.TooSlowError):
+            return "timed out", False
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror.lower(), False
+        if isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+            cause = cause.exceptions[0]  # trio's "all attempts to connect failed"
+            continue
+        cause = cause.__cause__ or cause.__context__
+    return str(exc) or type(exc).__name__, False
+
+
+_NO_SUCH_NAME: Final = frozenset(
+    getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, name)
+)
 
 
 class Client:
@@ -486,11 +562,13 @@ class Client:
         config: ClientConfig | None = None,
         ssl_context: ssl.SSLContext | None = None,
         seed: int | None = None,
+        open_stream: Callable[[str], Awaitable[trio.abc.Stream]] | None = None,
     ) -> None:
         self.url = url
         self.token = token
         self.config = config or ClientConfig()
         self.ssl_context = ssl_context
+        self._open_stream_hook = open_stream
         self._rng = random.Random(seed)
         self._subscriptions: dict[str, Subscription] = {}
         self._by_request: dict[int, Subscription] = {}
@@ -660,20 +738,30 @@ class Client:
                 if not self._greeted:
                     self._stats_refused += 1
                 self._connection_lost()
+                if self._closed is not None:
+                    return  # closing: nothing to retry
                 policy = self.config.reconnect
-                if policy is None:
-                    self._close_all(ConnectionClosed(1006, f"connection lost: {retry}"))
-                    return
                 if retry.prompt:
                     attempt = 0
-                if policy.max_attempts is not None and attempt >= policy.max_attempts:
-                    self._close_all(ConnectionRefused(f"gave up after {attempt} attempts: {retry}"))
+                attempt += 1
+                ending: BaseException | None = None
+                if policy is None:
+                    ending = ConnectionClosed(1006, f"connection lost: {retry}")
+                elif retry.permanent and not policy.retry_permanent:
+                    ending = ConnectionRefused(f"{retry}", status=retry.status)
+                elif policy.max_attempts is not None and attempt > policy.max_attempts:
+                    tries = "attempt" if attempt == 1 else "attempts"
+                    ending = ConnectionRefused(f"gave up after {attempt} {tries}: {retry}")
+                if ending is not None:
+                    self._tell(Attempt(self.url, attempt, str(retry), retry.permanent, None))
+                    self._close_all(ending)
                     return
-                delay = policy.delay(attempt, self._rng)
+                assert policy is not None
+                delay = policy.delay(attempt - 1, self._rng)
                 if retry.delay is not None:  # the server's hint, plus jitter (§6)
                     delay = retry.delay + self._rng.uniform(0, max(retry.delay, 0.1) / 2)
                 log.info("tickwire client: %s; reconnecting in %.2f s", retry, delay)
-                attempt += 1
+                self._tell(Attempt(self.url, attempt, str(retry), retry.permanent, delay))
                 await trio.sleep(delay)
             except TickwireError as exc:  # refused for good: authentication, negotiation
                 if not self._greeted:
@@ -726,11 +814,12 @@ class Client:
                         raise only(group) from None
                 ended = await self._serve_guarded(nursery, ws, offer)
             except trio.TooSlowError:
-                ended = _Retry("connect timeout")
+                ended = _Retry(f"timed out after {config.connect_timeout:g} s")
             except trio_websocket.ConnectionRejected as exc:
                 ended = self._rejected(exc)
-            except (OSError, trio_websocket.HandshakeError) as exc:
-                ended = _Retry(f"cannot connect: {exc!r}")
+            except (OSError, trio.BrokenResourceError, trio_websocket.HandshakeError) as exc:
+                reason, permanent = _why(exc)
+                ended = _Retry(reason, permanent=permanent)
             finally:
                 nursery.cancel_scope.cancel()
                 if stream is not None:  # trio-websocket leaves it open when rejected
@@ -758,11 +847,21 @@ class Client:
         port = parts.port or (443 if secure else 80)
         resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+        if self._open_stream_hook is not None:
+            return await self._open_stream_hook(url), host, resource
         if secure:
             context = self.ssl_context or ssl.create_default_context()
-            stream: trio.abc.Stream = await trio.open_ssl_over_tcp_stream(
+            tls = await trio.open_ssl_over_tcp_stream(
                 parts.hostname, port, ssl_context=context, https_compatible=True
             )
+            # Here, not lazily inside trio-websocket, whose reader swallows a failed TLS
+            # handshake (then only the connect timeout would end the attempt).
+            try:
+                await tls.do_handshake()
+            except BaseException:
+                await trio.aclose_forcefully(tls)
+                raise
+            stream: trio.abc.Stream = tls
         else:
             stream = await trio.open_tcp_stream(parts.hostname, port)
         return stream, host, resource
@@ -776,9 +875,14 @@ class Client:
         if isinstance(leaf, trio_websocket.ConnectionRejected):
             return self._rejected(leaf)
         if isinstance(
-            leaf, OSError | trio_websocket.HandshakeError | trio_websocket.ConnectionClosed
+            leaf,
+            OSError
+            | trio.BrokenResourceError
+            | trio_websocket.HandshakeError
+            | trio_websocket.ConnectionClosed,
         ):
-            return _Retry(f"connection failed: {leaf!r}")
+            reason, permanent = _why(leaf)
+            return _Retry(reason, permanent=permanent)
         raise group  # Cancelled, or a bug: not ours to swallow
 
     def _rejected(self, exc: trio_websocket.ConnectionRejected) -> BaseException:
@@ -791,7 +895,9 @@ class Client:
                     retry_after = float(value)
         if status in (401, 403):
             return ConnectionRefused(f"HTTP {status}: {body}", status=status)
-        return _Retry(f"HTTP {status}: {body}", retry_after)
+        permanent = 400 <= status < 500 and status not in _TRANSIENT_STATUS
+        reason = f"HTTP {status}: {body}" if body else f"HTTP {status}"
+        return _Retry(reason, retry_after, permanent=permanent, status=status)
 
     async def _serve(
         self, nursery: trio.Nursery, ws: trio_websocket.WebSocketConnection, offer: list[str]
@@ -904,6 +1010,15 @@ class Client:
         await trio.sleep(0.01)
         await self._wait_connected()
 
+    def _tell(self, attempt: Attempt) -> None:
+        """Tell the application of a failed attempt (``ClientConfig.on_retry``)."""
+        callback = self.config.on_retry
+        if callback is not None:
+            try:
+                callback(attempt)
+            except Exception:  # the application's bug must not end the client
+                log.exception("tickwire client: on_retry raised")
+
     def _connection_lost(self) -> None:
         self._connected = trio.Event() if self._connected.is_set() else self._connected
         self._topic_ids.clear()
@@ -991,6 +1106,8 @@ class Client:
 
     def _deliver(self, topic_id: int, event: Data | Batch | Snapshot) -> None:
         for subscription, state in self._states(topic_id):
+            if subscription.notes:
+                subscription.notes.pop(state.name, None)  # it exists now
             if state.resyncing:
                 state.held.append(event)
                 continue
@@ -1065,6 +1182,12 @@ class Client:
         known = state_or_none is not None and state_or_none.epoch != 0
         state = state_or_none or _Topic(event.topic)
         subscription.topics[event.topic] = state
+        if event.note is not None:
+            if subscription.notes.get(event.topic) != event.note:
+                log.warning("tickwire server says of %s: %s", event.topic, event.note)
+            subscription.notes[event.topic] = event.note
+        else:
+            subscription.notes.pop(event.topic, None)
         state.topic_id = event.topic_id
         self._topic_ids.setdefault(event.topic_id, []).append((subscription, state))
         if event.info is None:
@@ -1205,6 +1328,7 @@ async def open_client(
     config: ClientConfig | None = None,
     ssl_context: ssl.SSLContext | None = None,
     seed: int | None = None,
+    open_stream: Callable[[str], Awaitable[trio.abc.Stream]] | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to a tickwire server for the duration of the block, reconnecting as needed.
 
@@ -1217,13 +1341,25 @@ async def open_client(
         config: what to offer, timeouts, reconnection, buffers.
         ssl_context: for ``wss://`` (for example ``ssl.create_default_context(cafile=...)``).
         seed: seeds the backoff jitter (tests).
+        open_stream: opens the byte stream for each connection, given *url*, instead of
+            TCP and TLS: ``tickwire.testing.MemoryListener.open_stream`` runs a client
+            against an in-memory server, on trio's virtual clock.
 
     Raises:
-        ConnectionRefused: HTTP 401 or 403, or the reconnection attempts ran out.
+        ConnectionRefused: HTTP 401 or 403, an error retrying cannot fix (a name that does
+            not resolve, HTTP 404, TLS against a plain server), or the reconnection
+            attempts ran out.
         ConnectionClosed: the server closed with 4001 or 4003 (authentication).
         NegotiationError: no common subprotocol (4004).
     """
-    client = Client(url, token=token, config=config, ssl_context=ssl_context, seed=seed)
+    client = Client(
+        url,
+        token=token,
+        config=config,
+        ssl_context=ssl_context,
+        seed=seed,
+        open_stream=open_stream,
+    )
     with unwrapped():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._run)

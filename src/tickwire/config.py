@@ -121,6 +121,9 @@ class ServerConfig:
         max_handshakes: handshakes in progress at once. They do not count against
             *max_connections*, so that slow handshakes (slowloris) cannot keep clients out
             of a server that has room.
+        unknown_topics: what a SUBSCRIBE to a topic that does not exist gets: ``"wait"``
+            (subscribed, and SUBSCRIBED says the topic is unknown, with the names it looks
+            like: it may appear later) or ``"refuse"`` (ERROR 404, with the same hint).
     """
 
     limits: Limits = attrs.field(factory=lambda: Limits.for_message_bytes(64 * KiB))
@@ -151,6 +154,9 @@ class ServerConfig:
     max_publish_bytes: int = attrs.field(default=16 * KiB, validator=_POSITIVE_INT)
     max_topics_per_connection: int = attrs.field(default=64, validator=[instance_of(int), ge(0)])
     max_handshakes: int = attrs.field(default=1024, validator=_POSITIVE_INT)
+    unknown_topics: str = attrs.field(
+        default="wait", validator=attrs.validators.in_(("wait", "refuse"))
+    )
 
     def __attrs_post_init__(self) -> None:
         for pattern in self.client_publish:

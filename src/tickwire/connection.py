@@ -479,11 +479,20 @@ class ServerConnection:
             self._custom[topic.topic_id] = self._effective(options, topic)
         self._announce(request_id, topic, Outcome.NEW, topic.sent_offset)
 
-    def _announce(self, request_id: int, topic: Topic, outcome: Outcome, offset: int) -> None:
+    def _announce(
+        self, request_id: int, topic: Topic, outcome: Outcome, offset: int, note: str | None = None
+    ) -> None:
         """SUBSCRIBED (with a table's schema), then a table's SNAPSHOT unless recovered."""
         self.send(
             Subscribed(
-                request_id, topic.topic_id, topic.name, topic.epoch, offset, outcome, topic.info
+                request_id,
+                topic.topic_id,
+                topic.name,
+                topic.epoch,
+                offset,
+                outcome,
+                topic.info,
+                note,
             )
         )
         if topic.table is not None and outcome is not Outcome.RECOVERED:
@@ -861,6 +870,11 @@ class ServerConnection:
                 self.send(Error(request_id, ErrorCode.BAD_REQUEST, message))
                 return
         creates = exact and self.hub.topic_by_name(event.pattern) is None
+        existing = self.hub.topic_by_name(event.pattern) if exact else None
+        unknown = exact and (existing is None or self.hub.unknown(existing))
+        if unknown and self.config.unknown_topics == "refuse":
+            self.send(Error(request_id, ErrorCode.NOT_FOUND, self._unknown_note(event.pattern)))
+            return
         if creates and self._created >= self.config.max_topics_per_connection:
             message = (
                 "this connection has created the most topics it may; subscribe to existing ones"
@@ -883,18 +897,31 @@ class ServerConnection:
         for topic in topics:
             if options != (None, None):
                 self._custom[topic.topic_id] = self._effective(options, topic)
+            hint = self._unknown_note(topic.name) if self.hub.unknown(topic) else None
             if event.resume is None:
-                self._announce(request_id, topic, Outcome.NEW, topic.sent_offset)
+                self._announce(request_id, topic, Outcome.NEW, topic.sent_offset, hint)
             else:
-                self._recover(request_id, topic, event.resume)
+                self._recover(request_id, topic, event.resume, hint)
         self.send(Ack(request_id))  # §4.4: the initial matches are complete
 
-    def _recover(self, request_id: int, topic: Topic, resume: Position) -> None:
+    def _unknown_note(self, name: str) -> str:
+        """What SUBSCRIBED (or ERROR 404) says of a topic that does not exist."""
+        hint = self.hub.similar(name)
+        note = f"no topic {name!r} on this server"
+        if hint:
+            note += f"; did you mean {' or '.join(repr(h) for h in hint)}?"
+        if self.config.unknown_topics == "wait":
+            note += " (subscribed: it is delivered if it appears)"
+        return note
+
+    def _recover(
+        self, request_id: int, topic: Topic, resume: Position, note: str | None = None
+    ) -> None:
         """SUBSCRIBED with the recovery outcome, then the replay, in order (§4.4); a table
         that cannot recover gets a SNAPSHOT."""
         outcome, offset, replay = topic.recover(resume, self.hub.clock())
         self.counters.recoveries[outcome.name.lower()] += 1
-        self._announce(request_id, topic, outcome, offset)
+        self._announce(request_id, topic, outcome, offset, note)
         for entry in replay:
             self.deliver_nowait(
                 self.hub.frames(topic, entry, self.variant),

@@ -156,6 +156,7 @@ _SERVER_TYPES: Final[dict[str, tuple[Callable[[str], Any], tuple[type, ...]]]] =
     "bool": (_bool, _B),
     "tuple[str, ...] | None": (_words, _L),
     "tuple[str, ...]": (lambda text: _words(text) or (), _L),
+    "str": (str, _S),
 }
 
 

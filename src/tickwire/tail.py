@@ -3,10 +3,15 @@
 Imports: trio, rich, tickwire.client.
 
 Updates go to standard output, one line each: readable text, or JSON lines with
-``--json`` (for ``jq`` and scripts). Live counters go to standard error every
-``--stats-interval`` seconds and once at the end: updates a second, bytes a second on the
-wire, the compression ratio, gaps (continuity lost) and reconnects. ``--count`` and
-``--duration`` bound a run; Ctrl+C ends it with the summary.
+``--json`` (for ``jq`` and scripts). Live counters (updates a second, bytes a second on the
+wire, the compression ratio, gaps, reconnects, lines printed) go to standard error: on a
+terminal they stay on its last line, refreshed every ``--stats-interval`` seconds, the
+updates scrolling above; otherwise as a line every interval. A summary ends every run.
+``--count`` (lines printed) and ``--duration`` bound a run; Ctrl+C ends it with the summary.
+Connection attempts that fail are shown as they happen, and one that retrying cannot fix
+(a name that does not resolve, HTTP 404, TLS against a plain server, a refused token) ends
+the run at once with the reason and exit status 1. A topic that does not exist is said so,
+with the names it looks like.
 """
 
 from __future__ import annotations
@@ -24,10 +29,13 @@ from typing import Any, Literal, TextIO
 import attrs
 import trio
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from tickwire._groups import unwrapped
 from tickwire.client import (
+    Attempt,
     Client,
     ClientConfig,
     ClientStatistics,
@@ -184,6 +192,13 @@ def _stats_line(stats: ClientStatistics, updates_rate: float, bytes_rate: float)
     )
 
 
+def console() -> Console:
+    """Standard error as tail writes to it: no highlighting, and no wrapping of a long line
+    in the middle of a sentence when it is not a terminal."""
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    return err
+
+
 async def tail(
     options: TailOptions,
     *,
@@ -193,25 +208,44 @@ async def tail(
 ) -> int:
     """Run ``tickwire tail``; returns the exit status (0, or 1 when refused)."""
     out = out or sys.stdout
-    err = err or Console(stderr=True, highlight=False)
+    err = err or console()
     fmt: Callable[[Update], list[str]] = format_json if options.json else format_text
+
+    def retrying(attempt: Attempt) -> None:
+        if attempt.delay is not None:  # when giving up, the error below says why
+            err.print(
+                f"tickwire tail: {attempt.url}: {attempt.reason}; attempt {attempt.failures + 1}"
+                f" of {options.retries + 1} in {attempt.delay:.1f} s",
+                markup=False,
+            )
+
     config = ClientConfig(
         compression=options.compression,
         reconnect=Reconnect(initial_delay=0.25, max_delay=5.0, max_attempts=options.retries),
+        on_retry=retrying,
     )
     started = trio.current_time()
     try:
         with unwrapped():
             return await _run(options, out, err, fmt, config, started, task_status)
     except SubscriptionError as exc:
-        err.print(f"tickwire tail: subscription refused: {exc.code} {exc.text}")
+        err.print(f"tickwire tail: subscription refused: {exc.code} {exc.text}", markup=False)
     except (ConnectionRefused, ConnectionClosed) as exc:
-        err.print(f"tickwire tail: {exc}")
+        err.print(f"tickwire tail: {options.url}: {exc}", markup=False)
     except TickwireError as exc:
-        err.print(f"tickwire tail: {type(exc).__name__}: {exc}")
+        err.print(f"tickwire tail: {type(exc).__name__}: {exc}", markup=False)
     except OSError as exc:
-        err.print(f"tickwire tail: cannot connect to {options.url}: {exc}")
+        err.print(f"tickwire tail: cannot connect to {options.url}: {exc}", markup=False)
     return 1
+
+
+@attrs.define
+class _Tally:
+    """What the run printed and saw, for the status line and the summary."""
+
+    printed: int = 0
+    snapshots: int = 0
+    snapshot_rows: int = 0
 
 
 async def _run(
@@ -223,8 +257,9 @@ async def _run(
     started: float,
     task_status: trio.TaskStatus[None],
 ) -> int:
-    seen = 0
+    tally = _Tally()
     context = ssl.create_default_context(cafile=options.cafile) if options.cafile else None
+    live = options.stats_interval is not None and err.is_terminal
     async with open_client(
         options.url, token=options.token, config=config, ssl_context=context
     ) as client:
@@ -232,28 +267,90 @@ async def _run(
         # stream updates are dropped with a Lost line, as the client promises.
         send, receive = trio.open_memory_channel[Update](256)
         meter = _Meter(at=started)
-        async with trio.open_nursery() as nursery:
-            for topic in options.topics:
-                await nursery.start(_follow, client, topic, options, send)
-            if options.stats_interval:
-                nursery.start_soon(_report, client, options.stats_interval, meter, err)
-            if options.duration is not None:
-                nursery.cancel_scope.deadline = started + options.duration
-            if threading.current_thread() is threading.main_thread():
-                nursery.start_soon(_until_interrupted, nursery.cancel_scope)
-            task_status.started()
-            async for update in receive:
-                lines = fmt(update)  # one a message or row change
-                if options.count is not None:
-                    lines = lines[: options.count - seen]
-                out.write("".join(line + "\n" for line in lines))
-                out.flush()
-                seen += len(lines)
-                if options.count is not None and seen >= options.count:
-                    break
-            nursery.cancel_scope.cancel()
-        _summary(client.statistics(), trio.current_time() - started, err)
+        with _StatusLine(err, enabled=live) as status:
+            # On a terminal the counters stay on the bottom line; the updates scroll above.
+            write = status.writer(out)
+            async with trio.open_nursery() as nursery:
+                for topic in options.topics:
+                    subscription = await nursery.start(_follow, client, topic, options, send)
+                    _hint(subscription, err)
+                if options.stats_interval:
+                    nursery.start_soon(
+                        _report, client, options.stats_interval, meter, err, status, tally
+                    )
+                if options.duration is not None:
+                    nursery.cancel_scope.deadline = started + options.duration
+                if threading.current_thread() is threading.main_thread():
+                    nursery.start_soon(_until_interrupted, nursery.cancel_scope)
+                task_status.started()
+                async for update in receive:
+                    if isinstance(update, TableReset):
+                        tally.snapshots += 1
+                        tally.snapshot_rows += len(update.rows)
+                    lines = fmt(update)  # one a message or row change
+                    if options.count is not None:
+                        lines = lines[: options.count - tally.printed]
+                    write("".join(line + "\n" for line in lines))
+                    tally.printed += len(lines)
+                    if options.count is not None and tally.printed >= options.count:
+                        break
+                nursery.cancel_scope.cancel()
+        _summary(client.statistics(), trio.current_time() - started, tally, err)
     return 0
+
+
+def _hint(subscription: Any, err: Console) -> None:
+    """Say at once what may make a subscription silent: the server's notes (a topic that
+    does not exist, and the names it looks like), or a pattern that matches nothing yet."""
+    for note in subscription.notes.values():
+        err.print(f"tickwire tail: {note}", markup=False)
+    if not subscription.exact and not subscription.topics:
+        err.print(
+            f"tickwire tail: no topic matches {subscription.pattern!r} yet (subscribed: "
+            "topics that appear are delivered)",
+            markup=False,
+        )
+
+
+class _StatusLine:
+    """The counters on the last line of a terminal (rich's Live), the output above them."""
+
+    def __init__(self, err: Console, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self._live = (
+            Live(Text(""), console=err, transient=True, auto_refresh=False) if enabled else None
+        )
+
+    def __enter__(self) -> _StatusLine:
+        if self._live is not None:
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+
+    def writer(self, out: TextIO) -> Callable[[str], None]:
+        """How to write the updates: straight to *out*, or above the status line when it
+        shares the terminal."""
+        if self._live is not None and out is sys.stdout:
+            console = self._live.console
+
+            def above(text: str) -> None:
+                if text:
+                    console.print(text, end="", markup=False, highlight=False, soft_wrap=True)
+
+            return above
+
+        def plain(text: str) -> None:
+            out.write(text)
+            out.flush()
+
+        return plain
+
+    def show(self, line: str) -> None:
+        if self._live is not None:
+            self._live.update(Text(line, style="bold"), refresh=True)
 
 
 async def _until_interrupted(scope: trio.CancelScope) -> None:
@@ -269,38 +366,56 @@ async def _follow(
     topic: str,
     options: TailOptions,
     send: trio.MemorySendChannel[Update],
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     async with client.subscribe(
         topic, policy=options.policy, max_rate=options.max_rate
     ) as subscription:
-        task_status.started()
+        task_status.started(subscription)
         async for update in subscription:
             await send.send(update)
 
 
-async def _report(client: Client, interval: float, meter: _Meter, err: Console) -> None:
+async def _report(
+    client: Client,
+    interval: float,
+    meter: _Meter,
+    err: Console,
+    status: _StatusLine,
+    tally: _Tally,
+) -> None:
     while True:
         await trio.sleep(interval)
         stats = client.statistics()
         updates_rate, bytes_rate = meter.rates(trio.current_time(), stats)
-        err.print(f"[dim]{_stats_line(stats, updates_rate, bytes_rate)}[/dim]")
+        line = f"{_stats_line(stats, updates_rate, bytes_rate)}, {tally.printed:,} printed"
+        if status.enabled:
+            status.show(line)
+        else:
+            err.print(f"tickwire tail: {line}", markup=False)
 
 
-def _summary(stats: ClientStatistics, elapsed: float, err: Console) -> None:
+def _summary(stats: ClientStatistics, elapsed: float, tally: _Tally, err: Console) -> None:
     table = Table(title="tickwire tail", show_header=False, box=None)
     elapsed = max(elapsed, 1e-9)
     wire_rate = stats.bytes_received / elapsed
+    snapshots = f"{tally.snapshots:,} ({tally.snapshot_rows:,} rows)" if tally.snapshots else "none"
     for name, value in (
         ("subprotocol", stats.subprotocol or "-"),
-        ("seconds", f"{elapsed:.1f}"),
-        ("updates", f"{stats.updates_received:,} ({stats.updates_received / elapsed:,.0f}/s)"),
+        ("seconds", f"{elapsed:.2f}"),
+        ("printed", f"{tally.printed:,} lines"),
+        (
+            "received",
+            f"{stats.updates_received:,} updates ({stats.updates_received / elapsed:,.0f}/s)",
+        ),
+        ("snapshots", snapshots),
         ("messages", f"{stats.messages_received:,}"),
         ("on the wire", f"{_human(stats.bytes_received)} ({_human(wire_rate)}/s)"),
         ("decoded", _human(stats.bytes_decoded)),
         ("compression", f"x{stats.compression_ratio:.2f}"),
         ("gaps", str(stats.losses)),
         ("reconnects", str(stats.reconnects)),
+        ("failed attempts", str(stats.failed_attempts)),
     ):
         table.add_row(name, value)
     err.print(table)

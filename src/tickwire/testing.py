@@ -38,6 +38,10 @@ class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
         await self._send.send(server)
         return client
 
+    async def open_stream(self, url: str) -> trio.abc.Stream:
+        """:meth:`connect`, for ``open_client(url, open_stream=listener.open_stream)``."""
+        return await self.connect()
+
     async def accept(self) -> trio.abc.Stream:
         try:
             return await self._receive.receive()

@@ -113,7 +113,7 @@ def to_fields(event: Event) -> list[Any]:
         resume = None if event.resume is None else [event.resume.epoch, event.resume.offset]
         return [kind.value, event.request_id, event.pattern, resume, event.options]
     if isinstance(event, Subscribed):
-        return [
+        fields = [
             kind.value,
             event.request_id,
             event.topic_id,
@@ -123,6 +123,7 @@ def to_fields(event: Event) -> list[Any]:
             event.outcome.value,
             event.info,
         ]
+        return fields if event.note is None else [*fields, event.note]
     if isinstance(event, DictOffer):
         return [kind.value, _infos(event.dictionaries)]
     if isinstance(event, Ignored):  # pragma: no cover - KIND_OF has no entry for it
@@ -287,7 +288,14 @@ _DECODERS: Final[dict[Kind, tuple[int, Callable[[_Fields], Event]]]] = {
     Kind.SUBSCRIBED: (
         7,
         lambda f: Subscribed(
-            f.uint(1), f.uint(2), f.str_(3), f.uint(4), f.uint(5), _outcome(f, 6), f.any_(7)
+            f.uint(1),
+            f.uint(2),
+            f.str_(3),
+            f.uint(4),
+            f.uint(5),
+            _outcome(f, 6),
+            f.any_(7),
+            f.opt_str(8) if len(f.values) > 8 else None,
         ),
     ),
     Kind.UNSUBSCRIBE: (2, lambda f: Unsubscribe(f.uint(1), f.str_(2))),

@@ -149,7 +149,9 @@ class Subscribe:
 
 @attrs.frozen
 class Subscribed:
-    """Server to client: one per topic a SUBSCRIBE (or RESYNC) matched (§4.4)."""
+    """Server to client: one per topic a SUBSCRIBE (or RESYNC) matched (§4.4). *note* is
+    the server's word on a topic that may deliver nothing yet (one that does not exist:
+    "no topic 'quote' yet; did you mean 'quotes'?"), or None."""
 
     request_id: int
     topic_id: int
@@ -158,6 +160,7 @@ class Subscribed:
     offset: int
     outcome: Outcome = attrs.field(converter=Outcome)
     info: Any = None
+    note: str | None = None
 
 
 @attrs.frozen

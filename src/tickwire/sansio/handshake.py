@@ -23,8 +23,19 @@ _END: Final = b"\r\n\r\n"
 
 
 def head_complete(data: bytes) -> bool:
-    """Whether *data* holds a whole request head (it ends with an empty line)."""
-    return _END in data
+    """Whether *data* holds a whole request head (it ends with an empty line), or cannot be
+    the start of one (then :func:`head_problem` says so at once, without waiting for more:
+    a TLS handshake sent to a plain server, say)."""
+    return _END in data or not _plausible(data)
+
+
+def _plausible(data: bytes) -> bool:
+    """Whether *data* may begin an HTTP request: a method of capital letters, then a space."""
+    head = data[:8]
+    method = head.split(b" ", 1)[0]
+    if not method:
+        return not head  # nothing yet: plausible; a leading space: not
+    return method.isalpha() and method.isupper() and (len(method) < len(head) or len(data) < 8)
 
 
 def head_problem(data: bytes) -> str | None:
@@ -33,6 +44,9 @@ def head_problem(data: bytes) -> str | None:
     Only what wsproto does not check itself is checked here: the request line's form and
     HTTP version, the head's size, and the ``Sec-WebSocket-Key``'s form.
     """
+    if not _plausible(data):
+        first = data[:1].hex()
+        return f"not an HTTP request (first byte 0x{first}: TLS to a plain ws:// server?)"
     end = data.find(_END)
     if end < 0:
         return (
