@@ -30,7 +30,7 @@ from typing import Any
 import msgpack
 import zstandard
 
-from support import progress, table, ws_header
+from support import progress, require_plotting, table, ws_header
 from tickwire.config import KiB, Limits
 from tickwire.sansio.codec import encode_body
 from tickwire.sansio.compression import CompressionConfig, Compressor, Dictionary
@@ -444,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--memory-probe", choices=sorted(PROBES), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    require_plotting(parser, args.plot)
     if args.memory_probe:
         memory_probe(args.memory_probe, args.subscribers)
         return 0

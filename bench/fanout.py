@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from support import progress, table
+from support import progress, require_plotting, table
 
 PAYLOAD = 100
 SERVERS = ("tickwire", "websockets", "trio-websocket")
@@ -450,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=float, default=60, help=argparse.SUPPRESS)
     parser.add_argument("--stalled", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    require_plotting(parser, args.plot)
     if args.role == "load":
         run_load(args)
         return 0

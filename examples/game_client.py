@@ -11,7 +11,7 @@ Try it:  python examples/game_client.py                      (runs its own game 
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import trio
 
@@ -75,4 +75,11 @@ async def main(url: str | None) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main, sys.argv[1] if len(sys.argv) > 1 else None)
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument(
+        "url",
+        nargs="?",
+        help="a game server (python examples/game_server.py 0 8770: ws://127.0.0.1:8770/); "
+        "without it, one runs in this process",
+    )
+    trio.run(main, parser.parse_args().url)

@@ -16,11 +16,11 @@ Players connect to ws://HOST:PORT/?player=NAME, subscribe to "world" and publish
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import logging
 import math
 import signal
-import sys
 import urllib.parse
 from typing import Any
 
@@ -143,5 +143,16 @@ async def main(seconds: float, port: int) -> None:
 
 
 if __name__ == "__main__":
-    args = [float(a) for a in sys.argv[1:3]]
-    trio.run(main, args[0] if args else 3.0, int(args[1]) if len(args) > 1 else 0)
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument(
+        "seconds",
+        nargs="?",
+        type=float,
+        default=3.0,
+        help="how long to run, with a bot player; 0: until Ctrl+C, no bot (default 3)",
+    )
+    parser.add_argument(
+        "port", nargs="?", type=int, default=0, help="the WebSocket port (default 0: any free one)"
+    )
+    args = parser.parse_args()
+    trio.run(main, args.seconds, args.port)

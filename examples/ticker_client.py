@@ -12,7 +12,7 @@ Try it:  python examples/ticker_client.py               (runs its own server for
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import trio
 
@@ -82,7 +82,16 @@ async def own_server() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        trio.run(watch, sys.argv[1], 10.0)
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument(
+        "url",
+        nargs="?",
+        help="watch this server's quotes for 10 s (tickwire serve --demo ticker: "
+        "ws://127.0.0.1:8765/); without it, run the restart demonstration with a server "
+        "of its own",
+    )
+    url = parser.parse_args().url
+    if url:
+        trio.run(watch, url, 10.0)
     else:
         trio.run(own_server)

@@ -12,7 +12,7 @@ Try it:  python examples/ticker_server.py [seconds]    (default: 2 seconds, then
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import trio
 
@@ -45,4 +45,8 @@ async def main(seconds: float) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main, float(sys.argv[1]) if len(sys.argv) > 1 else 2.0)
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument(
+        "seconds", nargs="?", type=float, default=2.0, help="how long to run (default 2)"
+    )
+    trio.run(main, parser.parse_args().seconds)

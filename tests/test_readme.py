@@ -75,3 +75,49 @@ def test_the_quick_start_serve_tail_and_scrape() -> None:
             assert r.read() == b"ready\n"
         served.process.send_signal(signal.SIGINT)
         assert served.process.wait(timeout=30) == 0
+
+
+def test_every_python_snippet_runs_as_written(tmp_path: Path) -> None:
+    """Each block as a user pastes it: the embedded server (on the ports it names) serves
+    quotes and /metrics; the client, run against it, prints what it receives; the others
+    run in-process."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+    servers = [b for b in blocks if "open_server" in b and "trio.run(main)" in b]
+    clients = [b for b in blocks if "open_client" in b and "trio.run(main)" in b]
+    others = [b for b in blocks if b not in servers and b not in clients]
+    assert (len(servers), len(clients), len(others)) == (1, 1, 2)
+    for i, block in enumerate(others):
+        exec(compile(block, f"README.md block {i}", "exec"), {})
+    (tmp_path / "server.py").write_text(servers[0])
+    (tmp_path / "client.py").write_text(clients[0])
+    server = subprocess.Popen([sys.executable, str(tmp_path / "server.py")])
+    client = None
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # the snippet's own ports, once it listens (a real wait on a real process)
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:8766/metrics", timeout=5) as r:
+                    assert b"tickwire_connections_open" in r.read()
+                break
+            except OSError:
+                assert server.poll() is None, "the server snippet exited"
+                assert time.monotonic() < deadline, "the server snippet never listened"
+                time.sleep(0.1)
+        client = subprocess.Popen(
+            [sys.executable, str(tmp_path / "client.py")], stdout=subprocess.PIPE, text=True
+        )
+        assert client.stdout is not None
+        first = client.stdout.readline()
+        assert first.startswith(("TableReset 1 symbols", "TableChanged 1 symbols")), first
+    finally:
+        for process in (client, server):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=30)
+                if process.stdout is not None:
+                    process.stdout.close()

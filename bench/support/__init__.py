@@ -7,7 +7,9 @@ bench/ on the path.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import importlib.util
 import io
 import statistics
 from collections.abc import Callable, Iterator, Sequence
@@ -17,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-__all__ = ["median_of", "progress", "table", "ws_header"]
+__all__ = ["median_of", "progress", "require_plotting", "table", "ws_header"]
 
 
 def ws_header(n: int) -> int:
@@ -64,3 +66,10 @@ def progress(total: int, description: str) -> Iterator[Callable[[str], None]]:
 def median_of(repeats: int, run: Callable[[], float]) -> float:
     """The median of *repeats* calls of *run*."""
     return statistics.median(run() for _ in range(repeats))
+
+
+def require_plotting(parser: argparse.ArgumentParser, plot: object) -> None:
+    """With ``--plot``, refuse to start (exit status 2) when matplotlib is missing, rather
+    than after a whole run."""
+    if plot and importlib.util.find_spec("matplotlib") is None:
+        parser.error("--plot needs the plotting extra: python -m pip install -e '.[plot]'")

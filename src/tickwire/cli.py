@@ -10,11 +10,13 @@ simulated feeds as JSON lines.
 from __future__ import annotations
 
 import argparse
+import difflib
 import functools
 import itertools
 import json
 import logging
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -419,7 +421,7 @@ def _bench(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = argparse.ArgumentParser(prog="tickwire", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"tickwire {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"tickwire {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
         "serve",
@@ -447,7 +449,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--policy", choices=("disconnect", "drop_oldest", "conflate"))
     p.add_argument("--token", help="bearer token (or TICKWIRE_TOKEN)")
     p.add_argument("--no-compression", action="store_true", help="do not offer zstd")
-    p.add_argument("--retries", type=int, default=20, help="reconnection attempts")
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=20,
+        help="reconnection attempts after a failure retrying may fix (default 20; 0: none)",
+    )
     p.add_argument("--cafile", help="PEM certificates to trust for wss:// (a private CA)")
     p.set_defaults(run=_tail)
     p = sub.add_parser(
@@ -491,8 +498,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--symbols", type=int, default=500)
     p.add_argument("--entities", type=int, default=200)
     p.set_defaults(run=_feed)
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        _unrecognized(sub.choices[args.command], extras, args)
     return int(args.run(args))
+
+
+def _unrecognized(
+    command: argparse.ArgumentParser, extras: list[str], args: argparse.Namespace
+) -> None:
+    """Refuse what the command does not take, with its own usage and the closest flags
+    (``tickwire serve --dmeo``: did you mean --demo?). Exits with status 2."""
+    if getattr(args, "command", None) == "bench":
+        return  # its options go to the script  # pragma: no cover - REMAINDER takes them
+    known = sorted(set(re.findall(r"--[a-z][a-z0-9-]*", command.format_help())))
+    hints = []
+    for extra in extras:
+        close = difflib.get_close_matches(extra.split("=", 1)[0], known, n=1, cutoff=0.6)
+        if close:
+            hints.append(f"{extra}: did you mean {close[0]}?")
+    message = f"unrecognized arguments: {' '.join(extras)}"
+    command.error(message + ("; " + "; ".join(hints) if hints else ""))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,6 +16,7 @@ import argparse
 import difflib
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -70,6 +71,10 @@ def _bool(text: str) -> bool:
 def _words(text: str) -> tuple[str, ...] | None:
     items = [w.strip() for w in text.split(",") if w.strip()]
     return tuple(items) or None
+
+
+def _patterns(text: str) -> tuple[str, ...]:
+    return _words(text) or ()
 
 
 @attrs.frozen
@@ -155,7 +160,7 @@ _SERVER_TYPES: Final[dict[str, tuple[Callable[[str], Any], tuple[type, ...]]]] =
     "float | None": (_optional_number, (*_N, str)),
     "bool": (_bool, _B),
     "tuple[str, ...] | None": (_words, _L),
-    "tuple[str, ...]": (lambda text: _words(text) or (), _L),
+    "tuple[str, ...]": (_patterns, _L),
     "str": (str, _S),
 }
 
@@ -170,9 +175,12 @@ def _server_settings() -> list[Setting]:
         default = field.default
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
             default = None
-        out.append(
-            Setting(field.name, parse, toml_types, docs.get(field.name, ""), default, server=True)
-        )
+        text = docs.get(field.name, "")
+        # What the docstring calls None, a flag spells: "off" for a number, empty for a list.
+        nothing = "off" if parse in (_optional_number, _optional_int) else "empty"
+        text = text.replace("or None", f"or {nothing}")
+        choices = ("wait", "refuse") if field.name == "unknown_topics" else None
+        out.append(Setting(field.name, parse, toml_types, text, default, choices, server=True))
     return out
 
 
@@ -191,10 +199,13 @@ def _attribute_docs(doc: str) -> dict[str, str]:
             for name in names:
                 out[name] += " " + stripped
     out["rate_burst_seconds"] = "seconds of allowance above the client rate limits"
-    return {
-        k: v.split(". ")[0].rstrip(".").replace("``", "`").replace("%", "%%")
-        for k, v in out.items()
-    }
+    return {k: _plain(v.split(". ")[0].rstrip(".")) for k, v in out.items()}
+
+
+def _plain(text: str) -> str:
+    """A docstring's words as ``--help`` shows them: no reStructuredText markup."""
+    text = re.sub(r":(?:class|meth|attr|func|data):`~?([^`]+)`", r"\1", text)
+    return text.replace("``", "").replace("%", "%%")
 
 
 SETTINGS: Final[dict[str, Setting]] = {s.name: s for s in [*_OWN, *_server_settings()]}
@@ -232,7 +243,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     server = parser.add_argument_group("server limits and timeouts (ServerConfig)")
     for setting in SETTINGS.values():
         group = server if setting.server else own
-        shown = "" if setting.default in (None, "") else f" (default {setting.default})"
+        optional = setting.parse in (_optional_number, _optional_int)
+        if setting.default in (None, "", ()):
+            shown = " (default off)" if optional else ""
+        else:
+            shown = f" (default {setting.default})"
         group.add_argument(
             setting.flag,
             dest=setting.name,
@@ -253,6 +268,7 @@ def _metavar(setting: Setting) -> str:
         _optional_int: "PORT|off",
         _bool: "true|false",
         _words: "A,B,...",
+        _patterns: "PATTERN,...",
     }
     return kinds.get(setting.parse, setting.name.split("_")[-1].upper())
 
