@@ -7,4 +7,5 @@ import sys
 
 from tickwire.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
