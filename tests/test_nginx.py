@@ -20,7 +20,7 @@ from tickwire import ClientConfig, Hub, Reconnect, ServerConfig
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 EXAMPLE = Path(__file__).parent.parent / "examples" / "nginx.conf"
-pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
+needs_nginx = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
 
 
 def free_port() -> int:
@@ -42,6 +42,7 @@ def configure(prefix: Path, listen: int, backends: list[int]) -> Path:
     return path
 
 
+@needs_nginx
 async def test_nginx_terminates_tls_and_balances_websockets(tmp_path: Path) -> None:
     assert NGINX is not None
     ca = trustme.CA()

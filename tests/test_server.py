@@ -189,7 +189,7 @@ def malformed_corpus(count: int) -> list[tuple[bytes | str, set[int]]]:
         (b"\x00\xc1", {1007}),
         (b"\x00\xd6\xff\x00\x00\x00\x01", {1007}),  # a timestamp ext
         (b"\x00\xdd\xff\xff\xff\xff", {1007}),  # a lying array header
-        (b"\x00" + b"\x91" * 2000 + b"\x01", {1007, 1009}),
+        (b"\x00" + b"\x91" * 2000 + b"\x01", {1009}),  # nested too deep
         (b"\x00" + msgpack.packb([7, 1, 1, None]), {1002}),  # a server kind
         (b"\x00" + msgpack.packb([0]), {1002}),  # unknown kind
         (b"\x00" + msgpack.packb([12, "x", "t", 1, None]), {1007}),  # wrong type
@@ -201,7 +201,9 @@ def malformed_corpus(count: int) -> list[tuple[bytes | str, set[int]]]:
         size = rng.choice((1, 2, 5, 20, 100, 300))
         blob = bytes(rng.getrandbits(8) for _ in range(size))
         header = rng.choice((0x00, 0x00, 0x01, rng.getrandbits(8)))
-        cases.append((bytes([header]) + blob, {1002, 1003, 1007, 1009, 4002}))
+        # Random bytes: any close code §6 gives bad input, or none (0) for the rare blob that
+        # happens to be a valid message.
+        cases.append((bytes([header]) + blob, {0, 1002, 1003, 1007, 1009, 4002}))
     return cases
 
 
@@ -218,7 +220,7 @@ async def test_hundreds_of_malformed_inputs_leave_the_server_serving() -> None:
                 await bad.receive()
                 code = await bad.outcome_of(message)
             # 0: a random input that happened to be a valid request was answered.
-            assert code in codes or code == 0, (i, message, code)
+            assert code in codes, (i, message, code)
             outcomes[code] = outcomes.get(code, 0) + 1
             hub.publish_nowait("audit", i)
         seen: list[int] = []

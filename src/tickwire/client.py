@@ -44,6 +44,7 @@ from typing import Any, Final, Literal, TypeAlias
 import attrs
 import trio
 import trio_websocket
+import wsproto.utilities
 from attrs.validators import ge, gt, instance_of, optional
 
 from tickwire._groups import only, unwrapped
@@ -783,6 +784,11 @@ class Client:
         try:
             await self._connection(url, offer, headers)
         except BaseExceptionGroup as group:
+            cancelled, _others = group.split(trio.Cancelled)
+            if cancelled is not None and self._closed is not None:
+                # Closing: what the connection's tasks raised on their way out (a pong that
+                # trio-websocket may no longer send) does not matter; the cancellation does.
+                raise cancelled from None
             ended = self._classify(only(group), group)
         except (_Retry, TickwireError) as exc:
             ended = exc
@@ -874,6 +880,10 @@ class Client:
             return leaf
         if isinstance(leaf, trio_websocket.ConnectionRejected):
             return self._rejected(leaf)
+        if isinstance(leaf, wsproto.utilities.LocalProtocolError):
+            # trio-websocket answering a ping after our close frame went out: the
+            # connection is ending anyway.
+            return _Retry(f"connection ended: {leaf}")
         if isinstance(
             leaf,
             OSError

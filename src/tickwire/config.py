@@ -94,6 +94,8 @@ class ServerConfig:
         messages_per_second, bytes_per_second: per-connection rate limits on what a client
             sends, with *rate_burst_seconds* of allowance; over them an ERROR 429, then a
             1008 close if it goes on.
+        rate_limit_strikes: messages over the rate limits in a row that are dropped before
+            the next one closes the connection with 1008 (50: the 51st closes it).
         outbox_max_bytes, outbox_max_messages: bound each connection's queue of outgoing
             messages; beyond them the topic's slow-consumer policy applies.
         send_bytes_per_second: a bandwidth cap on what each connection is sent, or None.
@@ -143,6 +145,7 @@ class ServerConfig:
     messages_per_second: float = attrs.field(default=200.0, validator=gt(0))
     bytes_per_second: float = attrs.field(default=1.0 * MiB, validator=gt(0))
     rate_burst_seconds: float = attrs.field(default=2.0, validator=gt(0))
+    rate_limit_strikes: int = attrs.field(default=50, validator=_POSITIVE_INT)
     outbox_max_bytes: int = attrs.field(default=4 * MiB, validator=_POSITIVE_INT)
     outbox_max_messages: int = attrs.field(default=8192, validator=_POSITIVE_INT)
     send_bytes_per_second: float | None = attrs.field(default=None, validator=_optional_positive)

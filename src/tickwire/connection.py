@@ -348,6 +348,7 @@ class ServerConnection:
             messages_per_second=config.messages_per_second,
             bytes_per_second=config.bytes_per_second,
             burst_seconds=config.rate_burst_seconds,
+            max_strikes=config.rate_limit_strikes,
         )
         self._subscriptions: dict[str, int] = {}
         self._created = 0  # topics this connection's requests created
