@@ -274,3 +274,142 @@ def test_the_game_demo_through_tail() -> None:
     changes = [line for line in lines[1:] if line["type"] == "change"]
     assert changes
     assert all(line["topic"] == "world" for line in changes)
+
+
+# -- first contact: the command line as a new user meets it ---------------------------------
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_python_m_tickwire_and_its_version() -> None:
+    from tickwire import __version__
+
+    for command in ([sys.executable, "-m", "tickwire", "-V"], [*CLI, "--version"]):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        assert (done.returncode, done.stdout.strip()) == (0, f"tickwire {__version__}")
+
+
+def test_a_mistyped_flag_gets_its_commands_usage_and_the_closest_flag() -> None:
+    done = run_cli("serve", "--dmeo", "ticker")
+    assert done.returncode == 2
+    assert "usage: tickwire serve" in done.stderr
+    assert "--dmeo: did you mean --demo?" in done.stderr
+
+
+def test_help_shows_no_markup_and_what_a_flag_takes() -> None:
+    serve = run_cli("serve", "--help").stdout
+    assert "``" not in serve
+    assert ":class:" not in serve
+    assert "or None" not in serve
+    assert "closing (4006), or off (default off)" in " ".join(serve.split())
+    tail_help = " ".join(run_cli("tail", "--help").stdout.split())
+    assert "(default 20; 0: none)" in tail_help
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_tail_says_what_it_is_trying_and_gives_up_cleanly() -> None:
+    port = closed_port()
+    done = run_cli("tail", f"ws://127.0.0.1:{port}/", "quotes", "--retries", "2")
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert lines[0].startswith(f"tickwire tail: ws://127.0.0.1:{port}/: connection refused")
+    assert "attempt 2 of 3 in" in lines[0]
+    assert "attempt 3 of 3 in" in lines[1]
+    assert "gave up after 3 attempts: connection refused" in lines[2]
+    zero = run_cli("tail", f"ws://127.0.0.1:{port}/", "quotes", "--retries", "0")
+    assert zero.returncode == 1
+    assert "gave up after 1 attempt: connection refused" in zero.stderr
+    assert "Traceback" not in zero.stderr
+
+
+def test_tail_ends_at_once_on_what_retrying_cannot_fix() -> None:
+    # The old client retried these for 33 s to 5 min; the guard timeout is far shorter.
+    done = run_cli("tail", "ws://no-such-host.invalid/", "quotes", timeout=20)
+    assert done.returncode == 1
+    assert "the name does not resolve" in done.stderr
+    assert "attempt" not in done.stderr  # no retry was announced
+    with tickwire_serve() as served:
+        tls = run_cli("tail", served.url.replace("ws://", "wss://"), "quotes", timeout=20)
+    assert tls.returncode == 1
+    assert "TLS handshake failed" in tls.stderr
+
+
+def test_tail_names_a_topic_that_does_not_exist_and_counts_consistently() -> None:
+    with tickwire_serve("--demo", "ticker") as served:
+        typo = run_cli("tail", served.url, "quote", "trade.*", "--duration", "1")
+        assert typo.returncode == 0
+        assert "no topic 'quote' on this server; did you mean 'quotes'?" in typo.stderr
+        assert "no topic matches 'trade.*' yet" in typo.stderr
+        twenty = run_cli("tail", served.url, "quotes", "--count", "20", "--stats-interval", "0.1")
+        assert twenty.returncode == 0
+        assert len(twenty.stdout.splitlines()) == 20
+        summary = " ".join(twenty.stderr.split())
+        assert "printed 20 lines" in summary
+        assert re.search(r"snapshots 1 \(\d+ rows\)", summary)
+        assert re.search(r"seconds \d+\.\d\d ", summary)
+        counted = run_cli(
+            "tail", served.url, "quotes", "--duration", "1", "--stats-interval", "0.2"
+        )
+        status = [line for line in counted.stderr.splitlines() if "updates/s" in line]
+        # Not a terminal: a plain line each interval, without rich's markup.
+        assert len(status) >= 3
+        assert all(line.startswith("tickwire tail: ") for line in status)
+        assert "[dim]" not in counted.stderr
+
+
+def test_dict_train_refuses_a_table_topic_at_once() -> None:
+    with tickwire_serve("--demo", "ticker") as served:
+        done = run_cli("dict", "train", "--url", served.url, "--topic", "quotes", timeout=20)
+    assert done.returncode == 1
+    line = done.stderr.strip()
+    assert "\n" not in line  # one line, not wrapped at 80 columns off a terminal
+    assert line.startswith("tickwire dict train: quotes is a table topic")
+
+
+@pytest.mark.parametrize(
+    "example", ["game_server.py", "game_client.py", "ticker_server.py", "ticker_client.py"]
+)
+def test_every_example_explains_its_arguments(example: str) -> None:
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "examples" / example
+    done = subprocess.run(
+        [sys.executable, str(path), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: ")
+    if example == "game_server.py":
+        assert "0: until Ctrl+C" in " ".join(done.stdout.split())
+
+
+def test_a_plot_without_matplotlib_is_refused_before_the_bench_runs(tmp_path: object) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    if importlib.util.find_spec("matplotlib") is not None:
+        pytest.skip("matplotlib is installed: the refusal cannot happen here")
+    bench = Path(__file__).parent.parent / "bench" / "codecs.py"
+    done = subprocess.run(
+        [sys.executable, str(bench), "--quick", "--plot", str(Path(str(tmp_path)) / "x.png")],
+        capture_output=True,
+        text=True,
+        timeout=20,  # the refusal comes before the run, which takes longer
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "--plot needs the plotting extra" in done.stderr

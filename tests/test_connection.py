@@ -146,6 +146,25 @@ async def test_slowloris_handshake_times_out(autojump_clock: trio.testing.MockCl
         nursery.cancel_scope.cancel()
 
 
+async def test_the_message_after_rate_limit_strikes_dropped_ones_closes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    config = ServerConfig(
+        messages_per_second=5, rate_burst_seconds=1, rate_limit_strikes=3, client_publish=["chat"]
+    )
+    async with trio.open_nursery() as nursery:
+        _, listener = await start(nursery, config)
+        raw = await open_raw(listener)
+        for i in range(5 + 3):  # the burst, then three over the limit: answered, not closed
+            await raw.send_bytes(encode(Publish(i, "chat", "hi")))
+        answers = [decode(m) for m in await raw.messages(6)]
+        assert [type(a) for a in answers] == [Ack] * 5 + [Error]
+        assert (answers[5].request_id, answers[5].code) == (None, 429)
+        await raw.send_bytes(encode(Publish(99, "chat", "hi")))  # the fourth: it closes
+        assert await raw.close_code() == 1008
+        nursery.cancel_scope.cancel()
+
+
 async def test_flooding_gets_429_then_1008(autojump_clock: trio.testing.MockClock) -> None:
     config = ServerConfig(messages_per_second=5, rate_burst_seconds=1, client_publish=["chat"])
     async with trio.open_nursery() as nursery:

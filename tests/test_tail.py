@@ -181,3 +181,37 @@ async def test_tail_over_wss_trusting_a_private_ca(tmp_path: object) -> None:
         status, out, _ = await run_tail(options, hub, lambda: hub.publish_nowait("news", "tls"))
     assert status == 0
     assert json.loads(out)["payload"] == "tls"
+
+
+async def test_on_a_terminal_the_counters_stay_on_its_last_line(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With standard error a terminal, the counters are a status line that rich keeps at the
+    bottom (redrawn in place, bold), not one more line among the updates."""
+    from tickwire.testing import MemoryListener
+
+    hub = Hub()
+    listener = MemoryListener()
+    server = tickwire.Server(hub, config=CONFIG)
+    text = io.StringIO()
+    err = Console(file=text, width=120, force_terminal=True, highlight=False, soft_wrap=True)
+    out = io.StringIO()
+    options = TailOptions(url="ws://memory/", topics=("ticks",), duration=10.0, stats_interval=1.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve_listeners, [listener])
+
+        async def feed() -> None:
+            for n in range(100):
+                hub.publish_nowait("ticks", n)
+                await trio.sleep(0.1)
+
+        nursery.start_soon(feed)
+        status = await tail(options, out=out, err=err, open_stream=listener.open_stream)
+        nursery.cancel_scope.cancel()
+    assert status == 0
+    shown = text.getvalue()
+    assert "updates/s" in shown
+    assert "\x1b[1m" in shown  # bold: the status line
+    assert "tickwire tail: " not in shown  # no plain counter lines, only the status line
+    assert "\x1b[2K" in shown or "\x1b[1A" in shown  # redrawn in place (erase, cursor up)
+    assert len(out.getvalue().splitlines()) >= 90  # the updates, on standard output

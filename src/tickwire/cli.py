@@ -329,7 +329,7 @@ def _tail(args: argparse.Namespace) -> int:
 
 def _dict_train(args: argparse.Namespace) -> int:
     console = Console(highlight=False)
-    err = Console(stderr=True, highlight=False)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         if args.url:
             if not args.topic:

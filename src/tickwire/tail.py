@@ -22,7 +22,7 @@ import signal
 import ssl
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any, Literal, TextIO
 
@@ -204,9 +204,13 @@ async def tail(
     *,
     out: TextIO | None = None,
     err: Console | None = None,
+    open_stream: Callable[[str], Awaitable[trio.abc.Stream]] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> int:
-    """Run ``tickwire tail``; returns the exit status (0, or 1 when refused)."""
+    """Run ``tickwire tail``; returns the exit status (0, or 1 when refused).
+
+    *out* and *err* are where the updates and the counters go (standard output and error);
+    *open_stream* is passed to :func:`~tickwire.open_client` (tests: a memory listener)."""
     out = out or sys.stdout
     err = err or console()
     fmt: Callable[[Update], list[str]] = format_json if options.json else format_text
@@ -227,7 +231,7 @@ async def tail(
     started = trio.current_time()
     try:
         with unwrapped():
-            return await _run(options, out, err, fmt, config, started, task_status)
+            return await _run(options, out, err, fmt, config, started, open_stream, task_status)
     except SubscriptionError as exc:
         err.print(f"tickwire tail: subscription refused: {exc.code} {exc.text}", markup=False)
     except (ConnectionRefused, ConnectionClosed) as exc:
@@ -255,13 +259,18 @@ async def _run(
     fmt: Callable[[Update], list[str]],
     config: ClientConfig,
     started: float,
+    open_stream: Callable[[str], Awaitable[trio.abc.Stream]] | None,
     task_status: trio.TaskStatus[None],
 ) -> int:
     tally = _Tally()
     context = ssl.create_default_context(cafile=options.cafile) if options.cafile else None
     live = options.stats_interval is not None and err.is_terminal
     async with open_client(
-        options.url, token=options.token, config=config, ssl_context=context
+        options.url,
+        token=options.token,
+        config=config,
+        ssl_context=context,
+        open_stream=open_stream,
     ) as client:
         # Bounded: when printing falls behind, the subscriptions' own buffers fill and
         # stream updates are dropped with a Lost line, as the client promises.

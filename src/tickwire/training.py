@@ -182,6 +182,16 @@ async def _collect(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     async with client.subscribe(topic) as subscription:
+        if subscription.exact:
+            try:
+                subscription.table()
+            except KeyError:
+                pass  # a stream: what this trains on
+            else:
+                raise TrainingError(
+                    f"{topic} is a table topic: its deltas are encoded by the server, which "
+                    "trains on them itself (Hub.train_dictionary); record a stream topic"
+                )
         task_status.started()
         async for update in subscription:
             if isinstance(update, Message):
