@@ -278,3 +278,15 @@ def test_7_2_structure_limits_apply_above_256_bytes() -> None:
     # A small body is bounded by its size alone: at most 256 objects.
     small = [7, 1, 1, [[] for _ in range(200)]]
     assert decode_body(msgpack.packb(small), limits) == Data(1, 1, small[3])
+
+
+def test_4_4_subscribed_carries_a_note_only_when_there_is_one() -> None:
+    from tickwire.sansio.codec import decode_body, encode_body, to_fields
+    from tickwire.sansio.events import Outcome, Subscribed
+
+    plain = Subscribed(1, 2, "quotes", 7, 0, Outcome.NEW)
+    noted = Subscribed(1, 2, "quote", 7, 0, Outcome.NEW, None, "no topic 'quote' on this server")
+    assert len(to_fields(plain)) == 8  # as before: no trailing position
+    assert to_fields(noted)[-1] == "no topic 'quote' on this server"
+    for event in (plain, noted):
+        assert decode_body(encode_body(event), Limits()) == event
