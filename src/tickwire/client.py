@@ -526,10 +526,16 @@ _TRANSIENT_STATUS: Final = frozenset({408, 425, 429})
 def _why(exc: BaseException) -> tuple[str, bool]:
     """A connection failure in words, and whether it is permanent."""
     cause: BaseException | None = exc
-    while cause is not None:
+    for _ in range(16):  # the chain of causes, not forever
+        if cause is None:
+            break
         if isinstance(cause, ssl.SSLError):
             reason = getattr(cause, "reason", None) or str(cause)
-            return f"TLS handshake failed ({reason}): is it a wss:// server?", True
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                hint = "its certificate is not trusted (a private CA: pass its certificates)"
+            else:
+                hint = "is it a wss:// server?"
+            return f"TLS handshake failed ({reason}): {hint}", True
         if isinstance(cause, socket.gaierror):
             if cause.errno in _NO_SUCH_NAME:
                 return f"the name does not resolve ({cause.strerror})", True
