@@ -342,25 +342,35 @@ async def test_partial_writes_never_corrupt_the_stream() -> None:
         for i in range(count):  # 8 MB without yielding: the socket fills mid-frame
             hub.publish_nowait("big", i.to_bytes(4, "big") * 1024)
         assert connection.ws._tail  # a frame is half-written
-        await connection.ws.pong(b"marker")  # a control frame while the tail is owed
         client = Session(Role.CLIENT, Negotiated.of(MSGPACK))
         received: list[bytes] = []
         pongs: list[bytes] = []
-        with trio.fail_after(30):
-            while len(received) < count or not pongs:
-                event = await raw.next_event()
-                if isinstance(event, Pong):
-                    pongs.append(bytes(event.payload))
-                elif isinstance(event, BytesMessage):
-                    parts = [bytes(event.data)]
-                    while not event.message_finished:
-                        event = await raw.next_event()
-                        parts.append(bytes(event.data))
-                    client.receive_message(b"".join(parts))
-                    received += [e.payload for e in client.events_received() if isinstance(e, Data)]
+        async with trio.open_nursery() as nursery:
+            # A control frame while the tail is owed. It may wait for room in the socket,
+            # which only the reads below make: it runs beside them, not before them.
+            nursery.start_soon(connection.ws.pong, b"marker")
+            await _read_all(raw, client, received, pongs, count)
         assert received == [i.to_bytes(4, "big") * 1024 for i in range(count)]
         assert pongs == [b"marker"]
         await raw.stream.aclose()
+
+
+async def _read_all(
+    raw: RawClient, client: Session, received: list[bytes], pongs: list[bytes], count: int
+) -> None:
+    """Read *count* Data messages and at least one pong from *raw*, in wire order."""
+    with trio.fail_after(30):
+        while len(received) < count or not pongs:
+            event = await raw.next_event()
+            if isinstance(event, Pong):
+                pongs.append(bytes(event.payload))
+            elif isinstance(event, BytesMessage):
+                parts = [bytes(event.data)]
+                while not event.message_finished:
+                    event = await raw.next_event()
+                    parts.append(bytes(event.data))
+                client.receive_message(b"".join(parts))
+                received += [e.payload for e in client.events_received() if isinstance(e, Data)]
 
 
 async def test_behind_a_trusted_proxy_the_forwarded_client_is_the_one_limited() -> None:
