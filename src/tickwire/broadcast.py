@@ -65,6 +65,7 @@ from tickwire.sansio.events import (
 from tickwire.sansio.fanout import Overflow
 from tickwire.sansio.framing import frame
 from tickwire.sansio.negotiation import Codec, Negotiated
+from tickwire.sansio.relay import Relay
 from tickwire.sansio.session import encode_message
 from tickwire.sansio.table import Changes, Key, Schema, Table, merge_into, message_budget
 from tickwire.sansio.values import ValueLimits, pack_trusted, pack_value, unpack_value
@@ -107,13 +108,16 @@ class Listener:
 
     Its queue is bounded: while it is full, publishing on a matching topic raises
     :class:`Overloaded` (a client is told 503) instead of losing the message, and
-    :meth:`Hub.publish` waits for room.
+    :meth:`Hub.publish` waits for room. With a backplane, messages published by other
+    processes cannot be refused that way: those arriving while it is full are counted in
+    :attr:`dropped` (and logged), never silently lost.
     """
 
     def __init__(self, hub: Hub, pattern: str, max_buffered: int) -> None:
         self.hub = hub
         self.pattern = pattern
         self.max_buffered = max_buffered
+        self.dropped = 0
         self._queue: collections.deque[Published] = collections.deque()
         self._data = trio.Event()
         self._room = trio.Event()
@@ -241,6 +245,10 @@ class Subscriber(Protocol):
     def topic_added(self, topic: Topic, request_id: int) -> None:
         """A topic matching one of its patterns appeared (and it may receive it)."""
 
+    def topic_restarted(self, topic: Topic, request_id: int) -> None:
+        """*topic* started again in a new epoch (the backplane's Redis lost it): tell the
+        subscriber that it was not recovered (SUBSCRIBED again, §4.4)."""
+
     def busy(self) -> bool:
         """Whether anything is queued for it (a keyframe is then skipped)."""
 
@@ -252,6 +260,48 @@ class Subscriber(Protocol):
 
     def slow_consumer(self) -> None:
         """Drop it as a slow consumer (4000): it did not make room in time."""
+
+
+class Backplane(Protocol):
+    """What the hub needs of a backplane that shares its topics with other processes
+    (:class:`tickwire.backplane.RedisBackplane` implements it)."""
+
+    @property
+    def ready(self) -> bool:
+        """Whether it is connected and can take publishes now."""
+
+    def submit(self, topic: str, packed: bytes, *, key: str | None) -> None:
+        """Take one stream message to publish as soon as possible, without waiting.
+
+        Raises:
+            BackplaneUnavailable: not connected, or too much is waiting already.
+        """
+
+    async def publish(self, topic: str, packed: bytes, *, key: str | None, timeout: float) -> int:
+        """Publish one stream message; return the offset the cluster gave it.
+
+        Raises:
+            BackplaneUnavailable: not published within *timeout*.
+            DuplicateKey: *key* was used for another payload.
+        """
+
+    async def join(self, pattern: str, *, create: bool, client: bool) -> None:
+        """Follow the topics *pattern* names in this process (as local topics of the hub),
+        creating a topic name cluster-wide if *create*.
+
+        Raises:
+            BackplaneUnavailable: not connected.
+        """
+
+    def topic_id(self, name: str) -> int | None:
+        """The cluster's id of topic *name*, if it has one yet."""
+
+    async def prefetch(self, topic: Topic, after: int) -> None:
+        """Put the messages of *topic* after offset *after* in its local history, from the
+        shared history, for a resume (what the shared history no longer has stays out)."""
+
+    async def run(self, hub: Hub, *, task_status: trio.TaskStatus[None]) -> None:
+        """Connect, stay connected, and relay; runs until cancelled."""
 
 
 @attrs.frozen(kw_only=True)
@@ -442,6 +492,11 @@ class Hub:
         max_history_bytes: the history of all topics together, in bytes; past it, the
             oldest messages go first.
         max_client_topics: topics that clients may have created and that still exist.
+        backplane: shares every topic with other processes (a
+            :class:`tickwire.backplane.RedisBackplane`); None (the default) keeps them in
+            this process. With one, the cluster gives offsets: :meth:`publish_nowait`
+            hands the message over and returns None, :meth:`publish` returns the offset
+            once Redis has it, and this hub delivers what any process published.
     """
 
     compression: CompressionConfig = attrs.field(factory=CompressionConfig)
@@ -451,6 +506,7 @@ class Hub:
     limits: Limits = attrs.field(factory=Limits, validator=instance_of(Limits))
     max_history_bytes: int = attrs.field(default=256 * MiB, validator=[instance_of(int), ge(0)])
     max_client_topics: int = attrs.field(default=10_000, validator=[instance_of(int), ge(0)])
+    backplane: Backplane | None = attrs.field(default=None, kw_only=True)
     _topics: dict[str, Topic] = attrs.field(init=False, factory=dict)
     _by_id: dict[int, Topic] = attrs.field(init=False, factory=dict)
     _configs: list[tuple[str, TopicConfig]] = attrs.field(init=False, factory=list)
@@ -489,10 +545,16 @@ class Hub:
         if new.
 
         Raises:
-            ValueError: *name* is not a valid topic name (§4.4).
+            ValueError: *name* is not a valid topic name (§4.4); with a backplane, a
+                topic this process does not follow yet (``await hub.join(name)``).
         """
         topic = self._topics.get(name)
         if topic is None:
+            if self.backplane is not None:
+                raise ValueError(
+                    f"{name!r} is not followed by this process: await hub.join({name!r}) "
+                    "first (with a backplane the cluster names its topics)"
+                )
             topic = self._create(name, None)
         elif topic.client_created:
             self._adopt(topic)
@@ -538,7 +600,16 @@ class Hub:
         if not isinstance(name, str) or not valid_pattern(name) or "*" in name.split("."):
             raise ValueError(f"invalid topic name: {name!r}")
 
-    def _create(self, name: str, table: Table | None, *, client: bool = False) -> Topic:
+    def _create(
+        self,
+        name: str,
+        table: Table | None,
+        *,
+        client: bool = False,
+        followed: tuple[int, int, int] | None = None,
+    ) -> Topic:
+        """A new topic, offered to the matching patterns and listeners; *followed* gives a
+        backplane topic's (id, epoch, offset) in the cluster."""
         self._check_name(name)
         if client:
             if self.client_topics >= self.max_client_topics:
@@ -547,10 +618,12 @@ class Hub:
                     "server keeps; try again later"
                 )
             self.client_topics += 1
-        config = next((c for p, c in self._configs if pattern_matches(p, name)), self.default_topic)
-        topic = Topic(
-            self._ids(), name, random.getrandbits(31), config, table=table, client_created=client
-        )
+        config = self.config_for(name)
+        if followed is None:
+            topic_id, epoch, offset = self._ids(), random.getrandbits(31), 0
+        else:
+            topic_id, epoch, offset = followed
+        topic = Topic(topic_id, name, epoch, config, offset, table=table, client_created=client)
         topic.last_published = self.clock()
         self._topics[name] = self._by_id[topic.topic_id] = topic
         topic.listeners = [x for x in self._listeners if pattern_matches(x.pattern, name)]
@@ -608,6 +681,19 @@ class Hub:
         if not valid_pattern(pattern):
             raise ValueError(f"invalid topic pattern: {pattern!r}")
         self._configs.append((pattern, config))
+
+    def config_for(self, name: str) -> TopicConfig:
+        """The configuration a topic called *name* has (or gets when created)."""
+        topic = self._topics.get(name)
+        if topic is not None:
+            return topic.config
+        return next((c for p, c in self._configs if pattern_matches(p, name)), self.default_topic)
+
+    def rekey(self, topic: Topic, topic_id: int) -> None:
+        """Give *topic* another id (the backplane's registry gave it another one)."""
+        self._by_id.pop(topic.topic_id, None)
+        topic.topic_id = topic_id
+        self._by_id[topic_id] = topic
 
     def similar(self, name: str, *, count: int = 3) -> list[str]:
         """Names of the program's topics that look like *name* (for a typo's hint)."""
@@ -749,9 +835,10 @@ class Hub:
 
     def publish_nowait(
         self, topic: str, payload: Any, *, key: str | None = None, client: bool = False
-    ) -> int:
+    ) -> int | None:
         """Publish *payload* on stream topic *topic* to every subscriber now; return its
-        offset.
+        offset (None with a backplane: the message is handed over, and the cluster gives
+        its offset when Redis takes it; :meth:`publish` waits for it).
 
         The payload is checked and packed before anything else: a refused call uses no
         offset and changes nothing. The message is then framed once per subscriber
@@ -771,6 +858,8 @@ class Hub:
             DuplicateKey: *key* was used for another payload.
             Overloaded: an in-process :class:`Listener` of the topic is full.
             TooManyTopics: a client's publish would create one topic too many.
+            BackplaneUnavailable: with a backplane, Redis is unreachable or too much is
+                waiting for it; nothing was published.
         """
         t = self._topics.get(topic)
         if t is None:
@@ -780,6 +869,9 @@ class Hub:
         if key is not None and not isinstance(key, str):
             raise TypeError("an idempotency key is a str")
         packed = self.check_payload(payload)
+        if self.backplane is not None:
+            self.backplane.submit(topic, packed, key=key)
+            return None
         if key is not None and t is not None:
             seen = t.keys.get(key)
             if seen is not None:
@@ -924,14 +1016,15 @@ class Hub:
         entries: Sequence[Entry],
         *,
         since: float | None = None,
+        prebuilt: dict[Negotiated, bytes] | None = None,
     ) -> None:
         """Give every subscriber of *t* the frame of *entries* (one DATA, or a BATCH) for
-        its variant, each variant encoded once; the first of them was published at *since*
-        (trio's clock)."""
+        its variant, each variant encoded once (or *prebuilt*: frames another process
+        encoded); the first of them was published at *since* (trio's clock)."""
         overflow = t.config.overflow
         first, last = entries[0].offset, entries[-1].offset
         single = entries[0] if len(entries) == 1 else None
-        framed = {} if single is None else single.framed
+        framed = single.framed if single is not None else prebuilt or {}
         delta: Changes | None = None
         if t.table is not None:
             if single is not None:
@@ -1037,40 +1130,50 @@ class Hub:
         ends it.
 
         The server runs it; run it yourself when using batch windows or keyframes without
-        a server. Only one runs per hub: a second call returns at once.
+        a server. Only one runs per hub: a second call returns at once. With a backplane it
+        runs the backplane too (its connection to Redis and the relays).
         """
         if self._running:
             return
         self._running = True
-        next_sweep = trio.current_time() + SWEEP_INTERVAL
         try:
-            while True:
-                now = trio.current_time()
-                self.flush(now)
-                for topic in list(self._tables):
-                    interval = topic.config.keyframe_interval
-                    if interval is None:
-                        continue
-                    due = self._keyframes.setdefault(topic, now + interval)
-                    if due <= now:
-                        if topic.offset != topic.keyframe_offset:
-                            try:
-                                self.keyframe(topic)
-                            except Exception as exc:  # never the hub's timer
-                                self._failed(topic, exc, "its keyframe")
-                        self._keyframes[topic] = now + interval
-                if now >= next_sweep:
-                    self.sweep()
-                    next_sweep = now + SWEEP_INTERVAL
-                deadline = min(
-                    itertools.chain(self._due.values(), self._keyframes.values(), [next_sweep]),
-                    default=math.inf,
-                )
-                self._wakeup = trio.Event()
-                with trio.move_on_at(deadline):
-                    await self._wakeup.wait()
+            if self.backplane is None:
+                await self._timers()
+            else:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self.backplane.run, self)
+                    await self._timers()
         finally:
             self._running = False
+
+    async def _timers(self) -> None:
+        """The batch windows, keyframes and sweeps of :meth:`run`."""
+        next_sweep = trio.current_time() + SWEEP_INTERVAL
+        while True:
+            now = trio.current_time()
+            self.flush(now)
+            for topic in list(self._tables):
+                interval = topic.config.keyframe_interval
+                if interval is None:
+                    continue
+                due = self._keyframes.setdefault(topic, now + interval)
+                if due <= now:
+                    if topic.offset != topic.keyframe_offset:
+                        try:
+                            self.keyframe(topic)
+                        except Exception as exc:  # never the hub's timer
+                            self._failed(topic, exc, "its keyframe")
+                    self._keyframes[topic] = now + interval
+            if now >= next_sweep:
+                self.sweep()
+                next_sweep = now + SWEEP_INTERVAL
+            deadline = min(
+                itertools.chain(self._due.values(), self._keyframes.values(), [next_sweep]),
+                default=math.inf,
+            )
+            self._wakeup = trio.Event()
+            with trio.move_on_at(deadline):
+                await self._wakeup.wait()
 
     async def run_batches(self) -> None:
         """Deprecated name of :meth:`run`."""
@@ -1086,18 +1189,28 @@ class Hub:
         that has not made room within *timeout* seconds is dropped as a slow consumer
         (4000; it resumes from the history), so that no single client stalls the others.
 
+        With a backplane it waits for Redis instead (for room in what waits for Redis, then
+        for Redis to take the message), and returns the offset the cluster gave; each
+        server's subscribers then get it as their overflow policy says.
+
         Raises:
             ValueError: an invalid topic name, or a table topic.
             InvalidValue: as :meth:`publish_nowait`, before waiting.
             DuplicateKey: as :meth:`publish_nowait`.
             Overloaded: a listener had no room within *timeout*.
+            BackplaneUnavailable: with a backplane, Redis did not take the message within
+                *timeout*.
         """
         existing = self._topics.get(topic)
         if existing is not None and existing.table is not None:
             raise ValueError(f"{topic!r} is a table topic: use upsert(), delete() or update()")
         if existing is None:
             self._check_name(topic)
-        self.check_payload(payload)  # refused before waiting for anyone
+        if key is not None and not isinstance(key, str):
+            raise TypeError("an idempotency key is a str")
+        packed = self.check_payload(payload)  # refused before waiting for anyone
+        if self.backplane is not None:
+            return await self.backplane.publish(topic, packed, key=key, timeout=timeout)
         t = self.topic(topic)
         deadline = trio.current_time() + timeout
         for subscriber in list(t.subscribers):
@@ -1110,7 +1223,201 @@ class Hub:
             with trio.move_on_at(deadline):
                 await listener.wait_for_room()
         await trio.lowlevel.checkpoint()
-        return self.publish_nowait(topic, payload, key=key)
+        offset = self.publish_nowait(topic, payload, key=key)
+        assert offset is not None  # no backplane
+        return offset
+
+    # -- the backplane -------------------------------------------------------------------------
+
+    async def join(self, pattern: str, *, create: bool = False, client: bool = False) -> None:
+        """With a backplane, follow the topics *pattern* names in this process (a name, or
+        a pattern: every topic of the cluster it matches), so that they are local topics
+        that :meth:`subscribe` finds; *create* registers a name nobody has published yet.
+        Without a backplane there is nothing to do.
+
+        Raises:
+            ValueError: an invalid pattern.
+            BackplaneUnavailable: Redis is unreachable.
+        """
+        if not valid_pattern(pattern):
+            raise ValueError(f"invalid topic pattern: {pattern!r}")
+        if self.backplane is None:
+            await trio.lowlevel.checkpoint()
+            return
+        await self.backplane.join(pattern, create=create, client=client)
+
+    def wanted(self, name: str) -> bool:
+        """Whether a subscription or a listener of this process matches topic *name* (a
+        backplane follows such topics as soon as they appear anywhere)."""
+        return any(
+            pattern_matches(p, name) for patterns in self._patterns.values() for p in patterns
+        ) or any(pattern_matches(x.pattern, name) for x in self._listeners)
+
+    def follow(
+        self, name: str, topic_id: int, epoch: int, offset: int, *, client: bool = False
+    ) -> Topic:
+        """The local topic of cluster topic *name* (created at *epoch* and *offset* if
+        new), for the backplane."""
+        topic = self._topics.get(name)
+        if topic is None:
+            topic = self._create(name, None, client=client, followed=(topic_id, epoch, offset))
+        elif topic.client_created and not client:
+            self._adopt(topic)
+        return topic
+
+    @property
+    def dictionary_digest(self) -> bytes:
+        """What names the zstd dictionary compressed messages use now, between processes:
+        the first 8 bytes of its SHA-256, or b"" for none."""
+        dictionary = self.compression.dictionary
+        return b"" if dictionary is None else dictionary.sha256[:8]
+
+    def encode_relay(
+        self,
+        topic_id: int,
+        first: int,
+        payloads: Sequence[bytes],
+        *,
+        batch: bool,
+        tokens: Sequence[str],
+    ) -> tuple[tuple[int, ...], dict[str, list[bytes]]]:
+        """The wire messages of *payloads* at offsets from *first*, framed, for each
+        subprotocol in *tokens*: one DATA each, or with *batch* BATCHes that each fit in
+        one message. Returns (messages per group, frames per token)."""
+        groups: list[int] = []
+        if batch:
+            size = 0
+            for packed in payloads:
+                if groups and size + len(packed) <= self._budget:
+                    groups[-1] += 1
+                    size += len(packed)
+                else:
+                    groups.append(1)
+                    size = len(packed)
+        else:
+            groups = [1] * len(payloads)
+        frames: dict[str, list[bytes]] = {}
+        for token in tokens:
+            variant = Negotiated.of(token)
+            out: list[bytes] = []
+            at = 0
+            for count in groups:
+                offset = first + at
+                part = payloads[at : at + count]
+                at += count
+                if variant.codec is Codec.JSON:
+                    values = [unpack_value(p) for p in part]
+                    if count == 1:
+                        event: Event = Data(topic_id, offset, values[0])
+                    else:
+                        event = Batch(topic_id, offset, values)
+                    out.append(frame(codec.encode_json(event)))
+                    continue
+                if count == 1:
+                    body = codec.data_body(topic_id, offset, part[0])
+                else:
+                    body = codec.batch_body(topic_id, offset, list(part))
+                packed_body = (
+                    self.compressor.pack(body) if variant.compression else envelope.PLAIN + body
+                )
+                out.append(frame(packed_body))
+            frames[token] = out
+        return tuple(groups), frames
+
+    def relayed(self, t: Topic, relay: Relay, start: int = 0) -> int:
+        """Deliver *relay*'s messages from its *start*-th on (the earlier ones were
+        delivered), forwarding the publisher's frames where they are valid here; return
+        how many wire messages were forwarded so."""
+        now = self.clock()
+        since = _now()
+        if since is not None:  # the publisher's wall clock, on trio's
+            since -= max(0.0, time.time() - relay.stamp)
+        usable = relay.valid and relay.dict_digest == self.dictionary_digest
+        variants = (
+            {Negotiated.of(token): messages for token, messages in relay.frames.items()}
+            if usable
+            else {}
+        )
+        forwarded = 0
+        index = 0
+        for group, count in enumerate(relay.groups):
+            low, high = index, index + count
+            index = high
+            if high <= start:
+                continue
+            entries = [
+                Entry(relay.first + i, now, relay.payloads[i]) for i in range(max(low, start), high)
+            ]
+            prebuilt = {} if low < start else {v: m[group] for v, m in variants.items()}
+            t.offset = entries[-1].offset
+            t.last_published = now
+            for listener in t.listeners:
+                for entry in entries:
+                    if listener.full():
+                        listener.dropped += 1
+                        log.warning(
+                            "listener of %s is full: message %d of %s dropped",
+                            listener.pattern,
+                            entry.offset,
+                            t.name,
+                        )
+                    else:
+                        listener.offer(Published(t.name, entry.offset, entry.payload))
+            if len(entries) == 1 and prebuilt:
+                entries[0].framed.update(prebuilt)
+            if t.config.history_size:
+                for entry in entries:
+                    self._keep(t, entry)
+                    for data in entry.framed.values():
+                        self._count(t, entry, len(data))
+            if t.subscribers:
+                used = {v for v in (s.variant for s in t.subscribers) if v in prebuilt}
+                forwarded += len(used)
+                self._fan_out(t, entries, since=since, prebuilt=prebuilt)
+        return forwarded
+
+    def backfill(self, t: Topic, entries: Sequence[tuple[int, float, bytes]]) -> int:
+        """Put messages of the shared history, (offset, age in seconds, packed payload) in
+        offset order, into *t*'s local history where they are missing before its oldest;
+        return how many were added."""
+        oldest = t.history[0].offset if t.history else t.offset + 1
+        now = self.clock()
+        older = [e for e in entries if e[0] < oldest]
+        added = 0
+        for offset, age, packed in reversed(older):
+            if len(t.history) >= t.config.history_size:
+                break
+            entry = Entry(offset, now - age, packed)
+            entry.size = len(packed) + 64
+            t.history.appendleft(entry)
+            t.history_bytes += entry.size
+            self.history_bytes += entry.size
+            added += 1
+        self._within_budget(t)
+        return added
+
+    def restart(self, t: Topic, epoch: int, offset: int) -> None:
+        """*t* started again at *epoch* and *offset* (the backplane's Redis lost it): its
+        history goes, and every subscriber is told it was not recovered."""
+        self.history_bytes -= t.history_bytes
+        t.history.clear()
+        t.history_bytes = 0
+        t.pending = []
+        t.keys.clear()
+        self._due.pop(t, None)
+        t.epoch, t.offset = epoch, offset
+        for subscriber in list(t.subscribers):
+            patterns = self._patterns.get(subscriber, {})
+            request_id = next((r for p, r in patterns.items() if pattern_matches(p, t.name)), 0)
+            subscriber.topic_restarted(t, request_id)
+
+    def skip(self, t: Topic, first: int, last: int) -> None:
+        """Messages *first* to *last* of *t* can no longer be had (gone from the shared
+        history before this process got them): tell every subscriber (GAP) and go on."""
+        gap = Gap(t.topic_id, first, last)
+        for subscriber in list(t.subscribers):
+            subscriber.deliver_nowait(self.encode(gap, subscriber.variant))
+        t.offset = max(t.offset, last)
 
     # -- in-process listeners ----------------------------------------------------------------
 
@@ -1222,16 +1529,19 @@ class Hub:
             raise ValueError(f"already subscribed to {pattern!r}")
         if "*" not in pattern.split("."):
             topic = self._topics.get(pattern)
-            if topic is None:  # before registering: no topic_added for it
-                topic = self._create(pattern, None, client=client)
-            matched = [topic]
+            if topic is None and self.backplane is not None:
+                matched = []  # not in the cluster: join() created nothing
+            else:
+                if topic is None:  # before registering: no topic_added for it
+                    topic = self._create(pattern, None, client=client)
+                matched = [topic]
         else:
             matched = [t for t in self._topics.values() if pattern_matches(pattern, t.name)]
         matched = [t for t in matched if subscriber.may_receive(t)]
         patterns[pattern] = request_id
         for topic in matched:
             topic.subscribers[subscriber] = None
-        if not matched and "*" not in pattern.split("."):
+        if not matched and "*" not in pattern.split(".") and pattern in self._topics:
             self._free_if_unused(self._topics[pattern])
         return matched
 

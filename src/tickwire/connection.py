@@ -48,7 +48,7 @@ from tickwire.broadcast import (
     pattern_matches,
 )
 from tickwire.config import ServerConfig
-from tickwire.errors import InvalidValue, RemoteProtocolError, ValueTooLarge
+from tickwire.errors import BackplaneUnavailable, InvalidValue, RemoteProtocolError, ValueTooLarge
 from tickwire.sansio.admission import RateLimiter, RateVerdict, Throttle
 from tickwire.sansio.events import (
     Ack,
@@ -480,6 +480,10 @@ class ServerConnection:
             self._custom[topic.topic_id] = self._effective(options, topic)
         self._announce(request_id, topic, Outcome.NEW, topic.sent_offset)
 
+    def topic_restarted(self, topic: Topic, request_id: int) -> None:
+        self.counters.recoveries["not_recovered"] += 1
+        self._announce(request_id, topic, Outcome.NOT_RECOVERED, topic.sent_offset)
+
     def _announce(
         self, request_id: int, topic: Topic, outcome: Outcome, offset: int, note: str | None = None
     ) -> None:
@@ -607,7 +611,7 @@ class ServerConnection:
                     self.finish(exc.close_code, str(exc))
                     return
                 for event in self.session.events_received():
-                    self._handle(event)
+                    await self._handle(event)
         except trio_websocket.ConnectionClosed as exc:
             reason = exc.reason
             # The peer closed, or trio-websocket closed (1009 on size or fragments).
@@ -796,13 +800,13 @@ class ServerConnection:
             return any(pattern_covers(p, topic) for p in self.config.client_publish)
         return True
 
-    def _handle(self, event: Event) -> None:
+    async def _handle(self, event: Event) -> None:
         if isinstance(event, Auth):
             self._authenticate(event)
         elif self._auth_pending:
             self.finish(4003, "authenticate first: send AUTH")
         elif isinstance(event, Subscribe):
-            self._subscribe(event)
+            await self._subscribe(event)
         elif isinstance(event, Unsubscribe):
             if self.hub.unsubscribe(self, event.pattern):
                 self._subscriptions.pop(event.pattern, None)
@@ -810,7 +814,7 @@ class ServerConnection:
             else:
                 self.send(Error(event.request_id, ErrorCode.NOT_FOUND, "not subscribed"))
         elif isinstance(event, Publish):
-            self._publish(event)
+            await self._publish(event)
         elif isinstance(event, DictRequest):
             if self.hub.dictionaries.is_loaded(event.dict_id):
                 data = self.hub.dictionaries.get(event.dict_id).data
@@ -818,7 +822,7 @@ class ServerConnection:
             else:
                 self.send(Error(None, ErrorCode.NOT_FOUND, f"no dictionary {event.dict_id}"))
         elif isinstance(event, Resync):
-            self._resync(event)
+            await self._resync(event)
 
     def _parse_options(self, event: Subscribe) -> tuple[Overflow | None, float | None] | str:
         """A SUBSCRIBE's options as (policy, seconds between deltas), or what is wrong."""
@@ -847,7 +851,7 @@ class ServerConnection:
         policy, interval = options
         return policy, interval if topic.table is not None else None
 
-    def _subscribe(self, event: Subscribe) -> None:
+    async def _subscribe(self, event: Subscribe) -> None:
         request_id = event.request_id
         options = self._parse_options(event)
         if isinstance(options, str):
@@ -863,6 +867,9 @@ class ServerConnection:
         if event.resume is not None and not exact:
             message = "resume needs an exact topic name; use RESYNC per topic"
             self.send(Error(request_id, ErrorCode.BAD_REQUEST, message))
+            return
+        backplane = self.hub.backplane
+        if backplane is not None and not await self._join(request_id, event.pattern):
             return
         if exact and options[1] is not None:
             topic = self.hub.topic_by_name(event.pattern)
@@ -882,6 +889,14 @@ class ServerConnection:
             )
             self.send(Error(request_id, ErrorCode.RATE_LIMITED, message))
             return
+        if (
+            creates
+            and backplane is not None
+            and not await self._join(request_id, event.pattern, create=True)
+        ):
+            return
+        if backplane is not None and event.resume is not None:
+            await self._prefetch(event.pattern, event.resume)
         try:
             topics = self.hub.subscribe(self, event.pattern, request_id, client=True)
         except TooManyTopics as exc:
@@ -904,6 +919,32 @@ class ServerConnection:
             else:
                 self._recover(request_id, topic, event.resume, hint)
         self.send(Ack(request_id))  # §4.4: the initial matches are complete
+
+    async def _join(self, request_id: int, pattern: str, *, create: bool = False) -> bool:
+        """Follow *pattern*'s topics through the backplane; False (and ERROR 503) when it
+        is unavailable."""
+        try:
+            await self.hub.join(pattern, create=create, client=True)
+        except BackplaneUnavailable as exc:
+            self.send(Error(request_id, ErrorCode.UNAVAILABLE, str(exc)))
+            return False
+        except TooManyTopics as exc:
+            self.send(Error(request_id, ErrorCode.UNAVAILABLE, str(exc)))
+            return False
+        return True
+
+    async def _prefetch(self, name: str, resume: Position) -> None:
+        """Before a resume: the missed messages this server does not hold, from the
+        backplane's shared history (a client that was served by another server)."""
+        topic = self.hub.topic_by_name(name)
+        backplane = self.hub.backplane
+        if backplane is None or topic is None or topic.table is not None:
+            return
+        if resume.epoch == topic.epoch and resume.offset < topic.offset:
+            oldest = topic.history[0].offset if topic.history else topic.offset + 1
+            if oldest > resume.offset + 1:
+                with contextlib.suppress(BackplaneUnavailable):
+                    await backplane.prefetch(topic, resume.offset)
 
     def _unknown_note(self, name: str) -> str:
         """What SUBSCRIBED (or ERROR 404) says of a topic that does not exist."""
@@ -933,7 +974,7 @@ class ServerConnection:
                 delta=entry.delta,
             )
 
-    def _resync(self, event: Resync) -> None:
+    async def _resync(self, event: Resync) -> None:
         topic = self.hub.topic_by_id(event.topic_id)
         if topic is None or self not in topic.subscribers:
             self.send(Error(event.request_id, ErrorCode.NOT_FOUND, "not subscribed to that topic"))
@@ -943,9 +984,13 @@ class ServerConnection:
             self._announce(event.request_id, topic, Outcome.NOT_RECOVERED, topic.offset)
             return
         offset = topic.offset if event.offset is None else event.offset
+        if self.hub.backplane is not None:
+            await self._prefetch(topic.name, Position(topic.epoch, offset))
+            if self not in topic.subscribers:  # unsubscribed meanwhile
+                return
         self._recover(event.request_id, topic, Position(topic.epoch, offset))
 
-    def _publish(self, event: Publish) -> None:
+    async def _publish(self, event: Publish) -> None:
         request_id = event.request_id
         if not self._allowed("publish", event.topic):
             self.send(Error(request_id, ErrorCode.FORBIDDEN, f"forbidden: {event.topic}"))
@@ -967,7 +1012,15 @@ class ServerConnection:
             self.send(Error(request_id, ErrorCode.RATE_LIMITED, message))
             return
         try:
-            offset = self.hub.publish_nowait(event.topic, event.payload, key=event.key, client=True)
+            if self.hub.backplane is None:
+                offset = self.hub.publish_nowait(
+                    event.topic, event.payload, key=event.key, client=True
+                )
+            else:  # acknowledged once Redis has it
+                offset = await self.hub.publish(event.topic, event.payload, key=event.key)
+        except BackplaneUnavailable as exc:
+            self.send(Error(request_id, ErrorCode.UNAVAILABLE, str(exc)))
+            return
         except DuplicateKey as exc:
             self.send(Error(request_id, ErrorCode.CONFLICT, str(exc)))
             return
@@ -983,5 +1036,10 @@ class ServerConnection:
         self._created += topic is None
         if request_id is not None:
             published = self.hub.topic_by_name(event.topic)
-            topic_id = published.topic_id if published is not None else 0
+            if published is not None:
+                topic_id = published.topic_id
+            elif self.hub.backplane is not None:
+                topic_id = self.hub.backplane.topic_id(event.topic) or 0
+            else:
+                topic_id = 0
             self.send(Ack(request_id, topic_id, offset))

@@ -7,6 +7,7 @@ carrying the WebSocket close code that docs/PROTOCOL.md §6 assigns to it.
 from __future__ import annotations
 
 __all__ = [
+    "BackplaneUnavailable",
     "ConnectionClosed",
     "ConnectionRefused",
     "DecodeError",
@@ -140,3 +141,9 @@ class SubscriptionError(TickwireError):
 
 class PublishError(SubscriptionError):
     """The server refused a PUBLISH (ERROR with the request's id)."""
+
+
+class BackplaneUnavailable(TickwireError):
+    """The backplane (Redis) cannot take a publish now: it is unreachable, or more is
+    waiting for it than :class:`~tickwire.backplane.RedisBackplane` keeps. Nothing was
+    published by the call that raised it (a client's PUBLISH gets ERROR 503)."""

@@ -1,0 +1,1041 @@
+"""The Redis backplane: every tickwire process shares every topic (docs/scaling.md).
+
+Imports: attrs, coredis, msgpack, trio, tickwire.broadcast, tickwire.sansio.
+
+Theory of operation. Redis holds, per topic, the epoch and the last offset given (a hash),
+the recent messages (a stream whose entry ids are the offsets) and, for a relay's
+subscribers, a pub/sub channel. A process publishes through one task that takes everything
+waiting, topic by topic, and sends it in one pipeline of script calls: one round trip for
+all of it (:data:`~tickwire.backplane.scripts.PUBLISH` gives the offsets, appends the
+history and publishes the relay, atomically). It encodes each message once per variant
+beforehand, guessing the offsets from the previous answer (exact while it is the topic's
+only publisher), so that every server forwards those bytes without decoding them.
+
+A server follows the topics its clients and listeners want: it subscribes to their
+channels first, then reads their epoch and offset (:data:`~tickwire.backplane.scripts.SYNC`),
+and delivers each relay in offset order (:func:`tickwire.sansio.relay.place`). A relay after
+a gap waits while the missing messages are read from the stream; messages the stream no
+longer has are announced with GAP; a new epoch is checked with Redis, then every subscriber
+is told that the topic was not recovered. Nothing is dropped silently.
+
+Failures. Every command has a deadline; the pub/sub connection is probed (a message to
+itself every ``probe_interval``, which must come back within ``probe_timeout``). Any failure
+ends the session: the process reconnects with backoff, then re-reads every followed topic,
+fetching what it missed. Messages waiting to be published stay queued (and are sent again
+with the same publish id, which the script remembers, so a retry never duplicates them)
+until ``publish_timeout``; the callers of ``publish()`` are then told, and what
+``publish_nowait()`` had taken is counted and logged as failed.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import itertools
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import anyio
+import attrs
+import coredis
+import coredis.exceptions
+import msgpack
+import trio
+from attrs.validators import ge, gt, instance_of
+
+from tickwire.backplane.scripts import PUBLISH, RANGE, REGISTER, SYNC, Keys
+from tickwire.broadcast import DuplicateKey, Hub, Topic, pattern_matches, valid_pattern
+from tickwire.config import MiB
+from tickwire.errors import BackplaneUnavailable, DecodeError
+from tickwire.sansio.negotiation import MSGPACK, MSGPACK_ZSTD, Negotiated
+from tickwire.sansio.relay import Kind, Placement, Relay, pack_relay, place, unpack_relay
+
+__all__ = ["BackplaneStatistics", "RedisBackplane", "open_publisher"]
+
+log = logging.getLogger("tickwire.backplane")
+
+# What a failing Redis (or its connection) raises through coredis and anyio.
+_FAILURES = (
+    coredis.exceptions.RedisError,
+    OSError,
+    trio.TooSlowError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.EndOfStream,
+)
+
+
+class _Silent(Exception):
+    """The pub/sub connection stopped delivering (the probe did not come back)."""
+
+
+@attrs.frozen
+class BackplaneStatistics:
+    """A backplane's figures now.
+
+    Attributes:
+        connected: whether it is connected to Redis now.
+        sessions: connections made to Redis (the first, then each reconnection).
+        published: messages Redis took from this process.
+        round_trips: pipelines of publish calls sent (each one round trip).
+        relays: relays received.
+        forwarded: wire messages forwarded as the publishing process encoded them.
+        fetched: messages read from the shared history (gaps, resumes).
+        skipped: messages announced to subscribers with GAP: gone from the history before
+            this process got them.
+        restarts: topics that started again in a new epoch (Redis lost them).
+        silent: pub/sub connections found silent by the probe.
+        failed: messages that Redis did not take within ``publish_timeout``.
+        pending: messages waiting for Redis now.
+        topics: topics this process follows.
+    """
+
+    connected: bool
+    sessions: int
+    published: int
+    round_trips: int
+    relays: int
+    forwarded: int
+    fetched: int
+    skipped: int
+    restarts: int
+    silent: int
+    failed: int
+    pending: int
+    topics: int
+
+
+@attrs.define(eq=False, slots=True)
+class _Message:
+    """A message waiting for Redis."""
+
+    topic: str
+    packed: bytes
+    key: str | None
+    digest: bytes
+    stamp: float  # wall clock, when published
+    deadline: float  # trio's clock: fail it after this
+    done: trio.Event | None = None  # for a caller of publish(): set when answered
+    offset: int = 0
+    error: BaseException | None = None
+
+
+@attrs.define(eq=False, slots=True)
+class _Call:
+    """One topic's messages in one script call (kept as it is for a retry)."""
+
+    topic: str
+    topic_id: int
+    messages: list[_Message]
+    publish_id: str
+    keys: list[str]
+    args: list[Any]
+
+
+@attrs.define(eq=False, slots=True)
+class _Link:
+    """A topic this process follows."""
+
+    name: str
+    topic_id: int
+    topic: Topic | None = None  # the hub's, once its epoch is known
+    epoch: int = 0
+    offset: int = 0
+    held: list[Relay] = attrs.field(factory=list)  # relays waiting: a join, a repair
+    repairing: bool = False
+    synced: trio.Event = attrs.field(factory=trio.Event)
+
+
+def _digest(packed: bytes) -> bytes:
+    return hashlib.blake2b(packed, digest_size=16).hexdigest().encode()
+
+
+@attrs.define(eq=False)
+class RedisBackplane:
+    """Shares a hub's topics with every process using the same Redis (and *prefix*).
+
+    Give it to the hub (``Hub(backplane=RedisBackplane("redis://127.0.0.1:6379"))``);
+    the hub runs it (the server runs the hub). See docs/scaling.md.
+
+    Args:
+        url: the Redis server (``redis://``, ``rediss://``, ``unix://``).
+        prefix: the start of every key and channel: processes with the same prefix
+            share their topics.
+        variants: the subprotocols a publishing process encodes for; servers encode the
+            others themselves.
+        max_pending: messages that may wait for Redis (while it is slow or unreachable);
+            past it, publishing raises :class:`~tickwire.errors.BackplaneUnavailable`.
+        max_pending_bytes: and their bytes.
+        max_batch: messages of one topic in one script call.
+        publish_timeout: seconds a message may wait for Redis before it fails.
+        command_timeout: seconds any Redis command may take before the connection is
+            given up and made again.
+        probe_interval: seconds between probes of the pub/sub connection.
+        probe_timeout: seconds a probe may take to come back; a silent pub/sub connection
+            is so found within ``probe_interval + probe_timeout``.
+        reconnect_interval: the first pause before reconnecting; it doubles up to
+            ``max_reconnect_interval``.
+        max_reconnect_interval: the longest pause before reconnecting.
+        key_seconds: how long idempotency keys (and each call's answer) are remembered.
+        max_fetch: messages read from the history in one call.
+    """
+
+    url: str = attrs.field(default="redis://127.0.0.1:6379", validator=instance_of(str))
+    prefix: str = attrs.field(default="tw", validator=instance_of(str))
+    variants: tuple[str, ...] = attrs.field(default=(MSGPACK_ZSTD, MSGPACK), converter=tuple)
+    max_pending: int = attrs.field(default=100_000, validator=[instance_of(int), ge(1)])
+    max_pending_bytes: int = attrs.field(default=64 * MiB, validator=[instance_of(int), ge(1)])
+    max_batch: int = attrs.field(default=500, validator=[instance_of(int), ge(1)])
+    publish_timeout: float = attrs.field(default=10.0, validator=gt(0))
+    command_timeout: float = attrs.field(default=5.0, validator=gt(0))
+    probe_interval: float = attrs.field(default=1.0, validator=gt(0))
+    probe_timeout: float = attrs.field(default=3.0, validator=gt(0))
+    reconnect_interval: float = attrs.field(default=0.1, validator=gt(0))
+    max_reconnect_interval: float = attrs.field(default=5.0, validator=gt(0))
+    key_seconds: int = attrs.field(default=600, validator=[instance_of(int), ge(1)])
+    max_fetch: int = attrs.field(default=10_000, validator=[instance_of(int), ge(1)])
+
+    hub: Hub | None = attrs.field(init=False, default=None)
+    process: str = attrs.field(init=False, factory=lambda: os.urandom(8).hex())
+    _keys: Keys = attrs.field(init=False)
+    _client: Any = attrs.field(init=False, default=None)
+    _pubsub: Any = attrs.field(init=False, default=None)
+    _scripts: dict[str, Any] = attrs.field(init=False, factory=dict)
+    _nursery: trio.Nursery | None = attrs.field(init=False, default=None)
+    _connected: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _ids: dict[str, int] = attrs.field(init=False, factory=dict)  # the registry, mirrored
+    _names: dict[int, str] = attrs.field(init=False, factory=dict)
+    _incarnation: bytes | None = attrs.field(init=False, default=None)
+    _links: dict[int, _Link] = attrs.field(init=False, factory=dict)
+    _channels: dict[bytes, int] = attrs.field(init=False, factory=dict)  # channel -> topic id
+    _patterns: dict[str, None] = attrs.field(init=False, factory=dict)  # followed patterns
+    _queue: dict[str, collections.deque[_Message]] = attrs.field(init=False, factory=dict)
+    _retry: list[_Call] = attrs.field(init=False, factory=list)  # sent, not answered
+    _pending: int = attrs.field(init=False, default=0)
+    _pending_bytes: int = attrs.field(init=False, default=0)
+    _work: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _room: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _emptied: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _next: dict[int, int] = attrs.field(init=False, factory=dict)  # guessed next offsets
+    _calls: Any = attrs.field(init=False, factory=itertools.count)
+    _probes_sent: collections.deque[tuple[int, float]] = attrs.field(
+        init=False, factory=collections.deque
+    )
+    _joins: dict[str, trio.Event] = attrs.field(init=False, factory=dict)
+    # Counters (statistics()).
+    sessions: int = attrs.field(init=False, default=0)
+    published: int = attrs.field(init=False, default=0)
+    round_trips: int = attrs.field(init=False, default=0)
+    relays: int = attrs.field(init=False, default=0)
+    forwarded: int = attrs.field(init=False, default=0)
+    fetched: int = attrs.field(init=False, default=0)
+    skipped: int = attrs.field(init=False, default=0)
+    restarts: int = attrs.field(init=False, default=0)
+    silent: int = attrs.field(init=False, default=0)
+    failed: int = attrs.field(init=False, default=0)
+
+    def __attrs_post_init__(self) -> None:
+        for token in self.variants:
+            Negotiated.of(token)  # ValueError-like NegotiationError for an unknown token
+        self._keys = Keys(self.prefix)
+        self._room.set()
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Whether it is connected to Redis now."""
+        return self._connected.is_set()
+
+    def statistics(self) -> BackplaneStatistics:
+        """The figures now."""
+        return BackplaneStatistics(
+            connected=self.ready,
+            sessions=self.sessions,
+            published=self.published,
+            round_trips=self.round_trips,
+            relays=self.relays,
+            forwarded=self.forwarded,
+            fetched=self.fetched,
+            skipped=self.skipped,
+            restarts=self.restarts,
+            silent=self.silent,
+            failed=self.failed,
+            pending=self._pending,
+            topics=len(self._links),
+        )
+
+    def topic_id(self, name: str) -> int | None:
+        """The cluster's id of topic *name*, if it has one yet."""
+        return self._ids.get(name)
+
+    async def wait_connected(self) -> None:
+        """Wait until it is connected to Redis."""
+        await self._connected.wait()
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def submit(self, topic: str, packed: bytes, *, key: str | None) -> None:
+        """Take one stream message (packed by the hub's value gate) to publish soon.
+
+        Raises:
+            BackplaneUnavailable: not connected, or ``max_pending`` messages (or
+                ``max_pending_bytes``) wait already; nothing was taken.
+        """
+        if not self.ready:
+            raise BackplaneUnavailable("the backplane is not connected to Redis")
+        self._take(self._message(topic, packed, key))
+
+    async def publish(self, topic: str, packed: bytes, *, key: str | None, timeout: float) -> int:
+        """Publish one stream message; return the offset Redis gave it (the original
+        offset for a key published already).
+
+        Raises:
+            BackplaneUnavailable: Redis did not take it within *timeout*.
+            DuplicateKey: *key* was used for another payload.
+        """
+        deadline = trio.current_time() + timeout
+        with trio.move_on_at(deadline):
+            while not self._has_room(len(packed)):
+                await self._room.wait()
+            await self._connected.wait()
+        await trio.lowlevel.checkpoint()
+        if not self.ready or not self._has_room(len(packed)):
+            raise BackplaneUnavailable(
+                "the backplane could not take the message within "
+                f"{timeout:g} s (Redis is unreachable or slow)"
+            )
+        message = self._message(topic, packed, key, deadline=min(deadline, math.inf))
+        message.done = trio.Event()
+        self._take(message)
+        await message.done.wait()
+        if message.error is not None:
+            raise message.error
+        return message.offset
+
+    def _message(
+        self, topic: str, packed: bytes, key: str | None, *, deadline: float | None = None
+    ) -> _Message:
+        now = trio.current_time()
+        return _Message(
+            topic,
+            packed,
+            key,
+            _digest(packed) if key is not None else b"",
+            time.time(),
+            now + self.publish_timeout if deadline is None else deadline,
+        )
+
+    def _has_room(self, size: int) -> bool:
+        return (
+            self._pending < self.max_pending
+            and self._pending_bytes + size <= self.max_pending_bytes
+        )
+
+    async def flushed(self, timeout: float) -> bool:
+        """Wait up to *timeout* seconds until nothing waits for Redis; return whether
+        nothing does."""
+        with trio.move_on_after(timeout):
+            while self._pending:
+                self._emptied = trio.Event()
+                await self._emptied.wait()
+        return not self._pending
+
+    def _take(self, message: _Message) -> None:
+        if not self._has_room(len(message.packed)):
+            raise BackplaneUnavailable(
+                f"{self._pending} messages wait for Redis already: try again later"
+            )
+        self._queue.setdefault(message.topic, collections.deque()).append(message)
+        self._pending += 1
+        self._pending_bytes += len(message.packed)
+        if not self._has_room(0):
+            self._room = trio.Event()
+        self._work.set()
+
+    def _answered(
+        self, message: _Message, offset: int = 0, error: BaseException | None = None
+    ) -> None:
+        self._pending -= 1
+        self._pending_bytes -= len(message.packed)
+        self._room.set()
+        if not self._pending:
+            self._emptied.set()
+        message.offset, message.error = offset, error
+        if message.done is not None:
+            message.done.set()
+        elif error is not None:
+            self.failed += 1
+            log.error(
+                "a message published on %s was not taken by Redis: %s",
+                message.topic,
+                error,
+                extra={"topic": message.topic},
+            )
+
+    def _expire(self, now: float) -> None:
+        """Fail the messages that waited past their deadline (Redis unreachable)."""
+        for topic, queue in list(self._queue.items()):
+            while queue and queue[0].deadline <= now:
+                message = queue.popleft()
+                self._answered(
+                    message,
+                    error=BackplaneUnavailable(
+                        f"Redis did not take the message on {topic} in time"
+                    ),
+                )
+            if not queue:
+                del self._queue[topic]
+        kept = []
+        for call in self._retry:
+            if all(m.deadline <= now for m in call.messages):
+                for message in call.messages:
+                    self._answered(
+                        message,
+                        error=BackplaneUnavailable(
+                            f"Redis did not take the message on {call.topic} in time"
+                        ),
+                    )
+            else:
+                kept.append(call)
+        self._retry = kept
+
+    async def _sender(self) -> None:
+        """Send what waits, one pipeline of script calls at a time."""
+        while True:
+            if not self._retry and not self._queue:
+                self._work = trio.Event()
+                await self._work.wait()
+            names = [name for name in self._queue if name not in self._ids]
+            if names:
+                await self._register(names)
+            calls = self._retry
+            self._retry = []
+            for name in list(self._queue):
+                queue = self._queue[name]
+                taken = [queue.popleft() for _ in range(min(len(queue), self.max_batch))]
+                if not queue:
+                    del self._queue[name]
+                calls.append(self._call(name, taken))
+            if calls:
+                await self._send(calls)
+
+    def _call(self, name: str, messages: list[_Message]) -> _Call:
+        assert self.hub is not None
+        topic_id = self._ids[name]
+        keys = self._keys
+        guess = self._next.get(topic_id, 0)
+        link = self._links.get(topic_id)
+        if not guess and link is not None and link.topic is not None:
+            guess = link.offset + 1
+        payloads = [m.packed for m in messages]
+        if guess:
+            config = self.hub.config_for(name)
+            groups, frames = self.hub.encode_relay(
+                topic_id,
+                guess,
+                payloads,
+                batch=config.batch_window is not None,
+                tokens=self.variants,
+            )
+        else:
+            groups, frames = (1,) * len(payloads), {}
+        relay = Relay(
+            topic_id,
+            Kind.STREAM,
+            bytes.fromhex(self.process),
+            messages[0].stamp,
+            tuple(payloads),
+            tuple(groups),
+            frames,
+            self.hub.dictionary_digest,
+        )
+        publish_id = f"{self.process}:{next(self._calls)}"
+        redis_keys = [
+            keys.meta(topic_id),
+            keys.history(topic_id),
+            keys.done(topic_id, publish_id),
+            keys.rows(topic_id),
+        ]
+        per_message: list[Any] = []
+        for message in messages:
+            index = 0
+            if message.key is not None:
+                redis_keys.append(keys.key(topic_id, message.key))
+                index = len(redis_keys)
+            per_message += [message.packed, index, message.digest]
+        history = self.hub.config_for(name).history_size
+        args: list[Any] = [
+            keys.channel(topic_id),
+            random.getrandbits(31),
+            guess,
+            history,
+            pack_relay(relay),
+            len(messages),
+            self.key_seconds,
+            "PUBLISH",
+            0,
+            *per_message,
+        ]
+        return _Call(name, topic_id, messages, publish_id, redis_keys, args)
+
+    async def _send(self, calls: list[_Call]) -> None:
+        client = self._client
+        try:
+            with trio.fail_after(self.command_timeout):
+                async with client.pipeline(transaction=False, raise_on_error=False) as pipe:
+                    requests: list[Any] = [
+                        self._scripts["publish"](keys=call.keys, args=call.args, client=pipe)
+                        for call in calls
+                    ]
+                results = [await r for r in requests]
+        except BaseException:
+            self._retry = calls + self._retry  # sent again, as they are, after reconnecting
+            raise
+        self.round_trips += 1
+        for call, result in zip(calls, results, strict=True):
+            self._answer(call, result)
+
+    def _answer(self, call: _Call, result: Any) -> None:
+        _epoch, first, _valid, *offsets = result
+        if first == 0:  # some keys were seen: answer those, send the rest again
+            again = []
+            for message, offset in zip(call.messages, offsets, strict=True):
+                if offset > 0:
+                    self._answered(message, offset)
+                elif offset < 0:
+                    error = DuplicateKey(
+                        f"idempotency key {message.key!r} was used for another payload"
+                    )
+                    self._answered(message, error=error)
+                else:
+                    again.append(message)
+            if again:
+                queue = self._queue.setdefault(call.topic, collections.deque())
+                queue.extendleft(reversed(again))
+                self._work.set()
+            return
+        self.published += len(call.messages)
+        for message, offset in zip(call.messages, offsets, strict=True):
+            self._answered(message, offset)
+        self._next[call.topic_id] = offsets[-1] + 1
+
+    # -- the registry ------------------------------------------------------------------------
+
+    async def _register(
+        self, names: Sequence[str], *, wanted: dict[str, int] | None = None
+    ) -> None:
+        """Give *names* their cluster ids (registering those that have none)."""
+        keys = self._keys
+        client = self._client
+        with trio.fail_after(self.command_timeout):
+            async with client.pipeline(transaction=False) as pipe:
+                requests: list[Any] = [
+                    self._scripts["register"](
+                        keys=[keys.names, keys.ids, keys.sequence, keys.info, keys.incarnation],
+                        args=[
+                            name,
+                            (wanted or {}).get(name, 0),
+                            "",
+                            keys.registry_channel,
+                            "PUBLISH",
+                            os.urandom(8).hex(),
+                        ],
+                        client=pipe,
+                    )
+                    for name in names
+                ]
+            results = [await r for r in requests]
+        for name, (topic_id, _created, incarnation) in zip(names, results, strict=True):
+            self._known(topic_id, name)
+            if self._incarnation is not None and incarnation != self._incarnation:
+                raise coredis.exceptions.ConnectionError("Redis lost its data meanwhile")
+
+    def _known(self, topic_id: int, name: str) -> None:
+        self._ids[name] = topic_id
+        self._names[topic_id] = name
+
+    async def _load_registry(self) -> bool:
+        """Read the registry; return whether Redis is the same data set as before (False
+        after it lost its data: a restart without persistence, a new server)."""
+        keys = self._keys
+        client = self._client
+        with trio.fail_after(self.command_timeout):
+            await client.set(keys.incarnation, os.urandom(8).hex(), condition=coredis.PureToken.NX)
+            incarnation = await client.get(keys.incarnation)
+            names = await client.hgetall(keys.names)
+        same = self._incarnation is None or incarnation == self._incarnation
+        self._incarnation = incarnation
+        if not same:
+            self._ids.clear()
+            self._names.clear()
+            self._next.clear()
+        for name, topic_id in names.items():
+            self._known(int(topic_id), name.decode())
+        return same
+
+    def _registered(self, data: bytes) -> None:
+        """A topic was registered somewhere: follow it if this process wants it."""
+        unpacker = msgpack.Unpacker()
+        unpacker.feed(data)
+        topic_id = next(unpacker)
+        name = data[len(msgpack.packb(topic_id)) :].decode()
+        self._known(topic_id, name)
+        assert self.hub is not None
+        if topic_id not in self._links and (
+            self.hub.wanted(name) or any(pattern_matches(p, name) for p in self._patterns)
+        ):
+            self._spawn(self._follow_soon, name)
+
+    async def _follow_soon(self, name: str) -> None:
+        with contextlib.suppress(*_FAILURES, BackplaneUnavailable):
+            await self._follow([name])
+
+    # -- following topics --------------------------------------------------------------------
+
+    async def join(self, pattern: str, *, create: bool, client: bool) -> None:
+        """Follow the topics *pattern* names; with *create*, register a name that has
+        no id yet.
+
+        Raises:
+            ValueError: an invalid pattern.
+            BackplaneUnavailable: not connected, or Redis failed meanwhile.
+        """
+        if not valid_pattern(pattern):
+            raise ValueError(f"invalid topic pattern: {pattern!r}")
+        if not self.ready:
+            raise BackplaneUnavailable("the backplane is not connected to Redis")
+        exact = "*" not in pattern.split(".")
+        try:
+            if exact:
+                if pattern not in self._ids:
+                    if not create:
+                        await trio.lowlevel.checkpoint()
+                        return
+                    await self._register([pattern])
+                await self._follow([pattern], client=client)
+            else:
+                self._patterns[pattern] = None
+                names = [n for n in self._ids if pattern_matches(pattern, n)]
+                await self._follow(names)
+        except _FAILURES as exc:
+            raise BackplaneUnavailable(f"Redis failed: {exc}") from exc
+
+    async def _follow(self, names: Sequence[str], *, client: bool = False) -> None:
+        """Follow *names* (registered already): subscribe to their channels, then read
+        their epoch and offset; return when each is a local topic of the hub."""
+        waiting: list[trio.Event] = []
+        new: list[_Link] = []
+        for name in names:
+            topic_id = self._ids[name]
+            link = self._links.get(topic_id)
+            if link is None:
+                link = self._links[topic_id] = _Link(name, topic_id)
+                self._channels[self._keys.channel(topic_id).encode()] = topic_id
+                new.append(link)
+            waiting.append(link.synced)
+        if new:
+            try:
+                with trio.fail_after(self.command_timeout):
+                    await self._pubsub.subscribe(*(self._keys.channel(x.topic_id) for x in new))
+                await self._sync(new, client=client)
+            except BaseException:
+                for link in new:
+                    if link.topic is None:
+                        self._unlink(link)
+                raise
+        for event in waiting:
+            await event.wait()
+        for name in names:
+            link = self._links.get(self._ids.get(name, 0))
+            if link is None or link.topic is None:
+                raise BackplaneUnavailable(f"could not follow {name!r}: Redis failed meanwhile")
+
+    def _unlink(self, link: _Link) -> None:
+        self._links.pop(link.topic_id, None)
+        self._channels.pop(self._keys.channel(link.topic_id).encode(), None)
+        link.synced.set()
+
+    async def _sync(self, links: Sequence[_Link], *, client: bool = False) -> None:
+        """Read (or create) the epoch and top offset of *links* and bring each up to date:
+        a new local topic at the top, or what it missed fetched, or a new epoch."""
+        assert self.hub is not None
+        keys = self._keys
+        with trio.fail_after(self.command_timeout):
+            async with self._client.pipeline(transaction=False) as pipe:
+                requests: list[Any] = [
+                    self._scripts["sync"](
+                        keys=[
+                            keys.meta(x.topic_id),
+                            keys.history(x.topic_id),
+                            keys.rows(x.topic_id),
+                        ],
+                        args=[random.getrandbits(31), x.epoch, x.offset],
+                        client=pipe,
+                    )
+                    for x in links
+                ]
+            results = [await r for r in requests]
+        for link, (epoch, top, _how) in zip(links, results, strict=True):
+            if link.topic is None:
+                link.topic = self.hub.follow(link.name, link.topic_id, epoch, top, client=client)
+                link.epoch, link.offset = link.topic.epoch, link.topic.offset
+                if link.topic.topic_id != link.topic_id or link.epoch != epoch:
+                    self._rekey(link, epoch, top)
+                link.synced.set()
+            elif epoch != link.epoch:
+                self._restart(link, epoch, top)
+            elif top > link.offset:
+                await self._fill(link, top)
+            link.synced.set()
+            self._drain(link)
+
+    def _rekey(self, link: _Link, epoch: int, top: int) -> None:
+        """A local topic whose id or epoch differs from the cluster's (made before the
+        registry gave it, or by an earlier Redis): take the cluster's, as a restart."""
+        assert self.hub is not None
+        assert link.topic is not None
+        self.hub.rekey(link.topic, link.topic_id)
+        self._restart(link, epoch, top)
+
+    def _restart(self, link: _Link, epoch: int, top: int) -> None:
+        assert self.hub is not None
+        assert link.topic is not None
+        self.restarts += 1
+        log.warning(
+            "topic %s starts again in a new epoch (Redis lost it): its subscribers are "
+            "told it was not recovered",
+            link.name,
+            extra={"topic": link.name},
+        )
+        link.epoch, link.offset = epoch, top
+        self.hub.restart(link.topic, epoch, top)
+
+    async def _fill(self, link: _Link, up_to: int) -> None:
+        """Deliver the messages after ``link.offset`` up to *up_to* from the history."""
+        assert self.hub is not None
+        assert link.topic is not None
+        while link.offset < up_to:
+            epoch, _top, now_ms, entries = await self._range(link, link.offset, up_to - link.offset)
+            if epoch != link.epoch:
+                return  # a new epoch meanwhile: the next relay or sync says so
+            expected = link.offset + 1
+            got = [(o, p, age) for o, p, age in _entries(entries, now_ms) if o >= expected]
+            if not got or got[0][0] > expected:
+                last = (got[0][0] - 1) if got else up_to
+                self.skipped += last - link.offset
+                self.hub.skip(link.topic, expected, last)
+                link.offset = last
+            for offset, packed, _age in got:
+                if offset > up_to:
+                    break
+                relay = Relay(
+                    link.topic_id,
+                    Kind.STREAM,
+                    b"",
+                    time.time(),
+                    (packed,),
+                    (1,),
+                    epoch=link.epoch,
+                    first=offset,
+                )
+                self.fetched += 1
+                self.hub.relayed(link.topic, relay)
+                link.offset = offset
+            if not got:
+                return
+
+    async def _range(self, link: _Link, after: int, count: int) -> tuple[int, int, int, list[Any]]:
+        keys = self._keys
+        with trio.fail_after(self.command_timeout):
+            result: Any = await self._scripts["range"](
+                keys=[
+                    keys.meta(link.topic_id),
+                    keys.history(link.topic_id),
+                    keys.rows(link.topic_id),
+                ],
+                args=[after, min(count, self.max_fetch), 0],
+            )
+        epoch, top, now_ms, entries, _rows = result
+        return epoch, top, now_ms, entries
+
+    async def prefetch(self, topic: Topic, after: int) -> None:
+        """Put *topic*'s messages after *after* from the shared history into its local
+        history, for a resume (those the history no longer has stay out).
+
+        Raises:
+            BackplaneUnavailable: not connected, or Redis failed.
+        """
+        assert self.hub is not None
+        link = self._links.get(topic.topic_id)
+        if link is None or not self.ready:
+            raise BackplaneUnavailable("the backplane is not connected to Redis")
+        oldest = topic.history[0].offset if topic.history else topic.offset + 1
+        try:
+            epoch, _top, now_ms, entries = await self._range(link, after, oldest - after - 1)
+        except _FAILURES as exc:
+            raise BackplaneUnavailable(f"Redis failed: {exc}") from exc
+        if epoch != topic.epoch:
+            return
+        got = [(o, age, p) for o, p, age in _entries(entries, now_ms) if after < o < oldest]
+        self.fetched += self.hub.backfill(topic, got)
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    async def _receiver(self, pubsub: Any) -> None:
+        probe = self._keys.probe(self.process).encode()
+        registry = self._keys.registry_channel.encode()
+        async for message in pubsub:
+            if message["type"] != "message":
+                continue
+            channel, data = message["channel"], message["data"]
+            if channel == probe:
+                seen = int(data)
+                while self._probes_sent and self._probes_sent[0][0] <= seen:
+                    self._probes_sent.popleft()
+            elif channel == registry:
+                self._registered(data)
+            else:
+                topic_id = self._channels.get(channel)
+                link = None if topic_id is None else self._links.get(topic_id)
+                if link is not None:
+                    self._arrived(link, data)
+
+    def _arrived(self, link: _Link, data: bytes) -> None:
+        try:
+            relay = unpack_relay(data)
+        except DecodeError as exc:  # another version of tickwire, or not ours
+            log.error("topic %s: a relay that cannot be read: %s", link.name, exc)
+            return
+        self.relays += 1
+        if link.topic is None or link.repairing or link.held:
+            link.held.append(relay)
+            return
+        self._place(link, relay)
+
+    def _place(self, link: _Link, relay: Relay) -> None:
+        assert self.hub is not None
+        assert link.topic is not None
+        placement = place(link.epoch, link.offset, relay)
+        if placement is Placement.NEXT:
+            self.forwarded += self.hub.relayed(link.topic, relay)
+            link.offset = relay.last
+        elif placement is Placement.OVERLAP:
+            self.hub.relayed(link.topic, relay, link.offset - relay.first + 1)
+            link.offset = relay.last
+        elif placement is not Placement.OLD:  # a gap, or a new epoch: ask Redis first
+            link.held.append(relay)
+            link.repairing = True
+            self._spawn(self._repair, link)
+
+    def _drain(self, link: _Link) -> None:
+        """Place the held relays, in order, unless one needs a repair."""
+        while link.held and not link.repairing and link.topic is not None:
+            held = link.held
+            link.held = []
+            for index, relay in enumerate(held):
+                self._place(link, relay)
+                if link.repairing:
+                    link.held = held[index + 1 :] + link.held
+                    # the relay that started the repair is in link.held already, first
+                    link.held.sort(key=lambda r: (r.epoch != link.epoch, r.first))
+                    return
+
+    async def _repair(self, link: _Link) -> None:
+        try:
+            await self._sync([link])
+        except _FAILURES:
+            return  # the session ends; the next one syncs every link
+        finally:
+            link.repairing = False
+        # Redis has just said which epoch is current: a relay of another one is stale (its
+        # messages are gone with the epoch Redis lost, and the subscribers were told).
+        link.held = [r for r in link.held if r.epoch == link.epoch]
+        self._drain(link)
+
+    def _spawn(self, fn: Any, *args: Any) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(fn, *args)
+
+    # -- the session -------------------------------------------------------------------------
+
+    async def _prober(self) -> None:
+        """Publish a probe to this process's own channel every ``probe_interval``; the
+        receiver takes it off the list when it comes back."""
+        client = self._client
+        channel = self._keys.probe(self.process)
+        for n in itertools.count(1):
+            now = trio.current_time()
+            if self._probes_sent and now - self._probes_sent[0][1] > self.probe_timeout:
+                self.silent += 1
+                raise _Silent(f"no probe back in {self.probe_timeout:g} s")
+            self._probes_sent.append((n, now))
+            with trio.fail_after(self.command_timeout):
+                await client.publish(channel, str(n))
+            await trio.sleep(self.probe_interval)
+
+    async def _session(self) -> None:
+        assert self.hub is not None
+        client = coredis.Redis.from_url(
+            self.url,
+            decode_responses=False,
+            stream_timeout=self.command_timeout,
+            connect_timeout=self.command_timeout,
+        )
+        async with client:
+            self._client = client
+            self._scripts = {
+                "publish": client.register_script(PUBLISH),
+                "sync": client.register_script(SYNC),
+                "range": client.register_script(RANGE),
+                "register": client.register_script(REGISTER),
+            }
+            channels = [self._keys.registry_channel, self._keys.probe(self.process)]
+            pubsub = client.pubsub(retry_policy=None, channels=channels)
+            async with pubsub, trio.open_nursery() as nursery:
+                self._pubsub = pubsub
+                self._nursery = nursery
+                self._probes_sent.clear()
+                nursery.start_soon(self._receiver, pubsub)
+                same = await self._load_registry()
+                await self._resume(same)
+                self.sessions += 1
+                self._connected.set()
+                log.info("backplane connected to %s", self.url)
+                nursery.start_soon(self._sender)
+                nursery.start_soon(self._prober)
+
+    async def _resume(self, same: bool) -> None:
+        """After (re)connecting: follow every topic again, fetching what was missed, or
+        starting a new epoch where Redis lost it."""
+        links = list(self._links.values())
+        if not links:
+            return
+        if not same:  # an empty Redis: register the names again, keeping the ids if free
+            wanted = {x.name: x.topic_id for x in links}
+            await self._register(list(wanted), wanted=wanted)
+            for link in links:
+                new_id = self._ids[link.name]
+                if new_id != link.topic_id:
+                    self._links.pop(link.topic_id, None)
+                    self._channels.pop(self._keys.channel(link.topic_id).encode(), None)
+                    link.topic_id = new_id
+                    self._links[new_id] = link
+                    self._channels[self._keys.channel(new_id).encode()] = new_id
+        with trio.fail_after(self.command_timeout):
+            await self._pubsub.subscribe(*(self._keys.channel(x.topic_id) for x in links))
+        for link in links:
+            link.repairing = True
+        try:
+            for start in range(0, len(links), 256):
+                part = links[start : start + 256]
+                await self._sync(part)
+        finally:
+            for link in links:
+                link.repairing = False
+        for link in links:
+            self._drain(link)
+
+    async def run(
+        self, hub: Hub, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Connect to Redis and relay for *hub* until cancelled, reconnecting after any
+        failure (with backoff). It reports started at once: publishing raises
+        :class:`~tickwire.errors.BackplaneUnavailable` until it is connected."""
+        if self.hub is not None and self.hub is not hub:
+            raise RuntimeError("a backplane serves one hub")
+        self.hub = hub
+        task_status.started()
+        pause = self.reconnect_interval
+        while True:
+            started = trio.current_time()
+            try:
+                await self._session()
+            except (*_FAILURES, _Silent) as exc:
+                await trio.lowlevel.checkpoint()  # cancelled: coredis's teardown, not Redis
+                log.warning(
+                    "backplane: Redis at %s failed (%s: %s); reconnecting",
+                    self.url,
+                    type(exc).__name__,
+                    exc,
+                )
+            except BaseExceptionGroup as group:
+                failures, rest = group.split((*_FAILURES, _Silent))
+                if rest is not None and not rest.subgroup(
+                    lambda e: not isinstance(e, trio.Cancelled | BaseExceptionGroup)
+                ):
+                    rest = None  # only cancellations: the checkpoint below raises ours
+                if rest is not None:
+                    raise rest from None
+                await trio.lowlevel.checkpoint()
+                log.warning("backplane: Redis at %s failed (%r); reconnecting", self.url, failures)
+            finally:
+                self._connected = trio.Event()
+                self._nursery = None
+                self._client = self._pubsub = None
+            self._expire(trio.current_time())
+            if trio.current_time() - started > 10 * self.max_reconnect_interval:
+                pause = self.reconnect_interval  # it had been up for a while
+            await trio.sleep(pause * (0.5 + random.random()))
+            pause = min(pause * 2, self.max_reconnect_interval)
+            self._expire(trio.current_time())
+
+
+def _entries(entries: list[Any], now_ms: int) -> list[tuple[int, bytes, float]]:
+    """XRANGE's answer as (offset, packed payload, age in seconds)."""
+    out = []
+    for entry_id, fields in entries:
+        offset = int(entry_id.split(b"-")[0])
+        values = dict(zip(fields[::2], fields[1::2], strict=True))
+        age = max(0.0, (now_ms - int(values[b"t"])) / 1000)
+        out.append((offset, values[b"p"], age))
+    return out
+
+
+@contextlib.asynccontextmanager
+async def open_publisher(
+    url: str = "redis://127.0.0.1:6379",
+    *,
+    connect_timeout: float = 10.0,
+    hub: Hub | None = None,
+    **options: Any,
+) -> AsyncIterator[Hub]:
+    """A hub that publishes into the cluster from a process that serves no clients (a
+    backend): ``async with open_publisher(url) as hub: await hub.publish(...)``.
+
+    Args:
+        url: the Redis server.
+        connect_timeout: seconds to wait for the first connection.
+        hub: the hub to use (made with a :class:`RedisBackplane` if None).
+        options: for :class:`RedisBackplane` when it makes one.
+
+    Raises:
+        BackplaneUnavailable: not connected within *connect_timeout*.
+    """
+    if hub is None:
+        hub = Hub(backplane=RedisBackplane(url, **options))
+    backplane = hub.backplane
+    if not isinstance(backplane, RedisBackplane):
+        raise ValueError("open_publisher needs a hub with a RedisBackplane")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hub.run)
+        with trio.move_on_after(connect_timeout):
+            await backplane.wait_connected()
+        if not backplane.ready:
+            nursery.cancel_scope.cancel()
+            raise BackplaneUnavailable(
+                f"could not connect to Redis at {url} in {connect_timeout:g} s"
+            )
+        try:
+            yield hub
+            await backplane.flushed(connect_timeout)
+        finally:
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,142 @@
+"""Real redis-server processes for the backplane's tests, each on a free loopback port.
+
+Never the instance on the default port: every test starts its own, and stops it by its
+process id. Readiness is read from the server's own log line, not waited for by sleeping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+needs_redis = pytest.mark.skipif(
+    not os.access(REDIS_SERVER, os.X_OK), reason="redis-server is not installed"
+)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """One redis-server process on 127.0.0.1:*port*, without persistence (a restart
+    starts it empty, as after a crash of a cache-only Redis)."""
+
+    def __init__(self, directory: Path, port: int | None = None, *extra: str) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.extra = extra
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log: list[str] = []
+        self._drain: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start it and return once it accepts connections."""
+        args = [
+            REDIS_SERVER,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.directory),
+            "--loglevel",
+            "notice",
+            *self.extra,
+        ]
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        seen = []
+        for raw in self.process.stdout:  # blocks on the server's own log, line by line
+            line = raw.decode(errors="replace")
+            seen.append(line)
+            if "Ready to accept connections" in line:
+                break
+            if time.monotonic() > deadline:
+                break
+        else:
+            raise RuntimeError("redis-server ended before it was ready:\n" + "".join(seen))
+        if not any("Ready to accept connections" in line for line in seen):
+            self.kill()
+            raise RuntimeError("redis-server was not ready in time:\n" + "".join(seen))
+        # From now on its log is drained (and kept) by a thread, so the pipe never fills.
+        stream = self.process.stdout
+        self.log = seen
+
+        def drain() -> None:
+            with stream:
+                seen.extend(line.decode(errors="replace") for line in stream)
+
+        self._drain = threading.Thread(target=drain, daemon=True)
+        self._drain.start()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing is written, nothing is said to its clients."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self._joined()
+
+    def _joined(self) -> None:
+        """The log's drain ends with the process (its pipe closes)."""
+        if self._drain is not None:
+            self._drain.join(timeout=10)
+            self._drain = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._joined()
+
+    def cli(self, *args: str) -> str:
+        """Run one redis-cli command against it; its output."""
+        result = subprocess.run(
+            [REDIS_CLI, "-p", str(self.port), *args],
+            capture_output=True,
+            check=True,
+            timeout=10,
+        )
+        return result.stdout.decode()
+
+
+@contextlib.contextmanager
+def redis_server(*extra: str) -> Iterator[RedisServer]:
+    """A started redis-server, stopped at the end."""
+    with tempfile.TemporaryDirectory(prefix="tickwire-redis-") as directory:
+        server = RedisServer(Path(directory), None, *extra)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()

@@ -1,0 +1,163 @@
+"""The Redis backplane end to end: real redis-server processes started here, real servers
+and clients on 127.0.0.1 (docs/scaling.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import trio
+
+import tickwire
+from tests.realredis import RedisServer, needs_redis, redis_server
+from tickwire.backplane import RedisBackplane, open_publisher
+from tickwire.broadcast import Hub
+from tickwire.client import Lost, Message, open_client
+from tickwire.errors import BackplaneUnavailable
+from tickwire.server import Server, open_server
+
+pytestmark = needs_redis
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    with redis_server() as server:
+        yield server
+
+
+def backplane(redis: RedisServer, **options: object) -> RedisBackplane:
+    return RedisBackplane(redis.url, probe_interval=0.2, probe_timeout=1.0, **options)  # type: ignore[arg-type]
+
+
+async def connected(hub: Hub) -> None:
+    assert isinstance(hub.backplane, RedisBackplane)
+    with trio.fail_after(10):
+        await hub.backplane.wait_connected()
+
+
+def url(server: Server) -> str:
+    return f"ws://127.0.0.1:{server.port}"
+
+
+async def take(subscription: tickwire.Subscription, count: int) -> list[tickwire.Update]:
+    got: list[tickwire.Update] = []
+    with trio.fail_after(10):
+        while len(got) < count:
+            got.append(await subscription.receive())
+    return got
+
+
+async def test_two_servers_deliver_one_publisher_s_messages_with_the_same_offsets(
+    redis: RedisServer,
+) -> None:
+    async with (
+        open_server(Hub(backplane=backplane(redis)), "127.0.0.1", 0) as one,
+        open_server(Hub(backplane=backplane(redis)), "127.0.0.1", 0) as two,
+        open_publisher(redis.url) as publisher,
+    ):
+        await connected(one.hub)
+        await connected(two.hub)
+        async with (
+            open_client(url(one)) as ann,
+            open_client(url(two)) as bob,
+            ann.subscribe("prices") as on_one,
+            bob.subscribe("prices") as on_two,
+        ):
+            offsets = [await publisher.publish("prices", {"n": i}) for i in range(100)]
+            assert offsets == list(range(1, 101))  # one sequence for the whole cluster
+            got_one = await take(on_one, 100)
+            got_two = await take(on_two, 100)
+            assert got_one == got_two == [Message("prices", i + 1, {"n": i}) for i in range(100)]
+            assert on_one.position() == on_two.position()  # the same epoch everywhere
+
+
+async def test_publish_nowait_hands_over_and_the_cluster_gives_the_offsets(
+    redis: RedisServer,
+) -> None:
+    async with (
+        open_server(Hub(backplane=backplane(redis)), "127.0.0.1", 0) as server,
+        open_publisher(redis.url) as publisher,
+    ):
+        await connected(server.hub)
+        async with open_client(url(server)) as client, client.subscribe("ticks") as ticks:
+            for i in range(250):
+                assert publisher.publish_nowait("ticks", i) is None
+            # The first call on a topic new to the publisher cannot guess its offsets; from
+            # the second on, each message is encoded once and every server forwards it.
+            assert await publisher.publish("ticks", 250) == 251
+            for i in range(251, 500):
+                assert publisher.publish_nowait("ticks", i) is None
+            got = await take(ticks, 500)
+            assert got == [Message("ticks", i + 1, i) for i in range(500)]
+            assert isinstance(publisher.backplane, RedisBackplane)
+            stats = publisher.backplane.statistics()
+            assert stats.published == 500
+            assert stats.round_trips < 500  # what waited went together
+            # The publisher encoded each message; the server forwarded those bytes.
+            assert isinstance(server.hub.backplane, RedisBackplane)
+            assert server.hub.backplane.statistics().forwarded > 0
+
+
+async def test_a_client_resumes_on_another_server_without_loss_or_duplicate(
+    redis: RedisServer,
+) -> None:
+    async with (
+        open_server(Hub(backplane=backplane(redis)), "127.0.0.1", 0) as one,
+        open_server(Hub(backplane=backplane(redis)), "127.0.0.1", 0) as two,
+        open_publisher(redis.url) as publisher,
+    ):
+        await connected(one.hub)
+        await connected(two.hub)
+        async with open_client(url(one)) as client, client.subscribe("orders") as orders:
+            for i in range(30):
+                await publisher.publish("orders", i)
+            first = await take(orders, 30)
+            position = orders.position()
+        assert position is not None
+        assert position.offset == 30
+        for i in range(30, 50):  # while the client is away (server two never saw them)
+            await publisher.publish("orders", i)
+        async with (
+            open_client(url(two)) as client,
+            client.subscribe("orders", resume=position) as orders,
+        ):
+            rest = await take(orders, 20)
+            await publisher.publish("orders", 50)
+            rest += await take(orders, 1)
+        payloads = [u.payload for u in first + rest if isinstance(u, Message)]
+        assert payloads == list(range(51))  # none lost, none twice
+        assert not [u for u in first + rest if isinstance(u, Lost)]
+
+
+async def test_a_client_s_publish_is_acknowledged_once_redis_has_it(redis: RedisServer) -> None:
+    config = tickwire.ServerConfig(client_publish=["chat.*"])
+    async with (
+        open_server(Hub(backplane=backplane(redis)), "127.0.0.1", 0, config=config) as one,
+        open_server(Hub(backplane=backplane(redis)), "127.0.0.1", 0, config=config) as two,
+    ):
+        await connected(one.hub)
+        await connected(two.hub)
+        async with (
+            open_client(url(one)) as ann,
+            open_client(url(two)) as bob,
+            bob.subscribe("chat.room") as room,
+        ):
+            result = await ann.publish("chat.room", "hello")
+            assert result.offset == 1
+            assert await take(room, 1) == [Message("chat.room", 1, "hello")]
+            again = await ann.publish("chat.room", "hello", key="k1")
+            assert (await ann.publish("chat.room", "hello", key="k1")).offset == again.offset
+
+
+async def test_with_redis_unreachable_publishing_fails_with_a_typed_error() -> None:
+    from tests.realredis import free_port
+
+    hub = Hub(backplane=RedisBackplane(f"redis://127.0.0.1:{free_port()}", command_timeout=0.5))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hub.run)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(BackplaneUnavailable):
+            hub.publish_nowait("x", 1)
+        with pytest.raises(BackplaneUnavailable):
+            await hub.publish("x", 1, timeout=0.2)
+        nursery.cancel_scope.cancel()
