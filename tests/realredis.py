@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
@@ -140,3 +141,54 @@ def redis_server(*extra: str) -> Iterator[RedisServer]:
             yield server
         finally:
             server.stop()
+
+
+class Proxy:
+    """A TCP relay to a Redis server that can go silent on chosen connections: it keeps
+    reading both ways but forwards nothing, as a half-dead link does (the peer's writes
+    succeed, nothing comes back). Run it with ``await nursery.start(proxy.run)``."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._frozen: set[int] = set()
+        self._pubsub: set[int] = set()
+        self._ids = iter(range(1, 1 << 30))
+        self.connections = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def freeze_pubsub(self) -> int:
+        """Silence every connection open now that subscribed to something; how many."""
+        self._frozen |= self._pubsub
+        return len(self._pubsub)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._serve, listeners)
+
+    async def _serve(self, client: trio.SocketStream) -> None:
+        ident = next(self._ids)
+        self.connections += 1
+        async with client, await trio.open_tcp_stream("127.0.0.1", self.target_port) as server:
+            async with trio.open_nursery() as nursery:
+
+                async def pump(
+                    source: trio.SocketStream, sink: trio.SocketStream, up: bool
+                ) -> None:
+                    try:
+                        while data := await source.receive_some(65536):
+                            if up and b"SUBSCRIBE" in data:
+                                self._pubsub.add(ident)
+                            if ident not in self._frozen:
+                                await sink.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(pump, client, server, True)
+                nursery.start_soon(pump, server, client, False)

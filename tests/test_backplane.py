@@ -9,7 +9,7 @@ import pytest
 import trio
 
 import tickwire
-from tests.realredis import RedisServer, needs_redis, redis_server
+from tests.realredis import Proxy, RedisServer, needs_redis, redis_server
 from tickwire.backplane import RedisBackplane, open_publisher
 from tickwire.broadcast import Hub
 from tickwire.client import Lost, Message, open_client
@@ -161,3 +161,86 @@ async def test_with_redis_unreachable_publishing_fails_with_a_typed_error() -> N
         with pytest.raises(BackplaneUnavailable):
             await hub.publish("x", 1, timeout=0.2)
         nursery.cancel_scope.cancel()
+
+
+async def test_redis_killed_and_restarted_empty_every_subscriber_is_told_not_recovered(
+    redis: RedisServer,
+) -> None:
+    async with (
+        open_server(Hub(backplane=backplane(redis)), "127.0.0.1", 0) as server,
+        open_publisher(redis.url, probe_interval=0.2, probe_timeout=1.0) as publisher,
+    ):
+        await connected(server.hub)
+        async with open_client(url(server)) as client, client.subscribe("fx") as fx:
+            for i in range(10):
+                await publisher.publish("fx", i)
+            before = await take(fx, 10)
+            old = fx.position()
+            redis.kill()  # SIGKILL: no goodbye to anyone, and nothing kept
+            redis.start()  # the same port, empty
+            # publish() waits for the backplane to reconnect (its timeout is the bound).
+            offsets = [await publisher.publish("fx", i, timeout=30) for i in range(10, 15)]
+            after = await take(fx, 6)
+        assert before == [Message("fx", i + 1, i) for i in range(10)]
+        lost, *rest = after
+        assert isinstance(lost, Lost)
+        assert lost.reason == "not recovered"
+        new = fx.position()
+        assert old is not None
+        assert new is not None
+        assert new.epoch != old.epoch  # a new epoch: the old offsets mean nothing now
+        assert offsets == [1, 2, 3, 4, 5]
+        assert rest == [Message("fx", i - 9, i) for i in range(10, 15)]
+        assert isinstance(server.hub.backplane, RedisBackplane)
+        stats = server.hub.backplane.statistics()
+        assert stats.restarts == 1
+        assert stats.sessions == 2
+
+
+async def test_a_silent_pub_sub_connection_is_found_and_what_it_missed_is_fetched(
+    redis: RedisServer,
+) -> None:
+    proxy = Proxy(redis.port)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.run)
+        hub = Hub(backplane=RedisBackplane(proxy.url, probe_interval=0.2, probe_timeout=1.0))
+        async with (
+            open_server(hub, "127.0.0.1", 0) as server,
+            open_publisher(redis.url) as publisher,
+            open_client(url(server)) as client,
+        ):
+            await connected(hub)
+            async with client.subscribe("book") as book:
+                for i in range(5):
+                    await publisher.publish("book", i)
+                got = await take(book, 5)
+                assert proxy.freeze_pubsub() == 1  # the server's subscriber connection
+                for i in range(5, 25):  # into Redis, but the server hears nothing of them
+                    await publisher.publish("book", i)
+                got += await take(book, 20)  # the probe finds the silence, then a fetch
+        nursery.cancel_scope.cancel()
+    assert got == [Message("book", i + 1, i) for i in range(25)]  # none lost, none twice
+    assert isinstance(hub.backplane, RedisBackplane)
+    stats = hub.backplane.statistics()
+    assert stats.silent == 1
+    assert stats.fetched == 20
+    assert stats.sessions == 2
+
+
+async def test_readyz_says_not_ready_while_redis_is_unreachable(redis: RedisServer) -> None:
+    hub = Hub(backplane=backplane(redis))
+    async with open_server(hub, "127.0.0.1", 0) as server:
+        endpoint = tickwire.MetricsEndpoint(server, tickwire.metrics.registry_for(server))
+        await connected(hub)
+        assert endpoint.respond("GET", "/readyz")[0] == 200
+        redis.kill()
+        assert isinstance(hub.backplane, RedisBackplane)
+        with trio.fail_after(10):
+            await hub.backplane.wait_disconnected()  # the probe's next round finds it gone
+        status, _, body = endpoint.respond("GET", "/readyz")
+        assert (status, body) == (503, b"not ready: the backplane is not connected to Redis\n")
+        metrics = endpoint.respond("GET", "/metrics")[2].decode()
+        assert "tickwire_backplane_connected 0.0" in metrics
+        assert "tickwire_backplane_sessions_total 1.0" in metrics
+        with pytest.raises(BackplaneUnavailable):
+            hub.publish_nowait("anything", 1)

@@ -296,6 +296,9 @@ class Backplane(Protocol):
     def topic_id(self, name: str) -> int | None:
         """The cluster's id of topic *name*, if it has one yet."""
 
+    def counters(self) -> dict[str, int]:
+        """Its figures by name, for ``/metrics`` (``connected`` is 1 or 0)."""
+
     async def prefetch(self, topic: Topic, after: int) -> None:
         """Put the messages of *topic* after offset *after* in its local history, from the
         shared history, for a resume (what the shared history no longer has stays out)."""

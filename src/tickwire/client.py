@@ -1204,8 +1204,14 @@ class Client:
             subscription.notes[event.topic] = event.note
         else:
             subscription.notes.pop(event.topic, None)
+        if state.topic_id != event.topic_id:  # a topic's id can change (a backplane's
+            # registry started again): its old id no longer names it on this connection
+            old = self._topic_ids.get(state.topic_id, [])
+            old[:] = [(x, y) for x, y in old if y is not state]
         state.topic_id = event.topic_id
-        self._topic_ids.setdefault(event.topic_id, []).append((subscription, state))
+        routes = self._topic_ids.setdefault(event.topic_id, [])
+        if not any(y is state for _, y in routes):  # SUBSCRIBED again: the same route
+            routes.append((subscription, state))
         if event.info is None:
             state.view = None
         else:

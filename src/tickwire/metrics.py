@@ -17,7 +17,7 @@ caller's nursery, so it cannot die silently as a thread would.
 from __future__ import annotations
 
 import http
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 import attrs
@@ -144,6 +144,34 @@ class ServerCollector(Collector):
         yield _histogram(
             "tickwire_heartbeat_rtt_seconds", "Seconds from ping to pong", s.heartbeat_rtt
         )
+        if s.backplane is not None:
+            yield from _backplane_metrics(s.backplane)
+
+
+_BACKPLANE_GAUGES: Final = {
+    "connected": "1 while the backplane is connected to Redis",
+    "pending": "Messages waiting for Redis",
+    "topics": "Topics this process follows through the backplane",
+}
+_BACKPLANE_COUNTERS: Final = {
+    "sessions": "Connections made to Redis (the first, then each reconnection)",
+    "published": "Messages Redis took from this process",
+    "round_trips": "Pipelines of publish calls sent to Redis",
+    "relays": "Relays received from Redis",
+    "forwarded": "Wire messages forwarded as the publishing process encoded them",
+    "fetched": "Messages read from the shared history (gaps, resumes)",
+    "skipped": "Messages announced with GAP: gone from the shared history first",
+    "restarts": "Topics started again in a new epoch (Redis lost them)",
+    "silent": "Pub/sub connections found silent by the probe",
+    "failed": "Messages Redis did not take within publish_timeout",
+}
+
+
+def _backplane_metrics(figures: Mapping[str, int]) -> Iterator[Metric]:
+    for name, doc in _BACKPLANE_GAUGES.items():
+        yield GaugeMetricFamily(f"tickwire_backplane_{name}", doc, value=figures.get(name, 0))
+    for name, doc in _BACKPLANE_COUNTERS.items():
+        yield CounterMetricFamily(f"tickwire_backplane_{name}", doc, value=figures.get(name, 0))
 
 
 def _histogram(name: str, doc: str, h: HistogramStatistics) -> HistogramMetricFamily:
@@ -192,9 +220,12 @@ class MetricsEndpoint:
         if path == "/healthz":
             return 200, "text/plain", b"ok\n"
         if path == "/readyz":
-            if self.server.ready:
-                return 200, "text/plain", b"ready\n"
-            return 503, "text/plain", b"not ready: starting or draining\n"
+            backplane = self.server.hub.backplane
+            if not self.server.ready:
+                return 503, "text/plain", b"not ready: starting or draining\n"
+            if backplane is not None and not backplane.ready:
+                return 503, "text/plain", b"not ready: the backplane is not connected to Redis\n"
+            return 200, "text/plain", b"ready\n"
         return 404, "text/plain", b"not found: try /metrics, /healthz or /readyz\n"
 
     async def handle(self, stream: trio.abc.Stream) -> None:

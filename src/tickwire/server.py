@@ -286,6 +286,7 @@ class Server:
             client_topics=self.hub.client_topics,
             values_refused=self.hub.refused_values,
             internal_errors=self.hub.internal_errors,
+            backplane=None if self.hub.backplane is None else self.hub.backplane.counters(),
         )
 
     def _absorb(self, connection: ServerConnection) -> None:

@@ -175,6 +175,8 @@ class ServerStatistics:
         client_topics: topics created by clients that exist now (``Hub.max_client_topics``).
         values_refused: values the value gate refused, from the program or from clients.
         internal_errors: failures caught inside the hub (logged; GAP sent for what was lost).
+        backplane: with a backplane, its figures by name (``connected`` is 1 or 0; see
+            :class:`tickwire.backplane.BackplaneStatistics`); None without one.
     """
 
     ready: bool
@@ -199,6 +201,7 @@ class ServerStatistics:
     client_topics: int = 0
     values_refused: int = 0
     internal_errors: int = 0
+    backplane: Mapping[str, int] | None = None
 
     @property
     def slow_consumer_disconnects(self) -> int:

@@ -211,6 +211,7 @@ class RedisBackplane:
     _scripts: dict[str, Any] = attrs.field(init=False, factory=dict)
     _nursery: trio.Nursery | None = attrs.field(init=False, default=None)
     _connected: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _disconnected: trio.Event = attrs.field(init=False, factory=trio.Event)
     _ids: dict[str, int] = attrs.field(init=False, factory=dict)  # the registry, mirrored
     _names: dict[int, str] = attrs.field(init=False, factory=dict)
     _incarnation: bytes | None = attrs.field(init=False, default=None)
@@ -247,6 +248,7 @@ class RedisBackplane:
             Negotiated.of(token)  # ValueError-like NegotiationError for an unknown token
         self._keys = Keys(self.prefix)
         self._room.set()
+        self._disconnected.set()
 
     # -- state ------------------------------------------------------------------------------
 
@@ -273,6 +275,10 @@ class RedisBackplane:
             topics=len(self._links),
         )
 
+    def counters(self) -> dict[str, int]:
+        """:meth:`statistics` by name, for ``/metrics`` (``connected`` is 1 or 0)."""
+        return {k: int(v) for k, v in attrs.asdict(self.statistics()).items()}
+
     def topic_id(self, name: str) -> int | None:
         """The cluster's id of topic *name*, if it has one yet."""
         return self._ids.get(name)
@@ -280,6 +286,10 @@ class RedisBackplane:
     async def wait_connected(self) -> None:
         """Wait until it is connected to Redis."""
         await self._connected.wait()
+
+    async def wait_disconnected(self) -> None:
+        """Wait until it has lost its connection to Redis (or is not connected now)."""
+        await self._disconnected.wait()
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -689,22 +699,21 @@ class RedisBackplane:
                 link.topic = self.hub.follow(link.name, link.topic_id, epoch, top, client=client)
                 link.epoch, link.offset = link.topic.epoch, link.topic.offset
                 if link.topic.topic_id != link.topic_id or link.epoch != epoch:
-                    self._rekey(link, epoch, top)
+                    # A local topic made before the registry gave it this id, or by an
+                    # earlier Redis: it takes the cluster's id and epoch, as a restart.
+                    self.hub.rekey(link.topic, link.topic_id)
+                    self._restart(link, epoch, 0)
+                    await self._fill(link, top)
                 link.synced.set()
             elif epoch != link.epoch:
-                self._restart(link, epoch, top)
+                # From the new epoch's start: its first messages may be in the history
+                # already (another process published them before this one came back).
+                self._restart(link, epoch, 0)
+                await self._fill(link, top)
             elif top > link.offset:
                 await self._fill(link, top)
             link.synced.set()
             self._drain(link)
-
-    def _rekey(self, link: _Link, epoch: int, top: int) -> None:
-        """A local topic whose id or epoch differs from the cluster's (made before the
-        registry gave it, or by an earlier Redis): take the cluster's, as a restart."""
-        assert self.hub is not None
-        assert link.topic is not None
-        self.hub.rekey(link.topic, link.topic_id)
-        self._restart(link, epoch, top)
 
     def _restart(self, link: _Link, epoch: int, top: int) -> None:
         assert self.hub is not None
@@ -908,6 +917,7 @@ class RedisBackplane:
                 same = await self._load_registry()
                 await self._resume(same)
                 self.sessions += 1
+                self._disconnected = trio.Event()
                 self._connected.set()
                 log.info("backplane connected to %s", self.url)
                 nursery.start_soon(self._sender)
@@ -979,6 +989,7 @@ class RedisBackplane:
                 log.warning("backplane: Redis at %s failed (%r); reconnecting", self.url, failures)
             finally:
                 self._connected = trio.Event()
+                self._disconnected.set()
                 self._nursery = None
                 self._client = self._pubsub = None
             self._expire(trio.current_time())
