@@ -4,6 +4,7 @@ and clients on 127.0.0.1 (docs/scaling.md)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from decimal import Decimal
 
 import pytest
 import trio
@@ -244,3 +245,88 @@ async def test_readyz_says_not_ready_while_redis_is_unreachable(redis: RedisServ
         assert "tickwire_backplane_sessions_total 1.0" in metrics
         with pytest.raises(BackplaneUnavailable):
             hub.publish_nowait("anything", 1)
+
+
+async def test_a_table_written_by_one_process_is_the_same_on_every_server(
+    redis: RedisServer,
+) -> None:
+    writer = Hub(backplane=backplane(redis))
+    writer.table("quotes", tickwire.EQUITY_QUOTE_SCHEMA)
+    async with (
+        open_publisher(hub=writer) as writer,
+        open_server(Hub(backplane=backplane(redis)), "127.0.0.1", 0) as one,
+        open_server(Hub(backplane=backplane(redis)), "127.0.0.1", 0) as two,
+    ):
+        await writer.join("quotes")  # followed: the table has its cluster id and rows
+        for i in range(40):
+            quote = {"bid": Decimal(f"{i}.25"), "ask": Decimal(f"{i}.5"), "bid_size": i}
+            writer.upsert("quotes", f"S{i}", quote)
+        await connected(one.hub)
+        await connected(two.hub)
+        async with (
+            open_client(url(one)) as ann,
+            open_client(url(two)) as bob,
+            ann.subscribe("quotes") as on_one,
+            bob.subscribe("quotes") as on_two,
+        ):
+            await take(on_one, 1)  # the snapshot (TableReset)
+            await take(on_two, 1)
+            for i in range(0, 40, 2):  # every other row changes, ten rows go
+                writer.upsert("quotes", f"S{i}", {"bid": Decimal(f"{i}.75")})
+            writer.update("quotes", deletes=[f"S{i}" for i in range(30, 40)])
+            done = writer.topic_by_name("quotes")
+            assert done is not None
+            assert done.table is not None
+            want = {r["symbol"]: r for r in done.table.rows()}
+            with trio.fail_after(10):
+                while on_one.table() != want or on_two.table() != want:
+                    await on_one.receive() if on_one.table() != want else await on_two.receive()
+            t1, t2 = one.hub.topic_by_name("quotes"), two.hub.topic_by_name("quotes")
+            assert t1 is not None
+            assert t2 is not None
+            assert (t1.epoch, t1.offset) == (t2.epoch, t2.offset)
+            variant = tickwire.sansio.Negotiated.of("tickwire.v2")
+            # Keyframes agree: the same snapshot bytes on both servers at the same offset.
+            assert one.hub.snapshot(t1, variant) == two.hub.snapshot(t2, variant)
+        # A server that starts now gets the table from Redis, at the same offset.
+        async with open_server(Hub(backplane=backplane(redis)), "127.0.0.1", 0) as three:
+            await connected(three.hub)
+            async with open_client(url(three)) as cy, cy.subscribe("quotes") as on_three:
+                reset = (await take(on_three, 1))[0]
+                assert isinstance(reset, tickwire.TableReset)
+                assert reset.rows == want
+                assert reset.offset == t1.offset
+
+
+async def test_a_table_s_writer_publishes_its_rows_again_when_redis_lost_them(
+    redis: RedisServer,
+) -> None:
+    writer = Hub(backplane=backplane(redis))
+    writer.table("world", tickwire.GAME_ENTITY_SCHEMA)
+    async with (
+        open_publisher(hub=writer) as writer,
+        open_server(Hub(backplane=backplane(redis)), "127.0.0.1", 0) as server,
+    ):
+        await writer.join("world")
+        rows = {i: {"kind": "player", "x": float(i), "y": 0.0} for i in range(1, 21)}
+        writer.update("world", rows)
+        await connected(server.hub)
+        async with open_client(url(server)) as client, client.subscribe("world") as world:
+            await take(world, 1)
+            redis.kill()
+            redis.start()  # empty: the rows are gone from Redis
+            got = await take(world, 2)
+            assert isinstance(got[0], Lost)
+            assert got[0].reason == "not recovered"
+            assert isinstance(got[1], tickwire.TableReset)
+            with trio.fail_after(10):  # the writer's rows come back, then its changes
+                while len(world.table()) < 20:
+                    await world.receive()
+            writer.upsert("world", 1, {"x": 100.0})
+            with trio.fail_after(10):
+                while world.table()[1]["x"] != 100.0:
+                    await world.receive()
+            local = writer.topic_by_name("world")
+            assert local is not None
+            assert local.table is not None
+            assert world.table() == {r["id"]: r for r in local.table.rows()}

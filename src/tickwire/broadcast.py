@@ -43,7 +43,7 @@ import trio
 from attrs.validators import ge, gt, instance_of
 
 from tickwire.config import Limits, MiB
-from tickwire.errors import InvalidValue
+from tickwire.errors import BackplaneUnavailable, InvalidValue
 from tickwire.sansio import codec, envelope
 from tickwire.sansio.compression import (
     CompressionConfig,
@@ -67,7 +67,15 @@ from tickwire.sansio.framing import frame
 from tickwire.sansio.negotiation import Codec, Negotiated
 from tickwire.sansio.relay import Relay
 from tickwire.sansio.session import encode_message
-from tickwire.sansio.table import Changes, Key, Schema, Table, merge_into, message_budget
+from tickwire.sansio.table import (
+    Changes,
+    Key,
+    Schema,
+    Table,
+    decode_changes,
+    merge_into,
+    message_budget,
+)
 from tickwire.sansio.values import ValueLimits, pack_trusted, pack_value, unpack_value
 from tickwire.statistics import Histogram
 
@@ -277,6 +285,20 @@ class Backplane(Protocol):
             BackplaneUnavailable: not connected, or too much is waiting already.
         """
 
+    def check_room(self) -> None:
+        """Raise :class:`BackplaneUnavailable` unless it can take a publish now."""
+
+    def submit_delta(self, topic: str, packed: bytes, changes: Changes) -> None:
+        """Take one table delta (its packed payload and its change set) to publish soon,
+        whatever waits already (:meth:`check_room` was asked before the table changed)."""
+
+    @property
+    def process_id(self) -> bytes:
+        """This process's id in the relays it publishes."""
+
+    def declare(self, topic: str, info: Any) -> None:
+        """Register table *topic* with its schema (*info*) and follow it, soon."""
+
     async def publish(self, topic: str, packed: bytes, *, key: str | None, timeout: float) -> int:
         """Publish one stream message; return the offset the cluster gave it.
 
@@ -398,6 +420,10 @@ class Topic:
     )
     listeners: list[Listener] = attrs.field(factory=list)  # in-process, by Hub.listen
     client_created: bool = False
+    # With a backplane: whether the cluster's id and epoch are this topic's yet, and
+    # whether this process changes the table (it re-publishes its rows if Redis loses them).
+    followed: bool = False
+    written: bool = False
     _snapshot: tuple[int, dict[Negotiated, list[bytes]]] = attrs.field(init=False, default=(-1, {}))
     keyframe_offset: int = attrs.field(init=False, default=0)
     since: float | None = attrs.field(init=False, default=None)  # first pending publish
@@ -540,6 +566,10 @@ class Hub:
         self.compressor = Compressor(self.compression)
         self._payload_limits = ValueLimits.for_payloads(self.limits)
         self._budget = message_budget(self.limits)
+        if self.backplane is not None:
+            # Until the cluster's registry gives a topic its id, it has one of these,
+            # which no cluster id reaches; nobody is sent one.
+            self._ids = itertools.count(1 << 40).__next__
 
     # -- topics ---------------------------------------------------------------------------
 
@@ -581,7 +611,10 @@ class Hub:
         """
         topic = self._topics.get(name)
         if topic is None:
-            return self._create(name, Table(schema, self._budget))
+            topic = self._create(name, Table(schema, self._budget))
+            if self.backplane is not None:  # registered with its schema, then followed
+                self.backplane.declare(name, schema.info())
+            return topic
         if topic.table is not None:
             if topic.table.schema != schema:
                 raise ValueError(f"table {name!r} was declared with another schema")
@@ -633,13 +666,18 @@ class Hub:
         if table is not None:
             self._tables.append(topic)
             self._wakeup.set()  # its keyframes
+        if self.backplane is None or followed is not None:  # else once it is followed
+            self._offer(topic)
+        return topic
+
+    def _offer(self, topic: Topic) -> None:
+        """Give a new topic to the subscriptions whose patterns match it."""
         for subscriber, patterns in self._patterns.items():
             for pattern, request_id in patterns.items():
-                if pattern_matches(pattern, name) and subscriber.may_receive(topic):
+                if pattern_matches(pattern, topic.name) and subscriber.may_receive(topic):
                     topic.subscribers[subscriber] = None
                     subscriber.topic_added(topic, request_id)
                     break
-        return topic
 
     def _free(self, topic: Topic) -> None:
         """Forget a client-created topic nobody uses any more."""
@@ -912,7 +950,7 @@ class Hub:
             self._fan_out(t, [entry], since=_now())
         return t.offset
 
-    def upsert(self, topic: str, key: Key, values: Mapping[str, Any]) -> int:
+    def upsert(self, topic: str, key: Key, values: Mapping[str, Any]) -> int | None:
         """Create or update row *key* of table *topic* with the fields in *values*.
 
         Only fields whose wire value changes are sent. Without a batch window the delta goes
@@ -929,7 +967,7 @@ class Hub:
         """
         return self.update(topic, {key: values})
 
-    def delete(self, topic: str, key: Key) -> int:
+    def delete(self, topic: str, key: Key) -> int | None:
         """Delete row *key* of table *topic* (nothing happens if there is none).
 
         Returns:
@@ -946,7 +984,7 @@ class Hub:
         upserts: Mapping[Any, Mapping[str, Any]] | None = None,
         *,
         deletes: Iterable[Key] = (),
-    ) -> int:
+    ) -> int | None:
         """Apply several row changes to table *topic* as one delta (a game tick): the
         *upserts* (key -> fields), then the *deletes*. All or nothing: every key and value
         is checked before anything changes.
@@ -955,23 +993,41 @@ class Hub:
         message carry) is sent as several consecutive deltas.
 
         Returns:
-            The offset of the (last) delta that carries the changes.
+            The offset of the (last) delta that carries the changes (None with a
+            backplane: the cluster gives it when Redis takes the delta).
 
         Raises:
             KeyError, InvalidValue: as :meth:`upsert`; nothing changes.
+            BackplaneUnavailable: with a backplane, Redis is unreachable, too much waits
+                for it, or the table is not followed yet; nothing changes.
         """
         t = self._topics.get(topic)
         if t is None or t.table is None:
             raise KeyError(f"no table topic {topic!r}: declare it with Hub.table()")
         table = t.table
+        backplane = self.backplane
+        if backplane is not None:  # before anything changes
+            if not t.followed:
+                raise BackplaneUnavailable(
+                    f"table {topic!r} is not followed yet: await hub.join({topic!r}) "
+                    "after declaring it (Redis gives its id and its rows)"
+                )
+            backplane.check_room()
         try:
             table.apply(upserts or {}, deletes)
         except InvalidValue:
             self.refused_values += 1
             raise
         if not table.pending:
-            return t.offset
+            return t.offset if backplane is None else None
         window = t.config.batch_window
+        if backplane is not None:
+            t.written = True
+            if window is None or not t.config.merge:
+                self._submit_deltas(t)  # the backplane's sender keeps a window's together
+            elif t not in self._due:
+                self._schedule(t, window)
+            return None
         if window is None:
             self._send_deltas(t)
             return t.offset
@@ -1005,8 +1061,18 @@ class Hub:
             out.append(entry)
         return out
 
+    def _submit_deltas(self, t: Topic) -> None:
+        """With a backplane: hand the table's pending changes over, delta by delta."""
+        assert self.backplane is not None
+        assert t.table is not None
+        for delta in t.table.take_deltas():
+            self.backplane.submit_delta(t.name, pack_trusted(delta.payload()), delta.changes)
+
     def _send_deltas(self, t: Topic, since: float | None = None) -> None:
         """Give the table's pending changes the next offsets, keep them, and send them."""
+        if self.backplane is not None:
+            self._submit_deltas(t)
+            return
         entries = self._take_deltas(t)
         if t.subscribers:
             since = _now() if since is None else since
@@ -1257,15 +1323,37 @@ class Hub:
         ) or any(pattern_matches(x.pattern, name) for x in self._listeners)
 
     def follow(
-        self, name: str, topic_id: int, epoch: int, offset: int, *, client: bool = False
+        self,
+        name: str,
+        topic_id: int,
+        epoch: int,
+        offset: int,
+        *,
+        client: bool = False,
+        schema: Schema | None = None,
+        rows: Iterable[tuple[Key, list[Any]]] = (),
     ) -> Topic:
-        """The local topic of cluster topic *name* (created at *epoch* and *offset* if
-        new), for the backplane."""
+        """The local topic of cluster topic *name*, for the backplane: created at *epoch*
+        and *offset* if new (a table of *schema* holding *rows*, the cluster's at
+        *offset*), or a topic this process made before it was followed (a declared
+        table), which takes the cluster's id, epoch, offset and rows."""
         topic = self._topics.get(name)
         if topic is None:
-            topic = self._create(name, None, client=client, followed=(topic_id, epoch, offset))
-        elif topic.client_created and not client:
-            self._adopt(topic)
+            table = None if schema is None else Table(schema, self._budget)
+            if table is not None:
+                table.load(rows)
+            topic = self._create(name, table, client=client, followed=(topic_id, epoch, offset))
+        else:
+            if topic.client_created and not client:
+                self._adopt(topic)
+            if not topic.followed:
+                self.rekey(topic, topic_id)
+                topic.epoch, topic.offset = epoch, offset
+                if topic.table is not None:
+                    topic.table.load(rows)
+                topic.followed = True
+                self._offer(topic)
+        topic.followed = True
         return topic
 
     @property
@@ -1336,6 +1424,7 @@ class Hub:
         if since is not None:  # the publisher's wall clock, on trio's
             since -= max(0.0, time.time() - relay.stamp)
         usable = relay.valid and relay.dict_digest == self.dictionary_digest
+        own = self.backplane.process_id if self.backplane is not None else b""
         variants = (
             {Negotiated.of(token): messages for token, messages in relay.frames.items()}
             if usable
@@ -1351,6 +1440,8 @@ class Hub:
             entries = [
                 Entry(relay.first + i, now, relay.payloads[i]) for i in range(max(low, start), high)
             ]
+            if t.table is not None:
+                self._mirror(t, entries, own=relay.publisher == own)
             prebuilt = {} if low < start else {v: m[group] for v, m in variants.items()}
             t.offset = entries[-1].offset
             t.last_published = now
@@ -1379,6 +1470,21 @@ class Hub:
                 self._fan_out(t, entries, since=since, prebuilt=prebuilt)
         return forwarded
 
+    def _mirror(self, t: Topic, entries: Sequence[Entry], *, own: bool) -> None:
+        """Table deltas from the backplane: their change sets, applied to this process's
+        copy of the table unless they are its own (applied when made)."""
+        assert t.table is not None
+        width = len(t.table.schema.fields)
+        for entry in entries:
+            try:
+                entry.delta = decode_changes(unpack_value(entry.packed), width)
+            except Exception as exc:  # another writer's bug: not this process's
+                self._failed(t, exc, "a relayed delta")
+                entry.delta = {}
+                continue
+            if not own:
+                t.table.apply_changes(entry.delta)
+
     def backfill(self, t: Topic, entries: Sequence[tuple[int, float, bytes]]) -> int:
         """Put messages of the shared history, (offset, age in seconds, packed payload) in
         offset order, into *t*'s local history where they are missing before its oldest;
@@ -1401,7 +1507,13 @@ class Hub:
 
     def restart(self, t: Topic, epoch: int, offset: int) -> None:
         """*t* started again at *epoch* and *offset* (the backplane's Redis lost it): its
-        history goes, and every subscriber is told it was not recovered."""
+        history goes, and every subscriber is told it was not recovered (a table's with a
+        snapshot of the rows it has now: the backplane loaded Redis's). A table this
+        process writes keeps its rows and publishes all of them again, so that Redis and
+        every server have them back."""
+        if t.table is not None and t.written and self.backplane is not None:
+            t.table.resend_all()
+            self._submit_deltas(t)
         self.history_bytes -= t.history_bytes
         t.history.clear()
         t.history_bytes = 0

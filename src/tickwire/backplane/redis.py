@@ -55,6 +55,8 @@ from tickwire.config import MiB
 from tickwire.errors import BackplaneUnavailable, DecodeError
 from tickwire.sansio.negotiation import MSGPACK, MSGPACK_ZSTD, Negotiated
 from tickwire.sansio.relay import Kind, Placement, Relay, pack_relay, place, unpack_relay
+from tickwire.sansio.table import Changes, Schema
+from tickwire.sansio.values import pack_trusted
 
 __all__ = ["BackplaneStatistics", "RedisBackplane", "open_publisher"]
 
@@ -124,6 +126,7 @@ class _Message:
     stamp: float  # wall clock, when published
     deadline: float  # trio's clock: fail it after this
     done: trio.Event | None = None  # for a caller of publish(): set when answered
+    changes: Changes | None = None  # a table delta's change set
     offset: int = 0
     error: BaseException | None = None
 
@@ -230,7 +233,9 @@ class RedisBackplane:
     _probes_sent: collections.deque[tuple[int, float]] = attrs.field(
         init=False, factory=collections.deque
     )
-    _joins: dict[str, trio.Event] = attrs.field(init=False, factory=dict)
+    _declared: dict[str, bytes] = attrs.field(init=False, factory=dict)  # tables: info
+    _info: dict[str, bytes] = attrs.field(init=False, factory=dict)  # the registry's
+    _due: dict[str, float] = attrs.field(init=False, factory=dict)  # a window's end
     # Counters (statistics()).
     sessions: int = attrs.field(init=False, default=0)
     published: int = attrs.field(init=False, default=0)
@@ -283,6 +288,11 @@ class RedisBackplane:
         """The cluster's id of topic *name*, if it has one yet."""
         return self._ids.get(name)
 
+    @property
+    def process_id(self) -> bytes:
+        """This process's id in the relays it publishes (8 random bytes)."""
+        return bytes.fromhex(self.process)
+
     async def wait_connected(self) -> None:
         """Wait until it is connected to Redis."""
         await self._connected.wait()
@@ -292,6 +302,35 @@ class RedisBackplane:
         await self._disconnected.wait()
 
     # -- publishing -------------------------------------------------------------------------
+
+    def check_room(self) -> None:
+        """Raise :class:`~tickwire.errors.BackplaneUnavailable` unless a publish can be
+        taken now (connected, and room in what waits for Redis)."""
+        if not self.ready:
+            raise BackplaneUnavailable("the backplane is not connected to Redis")
+        if not self._has_room(0):
+            raise BackplaneUnavailable(
+                f"{self._pending} messages wait for Redis already: try again later"
+            )
+
+    def submit_delta(self, topic: str, packed: bytes, changes: Changes) -> None:
+        """Take one table delta to publish soon (:meth:`check_room` said yes before the
+        table changed: it is taken whatever waits)."""
+        message = self._message(topic, packed, None)
+        message.changes = changes
+        self._take(message, force=True)
+
+    def declare(self, topic: str, info: Any) -> None:
+        """Register table *topic* with its schema's *info* and follow it, as soon as it is
+        connected (``await hub.join(topic)`` waits for it)."""
+        self._declared[topic] = msgpack.packb(info, use_bin_type=True)
+        if self.ready:
+            self._spawn(self._declare_soon, [topic])
+
+    async def _declare_soon(self, names: list[str]) -> None:
+        with contextlib.suppress(*_FAILURES, BackplaneUnavailable):
+            await self._register(names)
+            await self._follow(names)
 
     def submit(self, topic: str, packed: bytes, *, key: str | None) -> None:
         """Take one stream message (packed by the hub's value gate) to publish soon.
@@ -359,12 +398,16 @@ class RedisBackplane:
                 await self._emptied.wait()
         return not self._pending
 
-    def _take(self, message: _Message) -> None:
-        if not self._has_room(len(message.packed)):
+    def _take(self, message: _Message, *, force: bool = False) -> None:
+        if not force and not self._has_room(len(message.packed)):
             raise BackplaneUnavailable(
                 f"{self._pending} messages wait for Redis already: try again later"
             )
-        self._queue.setdefault(message.topic, collections.deque()).append(message)
+        queue = self._queue.get(message.topic)
+        if queue is None:
+            queue = self._queue[message.topic] = collections.deque()
+            self._due[message.topic] = trio.current_time() + self._window(message)
+        queue.append(message)
         self._pending += 1
         self._pending_bytes += len(message.packed)
         if not self._has_room(0):
@@ -404,6 +447,7 @@ class RedisBackplane:
                 )
             if not queue:
                 del self._queue[topic]
+                self._due.pop(topic, None)
         kept = []
         for call in self._retry:
             if all(m.deadline <= now for m in call.messages):
@@ -418,22 +462,37 @@ class RedisBackplane:
                 kept.append(call)
         self._retry = kept
 
+    def _window(self, message: _Message) -> float:
+        """How long a message waits for others of its topic: the topic's batch window
+        (one BATCH for all), unless the hub merged a table's window already."""
+        assert self.hub is not None
+        config = self.hub.config_for(message.topic)
+        window = config.batch_window
+        if window is None or (message.changes is not None and config.merge):
+            return 0.0
+        return window
+
     async def _sender(self) -> None:
-        """Send what waits, one pipeline of script calls at a time."""
+        """Send what waits (and is due), one pipeline of script calls at a time."""
         while True:
-            if not self._retry and not self._queue:
+            now = trio.current_time()
+            due = [name for name, at in self._due.items() if at <= now]
+            if not self._retry and not due:
                 self._work = trio.Event()
-                await self._work.wait()
-            names = [name for name in self._queue if name not in self._ids]
+                with trio.move_on_at(min(self._due.values(), default=math.inf)):
+                    await self._work.wait()
+                continue
+            names = [name for name in due if name not in self._ids]
             if names:
                 await self._register(names)
             calls = self._retry
             self._retry = []
-            for name in list(self._queue):
+            for name in due:
                 queue = self._queue[name]
                 taken = [queue.popleft() for _ in range(min(len(queue), self.max_batch))]
                 if not queue:
                     del self._queue[name]
+                    del self._due[name]
                 calls.append(self._call(name, taken))
             if calls:
                 await self._send(calls)
@@ -447,20 +506,18 @@ class RedisBackplane:
         if not guess and link is not None and link.topic is not None:
             guess = link.offset + 1
         payloads = [m.packed for m in messages]
+        table = messages[0].changes is not None
+        config = self.hub.config_for(name)
+        batch = config.batch_window is not None and not (table and config.merge)
         if guess:
-            config = self.hub.config_for(name)
             groups, frames = self.hub.encode_relay(
-                topic_id,
-                guess,
-                payloads,
-                batch=config.batch_window is not None,
-                tokens=self.variants,
+                topic_id, guess, payloads, batch=batch, tokens=self.variants
             )
         else:
             groups, frames = (1,) * len(payloads), {}
         relay = Relay(
             topic_id,
-            Kind.STREAM,
+            Kind.TABLE if table else Kind.STREAM,
             bytes.fromhex(self.process),
             messages[0].stamp,
             tuple(payloads),
@@ -482,7 +539,16 @@ class RedisBackplane:
                 redis_keys.append(keys.key(topic_id, message.key))
                 index = len(redis_keys)
             per_message += [message.packed, index, message.digest]
-        history = self.hub.config_for(name).history_size
+        history = config.history_size
+        if table:
+            schema = self._schema(name)
+            assert schema is not None
+            width = len(schema.fields)
+            for message in messages:
+                assert message.changes is not None
+                operations = _row_operations(message.changes, width)
+                per_message.append(len(operations) // 3)
+                per_message += operations
         args: list[Any] = [
             keys.channel(topic_id),
             random.getrandbits(31),
@@ -492,7 +558,7 @@ class RedisBackplane:
             len(messages),
             self.key_seconds,
             "PUBLISH",
-            0,
+            1 if table else 0,
             *per_message,
         ]
         return _Call(name, topic_id, messages, publish_id, redis_keys, args)
@@ -531,6 +597,7 @@ class RedisBackplane:
             if again:
                 queue = self._queue.setdefault(call.topic, collections.deque())
                 queue.extendleft(reversed(again))
+                self._due.setdefault(call.topic, trio.current_time())
                 self._work.set()
             return
         self.published += len(call.messages)
@@ -554,7 +621,7 @@ class RedisBackplane:
                         args=[
                             name,
                             (wanted or {}).get(name, 0),
-                            "",
+                            self._declared.get(name, b""),
                             keys.registry_channel,
                             "PUBLISH",
                             os.urandom(8).hex(),
@@ -564,14 +631,16 @@ class RedisBackplane:
                     for name in names
                 ]
             results = [await r for r in requests]
-        for name, (topic_id, _created, incarnation) in zip(names, results, strict=True):
-            self._known(topic_id, name)
+        for name, (topic_id, _created, incarnation, info) in zip(names, results, strict=True):
+            self._known(topic_id, name, info or None)
             if self._incarnation is not None and incarnation != self._incarnation:
                 raise coredis.exceptions.ConnectionError("Redis lost its data meanwhile")
 
-    def _known(self, topic_id: int, name: str) -> None:
+    def _known(self, topic_id: int, name: str, info: bytes | None = None) -> None:
         self._ids[name] = topic_id
         self._names[topic_id] = name
+        if info:
+            self._info[name] = info
 
     async def _load_registry(self) -> bool:
         """Read the registry; return whether Redis is the same data set as before (False
@@ -582,24 +651,35 @@ class RedisBackplane:
             await client.set(keys.incarnation, os.urandom(8).hex(), condition=coredis.PureToken.NX)
             incarnation = await client.get(keys.incarnation)
             names = await client.hgetall(keys.names)
+            infos = await client.hgetall(keys.info)
         same = self._incarnation is None or incarnation == self._incarnation
         self._incarnation = incarnation
         if not same:
             self._ids.clear()
             self._names.clear()
+            self._info.clear()
             self._next.clear()
         for name, topic_id in names.items():
-            self._known(int(topic_id), name.decode())
+            self._known(int(topic_id), name.decode(), infos.get(name))
         return same
 
     def _registered(self, data: bytes) -> None:
-        """A topic was registered somewhere: follow it if this process wants it."""
-        unpacker = msgpack.Unpacker()
-        unpacker.feed(data)
-        topic_id = next(unpacker)
-        name = data[len(msgpack.packb(topic_id)) :].decode()
-        self._known(topic_id, name)
+        """A topic was registered somewhere (or declared a table): follow it if this
+        process wants it."""
         assert self.hub is not None
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(data)
+        topic_id, name = next(unpacker), next(unpacker)
+        info = data[len(msgpack.packb(topic_id)) + len(msgpack.packb(name)) :]
+        self._known(topic_id, name, info or None)
+        local = self.hub.topic_by_name(name)
+        if info and local is not None and local.table is None:
+            # Followed as a stream before its writer declared it a table: it becomes one
+            # (its subscribers are told again, with the schema and a snapshot).
+            try:
+                self.hub.table(name, Schema.from_info(msgpack.unpackb(info)))
+            except ValueError as exc:
+                log.error("topic %s: declared a table, but %s", name, exc)
         if topic_id not in self._links and (
             self.hub.wanted(name) or any(pattern_matches(p, name) for p in self._patterns)
         ):
@@ -676,7 +756,8 @@ class RedisBackplane:
 
     async def _sync(self, links: Sequence[_Link], *, client: bool = False) -> None:
         """Read (or create) the epoch and top offset of *links* and bring each up to date:
-        a new local topic at the top, or what it missed fetched, or a new epoch."""
+        a new local topic at the top (a table with the cluster's rows), or what it missed
+        fetched, or a new epoch."""
         assert self.hub is not None
         keys = self._keys
         with trio.fail_after(self.command_timeout):
@@ -696,26 +777,52 @@ class RedisBackplane:
             results = [await r for r in requests]
         for link, (epoch, top, _how) in zip(links, results, strict=True):
             if link.topic is None:
-                link.topic = self.hub.follow(link.name, link.topic_id, epoch, top, client=client)
-                link.epoch, link.offset = link.topic.epoch, link.topic.offset
-                if link.topic.topic_id != link.topic_id or link.epoch != epoch:
-                    # A local topic made before the registry gave it this id, or by an
-                    # earlier Redis: it takes the cluster's id and epoch, as a restart.
-                    self.hub.rekey(link.topic, link.topic_id)
-                    self._restart(link, epoch, 0)
-                    await self._fill(link, top)
-                link.synced.set()
+                schema = self._schema(link.name)
+                rows: list[tuple[Any, list[Any]]] = []
+                if schema is not None:  # its rows as Redis has them, at their offset
+                    epoch, top, rows = await self._rows(link, len(schema.fields))
+                link.topic = self.hub.follow(
+                    link.name, link.topic_id, epoch, top, client=client, schema=schema, rows=rows
+                )
+                link.epoch, link.offset = epoch, top
             elif epoch != link.epoch:
-                # From the new epoch's start: its first messages may be in the history
-                # already (another process published them before this one came back).
-                self._restart(link, epoch, 0)
-                await self._fill(link, top)
+                await self._restart(link, epoch, top)
             elif top > link.offset:
                 await self._fill(link, top)
             link.synced.set()
             self._drain(link)
 
-    def _restart(self, link: _Link, epoch: int, top: int) -> None:
+    def _schema(self, name: str) -> Schema | None:
+        """A table's schema: the hub's, or the registry's; None for a stream."""
+        assert self.hub is not None
+        topic = self.hub.topic_by_name(name)
+        if topic is not None and topic.table is not None:
+            return topic.table.schema
+        info = self._info.get(name)
+        if info is None:
+            return None
+        return Schema.from_info(msgpack.unpackb(info))
+
+    async def _rows(self, link: _Link, width: int) -> tuple[int, int, list[tuple[Any, list[Any]]]]:
+        """A table's (epoch, offset, rows in their order) from Redis, read at once."""
+        keys = self._keys
+        with trio.fail_after(self.command_timeout):
+            result: Any = await self._scripts["range"](
+                keys=[
+                    keys.meta(link.topic_id),
+                    keys.history(link.topic_id),
+                    keys.rows(link.topic_id),
+                ],
+                args=[0, 0, 1],
+            )
+        epoch, top, _now, _entries, flat = result
+        return epoch, top, _table_rows(flat, width)
+
+    async def _restart(self, link: _Link, epoch: int, top: int) -> None:
+        """The topic started again in a new epoch (Redis lost it): its subscribers are told;
+        a stream goes on from the new epoch's start (its first messages may be in the
+        history already: another process published them before this one came back); a
+        table takes the rows Redis has now (unless this process writes it)."""
         assert self.hub is not None
         assert link.topic is not None
         self.restarts += 1
@@ -725,13 +832,26 @@ class RedisBackplane:
             link.name,
             extra={"topic": link.name},
         )
+        table = link.topic.table
+        if table is None:
+            link.epoch, link.offset = epoch, 0
+            self.hub.restart(link.topic, epoch, 0)
+            await self._fill(link, top)
+            return
+        epoch, top, rows = await self._rows(link, len(table.schema.fields))
         link.epoch, link.offset = epoch, top
+        if not link.topic.written:
+            table.load(rows)
         self.hub.restart(link.topic, epoch, top)
 
     async def _fill(self, link: _Link, up_to: int) -> None:
-        """Deliver the messages after ``link.offset`` up to *up_to* from the history."""
+        """Deliver the messages after ``link.offset`` up to *up_to* from the history. What
+        the history no longer has is announced with GAP; a table then takes the rows Redis
+        has (its subscribers ask for a snapshot on a GAP)."""
         assert self.hub is not None
         assert link.topic is not None
+        table = link.topic.table
+        kind = Kind.STREAM if table is None else Kind.TABLE
         while link.offset < up_to:
             epoch, _top, now_ms, entries = await self._range(link, link.offset, up_to - link.offset)
             if epoch != link.epoch:
@@ -739,6 +859,16 @@ class RedisBackplane:
             expected = link.offset + 1
             got = [(o, p, age) for o, p, age in _entries(entries, now_ms) if o >= expected]
             if not got or got[0][0] > expected:
+                if table is not None:  # a table cannot skip deltas: it takes Redis's rows
+                    epoch, top, rows = await self._rows(link, len(table.schema.fields))
+                    if epoch != link.epoch:
+                        return
+                    if not link.topic.written:
+                        table.load(rows)
+                    self.skipped += top - link.offset
+                    self.hub.skip(link.topic, expected, top)
+                    link.offset = top
+                    return
                 last = (got[0][0] - 1) if got else up_to
                 self.skipped += last - link.offset
                 self.hub.skip(link.topic, expected, last)
@@ -748,7 +878,7 @@ class RedisBackplane:
                     break
                 relay = Relay(
                     link.topic_id,
-                    Kind.STREAM,
+                    kind,
                     b"",
                     time.time(),
                     (packed,),
@@ -916,6 +1046,10 @@ class RedisBackplane:
                 nursery.start_soon(self._receiver, pubsub)
                 same = await self._load_registry()
                 await self._resume(same)
+                declared = list(self._declared)
+                if declared:  # tables this process declared: registered with their schema
+                    await self._register(declared)
+                    await self._follow(declared)
                 self.sessions += 1
                 self._disconnected = trio.Event()
                 self._connected.set()
@@ -1009,6 +1143,39 @@ def _entries(entries: list[Any], now_ms: int) -> list[tuple[int, bytes, float]]:
         age = max(0.0, (now_ms - int(values[b"t"])) / 1000)
         out.append((offset, values[b"p"], age))
     return out
+
+
+def _table_rows(flat: list[Any], width: int) -> list[tuple[Any, list[Any]]]:
+    """A table's rows hash (HGETALL's flat answer) as (key, wire values), in row order."""
+    rows: dict[bytes, dict[int, Any]] = {}
+    for field, value in zip(flat[::2], flat[1::2], strict=True):
+        packed_key, index = bytes(field[:-1]), field[-1]
+        row = rows.setdefault(packed_key, {})
+        row[index] = int(value) if index == ROW_PLACE else msgpack.unpackb(value)
+    ordered = sorted(rows.items(), key=lambda item: item[1].get(ROW_PLACE, math.inf))
+    return [
+        (msgpack.unpackb(packed_key), [fields.get(i) for i in range(width)])
+        for packed_key, fields in ordered
+    ]
+
+
+def _row_operations(changes: Changes, width: int) -> list[Any]:
+    """A delta's operations on the table's rows hash (see the PUBLISH script)."""
+    out: list[Any] = []
+    for key, fields in changes.items():
+        packed_key = pack_trusted(key)
+        if fields is None:
+            out += [x for i in range(width) for x in ("D", packed_key + bytes((i,)), "")]
+            out += ["D", packed_key + bytes((ROW_PLACE,)), ""]
+            continue
+        if len(fields) == width:  # a new row (or every field): its place, if it has none
+            out += ["C", packed_key + bytes((ROW_PLACE,)), ""]
+        for i, wire in fields.items():
+            out += ["S", packed_key + bytes((i,)), pack_trusted(wire)]
+    return out
+
+
+ROW_PLACE = 0xFF  # the row field that holds a row's place in the table
 
 
 @contextlib.asynccontextmanager

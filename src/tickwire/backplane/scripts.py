@@ -61,7 +61,7 @@ class Keys:
 # ARGV: channel, candidate epoch, guessed first offset (0: none), history length (0: keep
 # none), relay, message count, seconds to remember keys and answers, publish command,
 # kind (0 stream, 1 table), then per message: payload, key index (0: none, else the KEYS
-# index), digest; then for a table: per message the row changes (see below).
+# index), digest; then for a table: per message its row operations (see below).
 #
 # Returns {epoch, first, valid, offset...}: each message's offset, or for a message whose
 # key was seen: its original offset, or -1 when that key was used for another payload.
@@ -118,19 +118,23 @@ for i = 1, n do
   result[3 + i] = top
 end
 if ARGV[9] == '1' then
-  -- A table's rows: per message, a count of row changes, then per change the packed key
-  -- and the packed row ('' deletes it).
+  -- A table's rows, one hash field per row field (packed key .. field index) and one
+  -- for the row's place in the table (packed key .. 0xff): per message, a count of
+  -- operations, then each as (S: set, D: delete, C: place a new row, value).
   local at = table_base + 1
   for i = 1, n do
-    local changes = tonumber(ARGV[at])
+    local count = tonumber(ARGV[at])
     at = at + 1
-    for c = 1, changes do
-      if ARGV[at + 1] == '' then
-        redis.call('HDEL', KEYS[4], ARGV[at])
-      else
-        redis.call('HSET', KEYS[4], ARGV[at], ARGV[at + 1])
+    for c = 1, count do
+      local op, field = ARGV[at], ARGV[at + 1]
+      if op == 'S' then
+        redis.call('HSET', KEYS[4], field, ARGV[at + 2])
+      elseif op == 'D' then
+        redis.call('HDEL', KEYS[4], field)
+      elseif redis.call('HEXISTS', KEYS[4], field) == 0 then
+        redis.call('HSET', KEYS[4], field, redis.call('HINCRBY', KEYS[1], 'rows', 1))
       end
-      at = at + 2
+      at = at + 3
     end
   end
 end
@@ -185,8 +189,10 @@ return {tonumber(epoch), top, ms, entries, rows}
 
 # KEYS: names, ids, sequence, info, incarnation. ARGV: name, wanted id (0: any), info
 # ('': none), registry channel, publish command, incarnation candidate.
-# Returns {id, created, incarnation}. A wanted id is given when it is free: a server that
-# outlived an empty Redis keeps its topics' ids when nobody took them meanwhile.
+# Returns {id, created, incarnation, info ('' for a stream)}. A wanted id is given when it
+# is free: a server that outlived an empty Redis keeps its topics' ids when nobody took
+# them meanwhile. The registry channel hears (id, name) and a table's info, packed one
+# after the other.
 REGISTER: Final = """
 local incarnation = redis.call('GET', KEYS[5])
 if not incarnation then
@@ -197,9 +203,9 @@ local id = redis.call('HGET', KEYS[1], ARGV[1])
 if id then
   if ARGV[3] ~= '' and redis.call('HEXISTS', KEYS[4], ARGV[1]) == 0 then
     redis.call('HSET', KEYS[4], ARGV[1], ARGV[3])
-    redis.call(ARGV[5], ARGV[4], cmsgpack.pack(tonumber(id)) .. ARGV[1])
+    redis.call(ARGV[5], ARGV[4], cmsgpack.pack(tonumber(id), ARGV[1]) .. ARGV[3])
   end
-  return {tonumber(id), 0, incarnation}
+  return {tonumber(id), 0, incarnation, redis.call('HGET', KEYS[4], ARGV[1]) or ''}
 end
 local wanted = tonumber(ARGV[2])
 if wanted > 0 and redis.call('HEXISTS', KEYS[2], wanted) == 0 then
@@ -213,6 +219,6 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], id)
 redis.call('HSET', KEYS[2], id, ARGV[1])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[4], ARGV[1], ARGV[3]) end
-redis.call(ARGV[5], ARGV[4], cmsgpack.pack(tonumber(id)) .. ARGV[1])
-return {tonumber(id), 1, incarnation}
+redis.call(ARGV[5], ARGV[4], cmsgpack.pack(tonumber(id), ARGV[1]) .. ARGV[3])
+return {tonumber(id), 1, incarnation, ARGV[3]}
 """

@@ -59,6 +59,7 @@ __all__ = [
     "Schema",
     "Table",
     "TableView",
+    "decode_changes",
     "encode_changes",
     "merge_into",
 ]
@@ -715,6 +716,43 @@ def encode_changes(changes: Mapping[Key, dict[int, Any] | None]) -> list[Any]:
     return out
 
 
+def decode_changes(payload: Any, width: int) -> Changes:
+    """The change set of a delta's flat wire form (:func:`encode_changes`'s inverse) for a
+    table of *width* fields: the values stay wire values (a mirror of the table applies
+    them as they are).
+
+    Raises:
+        DecodeError: a malformed payload.
+    """
+    if type(payload) is not list:
+        raise DecodeError("a table delta is an array")
+    limit = 1 << width
+    out: Changes = {}
+    i, n = 0, len(payload)
+    while i < n:
+        if i + 1 >= n:
+            raise DecodeError("a table delta entry needs a key and a mask")
+        key, mask = payload[i], payload[i + 1]
+        if type(key) not in (str, int) or type(mask) is not int or not 0 <= mask < limit:
+            raise DecodeError("invalid table delta entry")
+        i += 2
+        if mask == 0:
+            out[key] = None
+            continue
+        fields: dict[int, Any] = {}
+        bit = 0
+        while mask:
+            if mask & 1:
+                if i >= n:
+                    raise DecodeError("a table delta entry is missing values")
+                fields[bit] = payload[i]
+                i += 1
+            mask >>= 1
+            bit += 1
+        out[key] = fields
+    return out
+
+
 def wire_size(value: Any) -> int:
     """An upper bound of the packed size of one wire value (a table's, §9)."""
     t = type(value)
@@ -876,6 +914,40 @@ class Table:
                     pending = self._pending[key] = {}
                 pending[i] = wire
         return changed
+
+    def apply_changes(self, changes: Mapping[Key, dict[int, Any] | None]) -> None:
+        """Apply a delta that another process made (wire values, checked where it was
+        made): a mirror of the table follows its writers so. Nothing becomes pending."""
+        width = len(self.schema.fields)
+        rows = self._rows
+        for key, fields in changes.items():
+            if fields is None:
+                rows.pop(key, None)
+                continue
+            row = rows.get(key)
+            if row is None:
+                row = rows[key] = [None] * width
+                if type(key) is str:
+                    self._max_key = max(self._max_key, wire_size(key))
+            for i, wire in fields.items():
+                row[i] = wire
+
+    def load(self, rows: Iterable[tuple[Key, list[Any]]]) -> None:
+        """Replace every row with *rows* (key, wire values), oldest first: a mirror's
+        start from a snapshot. Nothing becomes pending."""
+        width = len(self.schema.fields)
+        self._rows = {}
+        self._pending = {}
+        for key, wire in rows:
+            row = (list(wire) + [None] * width)[:width]
+            self._rows[key] = row
+            if type(key) is str:
+                self._max_key = max(self._max_key, wire_size(key))
+
+    def resend_all(self) -> None:
+        """Make every row pending with every field, as if each were new (a writer that
+        publishes its whole table again)."""
+        self._pending = {key: dict(enumerate(row)) for key, row in self._rows.items()}
 
     def delete(self, key: Key) -> bool:
         """Delete row *key*; return whether it existed."""
