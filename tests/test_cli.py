@@ -378,7 +378,8 @@ def test_dict_train_refuses_a_table_topic_at_once() -> None:
 
 
 @pytest.mark.parametrize(
-    "example", ["game_server.py", "game_client.py", "ticker_server.py", "ticker_client.py"]
+    "example",
+    ["game_server.py", "game_client.py", "ticker_server.py", "ticker_client.py", "publisher.py"],
 )
 def test_every_example_explains_its_arguments(example: str) -> None:
     from pathlib import Path

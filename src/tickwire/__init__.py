@@ -30,6 +30,7 @@ from tickwire.client import (
 )
 from tickwire.config import KiB, Limits, MiB, ServerConfig
 from tickwire.errors import (
+    BackplaneUnavailable,
     ConnectionClosed,
     ConnectionRefused,
     DecodeError,
@@ -67,6 +68,7 @@ __all__ = [
     "FX_QUOTE_SCHEMA",
     "GAME_ENTITY_SCHEMA",
     "QUOTE_SCHEMA",
+    "BackplaneUnavailable",
     "Client",
     "ClientConfig",
     "ClientStatistics",

@@ -278,6 +278,9 @@ class Backplane(Protocol):
     def ready(self) -> bool:
         """Whether it is connected and can take publishes now."""
 
+    async def wait_connected(self) -> None:
+        """Wait until it is connected."""
+
     def submit(self, topic: str, packed: bytes, *, key: str | None) -> None:
         """Take one stream message to publish as soon as possible, without waiting.
 

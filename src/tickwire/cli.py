@@ -22,6 +22,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from tickwire._version import __version__
 from tickwire.auth import JWTAuth
 from tickwire.broadcast import Hub, TopicConfig
 from tickwire.config import Limits
-from tickwire.errors import TickwireError
+from tickwire.errors import BackplaneUnavailable, TickwireError
 from tickwire.logs import configure as configure_logging
 from tickwire.metrics import MetricsEndpoint, serve_metrics
 from tickwire.sansio import envelope
@@ -51,6 +52,8 @@ from tickwire.settings import add_arguments as add_setting_arguments
 from tickwire.settings import load as load_settings
 from tickwire.sim import ENTITY_SCHEMA, QUOTE_SCHEMA, GameWorld, MarketFeed, quote_row
 from tickwire.tail import TailOptions, plain, tail
+from tickwire.workers import WORKER_ENV, Supervisor, reserve_port
+from tickwire.workers import worker as workers_of
 
 __all__ = ["main"]
 
@@ -98,11 +101,16 @@ def _feed(args: argparse.Namespace) -> int:
 WINDOW = 0.010  # the ticker demo's batch window, seconds
 
 
+def _market_config(hub: Hub) -> None:
+    """The ticker demo's topic settings: 10 ms windows for ``quotes`` and ``trades.*``."""
+    hub.configure("quotes", TopicConfig(batch_window=WINDOW))
+    hub.configure("trades.*", TopicConfig(batch_window=WINDOW))
+
+
 def _market_topics(hub: Hub) -> None:
     """The ticker demo's topics: the ``quotes`` table and the ``trades.<symbol>`` streams,
     both in 10 ms windows."""
-    hub.configure("quotes", TopicConfig(batch_window=WINDOW))
-    hub.configure("trades.*", TopicConfig(batch_window=WINDOW))
+    _market_config(hub)
     hub.table("quotes", QUOTE_SCHEMA)
 
 
@@ -112,6 +120,68 @@ def _publish_market(hub: Hub, batch: list[dict[str, Any]]) -> None:
             hub.upsert("quotes", update["symbol"], quote_row(update))
         else:
             hub.publish_nowait(f"trades.{update['symbol']}", update)
+
+
+class _Outage:
+    """What the demo could not publish while Redis was unreachable: quotes kept (the
+    latest fields of each symbol, applied once Redis is back), trades counted and logged
+    (a stream's message has no later value to stand for it)."""
+
+    def __init__(self) -> None:
+        self.quotes: dict[str, dict[str, Any]] = {}
+        self.trades = 0
+        self.since: float | None = None
+
+    def publish(self, hub: Hub, batch: list[dict[str, Any]]) -> None:
+        failed = False
+        for update in batch:
+            if update["type"] == "quote":
+                self.quotes.setdefault(update["symbol"], {}).update(quote_row(update))
+                continue
+            try:
+                hub.publish_nowait(f"trades.{update['symbol']}", update)
+            except BackplaneUnavailable:
+                failed = True
+                self.trades += 1
+        if self.quotes:
+            try:
+                hub.update("quotes", self.quotes)
+                self.quotes = {}
+            except BackplaneUnavailable:
+                failed = True
+        if failed:
+            self._began()
+        elif self.since is not None:
+            log.warning(
+                "demo: Redis takes updates again after %.1f s; %d trades were not published",
+                time.monotonic() - self.since,
+                self.trades,
+            )
+            self.since, self.trades = None, 0
+
+    def _began(self) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning(
+                "demo: Redis is unreachable; quotes are kept (the latest of each symbol) "
+                "and trades are not published until it is back"
+            )
+
+
+async def _joined(hub: Hub, names: Sequence[str]) -> None:
+    """With a backplane: wait for Redis, then follow the demo's tables (Redis gives their
+    ids, offsets and rows) before the demo writes to them."""
+    backplane = hub.backplane
+    if backplane is None:
+        return
+    while True:
+        await backplane.wait_connected()
+        try:
+            for name in names:
+                await hub.join(name)
+            return
+        except BackplaneUnavailable:
+            await trio.sleep(0.5)
 
 
 def _start_world(hub: Hub, world: GameWorld) -> None:
@@ -145,24 +215,56 @@ def _demo_dictionary(demo: str, *, symbols: int, entities: int) -> Dictionary:
 
 
 async def _demo_ticker(hub: Hub, rate: float, symbols: int) -> None:
-    """Publish the simulated market in real time (:func:`_market_topics`)."""
+    """Publish the simulated market in real time (:func:`_market_topics`); with a
+    backplane, into the cluster, riding out Redis outages (:class:`_Outage`)."""
     _market_topics(hub)
+    await _joined(hub, ["quotes"])
+    outage = _Outage()
     feed = MarketFeed(seed=int(time.time()), symbols=symbols, rate=rate)
     start = trio.current_time()
     for tick, batch in enumerate(feed.batches(WINDOW), start=1):
-        _publish_market(hub, batch)
+        if hub.backplane is None:
+            _publish_market(hub, batch)
+        else:
+            outage.publish(hub, batch)
         await trio.sleep_until(start + tick * WINDOW)
 
 
 async def _demo_game(hub: Hub, tick_rate: float, entities: int) -> None:
     """Publish a simulated game world in real time: the ``world`` table of entities, one
-    delta per tick."""
+    delta per tick; with a backplane, the whole world again after a Redis outage (only
+    what changed goes out)."""
     world = GameWorld(seed=int(time.time()), entities=entities, tick_rate=tick_rate)
-    _start_world(hub, world)
+    if hub.backplane is None:
+        _start_world(hub, world)
+    else:
+        hub.table("world", ENTITY_SCHEMA)
+        await _joined(hub, ["world"])
+    behind = hub.backplane is not None  # the world is not in the table yet
     start = trio.current_time()
     for tick in itertools.count(1):
-        _tick_world(hub, world)
+        if not behind:
+            try:
+                _tick_world(hub, world)
+            except BackplaneUnavailable:
+                behind = True
+        else:
+            changes = world.tick()
+            try:
+                _resync_world(hub, world, changes.despawned)
+                behind = False
+            except BackplaneUnavailable:
+                pass
         await trio.sleep_until(start + tick / tick_rate)
+
+
+def _resync_world(hub: Hub, world: GameWorld, despawned: Sequence[Any]) -> None:
+    """The whole world into the ``world`` table, and rows of entities gone deleted."""
+    rows = {e.pop("id"): e for e in world.snapshot()}
+    topic = hub.topic_by_name("world")
+    known = [] if topic is None or topic.table is None else topic.table.keys()
+    gone = {k for k in known if k not in rows} | {k for k in despawned if k not in rows}
+    hub.update("world", rows, deletes=sorted(gone))
 
 
 async def _summarise(server: Server, interval: float = 60.0) -> None:
@@ -199,11 +301,14 @@ async def _serve_async(settings: ServeSettings) -> None:
             settings.demo, symbols=settings.symbols, entities=settings.entities
         )
         compression = CompressionConfig(dictionary=dictionary)
+    backplane = _backplane(settings.redis) if settings.redis else None
     hub = Hub(
         compression=compression,
         max_history_bytes=settings.max_history_bytes,
         max_client_topics=settings.max_client_topics,
+        backplane=backplane,
     )
+    worker, workers = workers_of()
     for pattern, topic_config in settings.topics:  # before the demo's: the first match wins
         hub.configure(pattern, topic_config)
     context = None
@@ -228,7 +333,13 @@ async def _serve_async(settings: ServeSettings) -> None:
         async with trio.open_nursery() as serving:
             try:
                 await serving.start(
-                    functools.partial(server.run, host, settings.port, ssl_context=context)
+                    functools.partial(
+                        server.run,
+                        host,
+                        settings.port,
+                        ssl_context=context,
+                        reuse_port=workers > 1,
+                    )
                 )
             except OSError as exc:
                 raise _CannotListen(host, settings.port, "port", exc) from None
@@ -239,7 +350,8 @@ async def _serve_async(settings: ServeSettings) -> None:
             }.get(settings.demo or "", "")
             print(
                 f"tickwire serving on {scheme}://{_hostport(host, server.port)}/"
-                + (f" (demo {settings.demo}: topics {topics})" if settings.demo else ""),
+                + (f" (demo {settings.demo}: topics {topics})" if settings.demo else "")
+                + (f" (worker {worker + 1} of {workers})" if workers > 1 else ""),
                 flush=True,
             )
             if endpoint is not None:
@@ -248,9 +360,14 @@ async def _serve_async(settings: ServeSettings) -> None:
                     "(and /healthz, /readyz)",
                     flush=True,
                 )
+            if backplane is not None:
+                print(f"sharing topics through {_redacted(settings.redis)}", flush=True)
             if settings.demo == "ticker":
+                _market_config(hub)
+            feeds = worker == 0  # with workers, one feed for all of them
+            if settings.demo == "ticker" and feeds:
                 serving.start_soon(_demo_ticker, hub, settings.rate, settings.symbols)
-            elif settings.demo == "game":
+            elif settings.demo == "game" and feeds:
                 serving.start_soon(_demo_game, hub, settings.tick_rate, settings.entities)
             serving.start_soon(_summarise, server)
             # SIGTERM (what orchestrators send) shuts down as gracefully as Ctrl+C: the
@@ -262,6 +379,28 @@ async def _serve_async(settings: ServeSettings) -> None:
                     serving.cancel_scope.cancel()
                     break
         nursery.cancel_scope.cancel()
+
+
+def _backplane(url: str) -> Any:
+    """A :class:`~tickwire.backplane.RedisBackplane` for *url* (coredis is an extra)."""
+    try:
+        from tickwire.backplane import RedisBackplane  # here: coredis is optional
+    except ImportError as exc:
+        raise _StartupError(
+            f"redis needs coredis ({exc}): python -m pip install 'tickwire[redis]'"
+        ) from None
+    return RedisBackplane(url)
+
+
+def _redacted(url: str) -> str:
+    """*url* without its password, for what tickwire prints."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 class _StartupError(Exception):
@@ -285,6 +424,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"tickwire serve: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    if settings.workers > 1 and WORKER_ENV not in os.environ:
+        return _supervise(settings, args.argv)
     try:
         with unwrapped():
             trio.run(_serve_async, settings)
@@ -299,6 +440,25 @@ def _serve(args: argparse.Namespace) -> int:
             raise
         print("tickwire: shut down", flush=True)
     return 0
+
+
+def _supervise(settings: ServeSettings, argv: Sequence[str]) -> int:
+    """``--workers N``: N processes of this very command on one port (tickwire.workers)."""
+    reserved = None
+    port = settings.port
+    if port == 0:  # one free port for all of them
+        reserved = reserve_port(settings.host)
+        port = reserved.getsockname()[1]
+    scheme = "wss" if settings.tls_cert else "ws"
+    supervisor = Supervisor(
+        command=argv,
+        count=settings.workers,
+        url=f"{scheme}://{_hostport(settings.host, port)}/",
+        port=port,
+        metrics_port=settings.metrics_port,
+        drain=settings.server.shutdown_timeout + 10.0,
+    )
+    return trio.run(supervisor.run, reserved)
 
 
 def _tail(args: argparse.Namespace) -> int:
@@ -498,7 +658,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--symbols", type=int, default=500)
     p.add_argument("--entities", type=int, default=200)
     p.set_defaults(run=_feed)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, extras = parser.parse_known_args(argv)
+    args.argv = argv  # tickwire serve --workers runs the same command in each worker
     if extras:
         _unrecognized(sub.choices[args.command], extras, args)
     return int(args.run(args))

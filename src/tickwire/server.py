@@ -181,13 +181,20 @@ class Server:
         port: int,
         *,
         ssl_context: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
         task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on *host*:*port* and serve until cancelled or :meth:`aclose`; then shut
-        down gracefully, within ``config.shutdown_timeout`` plus a close handshake."""
-        listeners: list[trio.abc.Listener[Any]] = list(
-            await trio.open_tcp_listeners(port, host=host)
-        )
+        down gracefully, within ``config.shutdown_timeout`` plus a close handshake.
+
+        With *reuse_port* (Linux, BSD) several processes listen on the same port and the
+        kernel spreads the new connections over them (``tickwire serve --workers``).
+        """
+        listeners: list[trio.abc.Listener[Any]]
+        if reuse_port:
+            listeners = [await _reuse_port_listener(host, port)]
+        else:
+            listeners = list(await trio.open_tcp_listeners(port, host=host))
         self.ports = [listener.socket.getsockname()[1] for listener in listeners]  # type: ignore[attr-defined]
         if ssl_context is not None:
             listeners = [
@@ -545,6 +552,21 @@ async def serve(
         hub, config=config, negotiation=negotiation, authenticate=authenticate, authorize=authorize
     )
     await server.run(host, port, ssl_context=ssl_context, task_status=task_status)
+
+
+async def _reuse_port_listener(host: str, port: int) -> trio.SocketListener:
+    """A listener on *host*:*port* that other processes may share (SO_REUSEPORT)."""
+    family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+        await sock.bind((host, port))
+        sock.listen(1024)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
 
 
 @asynccontextmanager

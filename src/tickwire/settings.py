@@ -141,6 +141,21 @@ _OWN: Final = [
         "compress with this zstd dictionary file (from tickwire dict train --output)",
         "",
     ),
+    Setting(
+        "redis",
+        str,
+        _S,
+        "share every topic with the other servers through this Redis "
+        "(redis://host:port/db; docs/scaling.md)",
+        "",
+    ),
+    Setting(
+        "workers",
+        _int,
+        _I,
+        "server processes on this port (SO_REUSEPORT), joined through redis",
+        1,
+    ),
     Setting("max_message_bytes", _int, _I, "largest message a client may send", 64 * 1024),
     Setting(
         "max_history_bytes",
@@ -227,6 +242,8 @@ class ServeSettings:
     tls_key: str
     jwt_secret: str
     dictionary: str
+    redis: str
+    workers: int
     max_history_bytes: int
     max_client_topics: int
     log_level: str
@@ -396,6 +413,13 @@ def _build(values: dict[str, Any], sources: dict[str, str]) -> ServeSettings:
         for name in ("max_history_bytes", "max_client_topics"):
             if value(name) < 0:
                 raise ValueError(f"{name!r} is out of range: {value(name)}")
+        if value("workers") < 1:
+            raise ValueError(f"'workers' is out of range: {value('workers')}")
+        if value("workers") > 1 and not value("redis"):
+            raise ValueError("'workers' above 1 needs 'redis': the workers share topics there")
+        redis = value("redis")
+        if redis and not redis.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("'redis' must be a redis://, rediss:// or unix:// URL")
         for name in ("port", "symbols", "entities", "rate", "tick_rate"):
             if value(name) < (0 if name == "port" else 1e-9) or (
                 name == "port" and value(name) > 65535

@@ -693,7 +693,8 @@ class RedisBackplane:
 
     async def join(self, pattern: str, *, create: bool, client: bool) -> None:
         """Follow the topics *pattern* names; with *create*, register a name that has
-        no id yet.
+        no id yet. Not connected (a server that has just started), it waits for the
+        connection up to ``command_timeout``.
 
         Raises:
             ValueError: an invalid pattern.
@@ -701,6 +702,9 @@ class RedisBackplane:
         """
         if not valid_pattern(pattern):
             raise ValueError(f"invalid topic pattern: {pattern!r}")
+        if not self.ready:
+            with trio.move_on_after(self.command_timeout):
+                await self._connected.wait()
         if not self.ready:
             raise BackplaneUnavailable("the backplane is not connected to Redis")
         exact = "*" not in pattern.split(".")
