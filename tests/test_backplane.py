@@ -330,3 +330,19 @@ async def test_a_table_s_writer_publishes_its_rows_again_when_redis_lost_them(
             assert local is not None
             assert local.table is not None
             assert world.table() == {r["id"]: r for r in local.table.rows()}
+
+
+async def test_scripts_flushed_from_redis_are_loaded_again_and_nothing_is_published_twice(
+    redis: RedisServer,
+) -> None:
+    async with (
+        open_server(Hub(backplane=backplane(redis)), "127.0.0.1", 0) as server,
+        open_publisher(redis.url) as publisher,
+    ):
+        await connected(server.hub)
+        async with open_client(url(server)) as client, client.subscribe("flushed") as updates:
+            assert await publisher.publish("flushed", "before") == 1
+            redis.cli("SCRIPT", "FLUSH")  # as after a failover to a replica without them
+            assert await publisher.publish("flushed", "after") == 2
+            got = await take(updates, 2)
+            assert got == [Message("flushed", 1, "before"), Message("flushed", 2, "after")]

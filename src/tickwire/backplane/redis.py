@@ -212,6 +212,7 @@ class RedisBackplane:
     _client: Any = attrs.field(init=False, default=None)
     _pubsub: Any = attrs.field(init=False, default=None)
     _scripts: dict[str, Any] = attrs.field(init=False, factory=dict)
+    _shas: dict[str, str] = attrs.field(init=False, factory=dict)
     _nursery: trio.Nursery | None = attrs.field(init=False, default=None)
     _connected: trio.Event = attrs.field(init=False, factory=trio.Event)
     _disconnected: trio.Event = attrs.field(init=False, factory=trio.Event)
@@ -569,10 +570,13 @@ class RedisBackplane:
             with trio.fail_after(self.command_timeout):
                 async with client.pipeline(transaction=False, raise_on_error=False) as pipe:
                     requests: list[Any] = [
-                        self._scripts["publish"](keys=call.keys, args=call.args, client=pipe)
+                        pipe.evalsha(self._shas["publish"], keys=call.keys, args=call.args)
                         for call in calls
                     ]
                 results = [await r for r in requests]
+            for result in results:
+                if isinstance(result, coredis.exceptions.NoScriptError):
+                    raise result  # Redis forgot the scripts: the next session loads them
         except BaseException:
             self._retry = calls + self._retry  # sent again, as they are, after reconnecting
             raise
@@ -616,7 +620,8 @@ class RedisBackplane:
         with trio.fail_after(self.command_timeout):
             async with client.pipeline(transaction=False) as pipe:
                 requests: list[Any] = [
-                    self._scripts["register"](
+                    pipe.evalsha(
+                        self._shas["register"],
                         keys=[keys.names, keys.ids, keys.sequence, keys.info, keys.incarnation],
                         args=[
                             name,
@@ -626,7 +631,6 @@ class RedisBackplane:
                             "PUBLISH",
                             os.urandom(8).hex(),
                         ],
-                        client=pipe,
                     )
                     for name in names
                 ]
@@ -1041,6 +1045,13 @@ class RedisBackplane:
                 "range": client.register_script(RANGE),
                 "register": client.register_script(REGISTER),
             }
+            # Loaded once a session: pipelines call them by digest (a coredis Script in a
+            # pipeline would ask SCRIPT EXISTS first: a second round trip per pipeline).
+            with trio.fail_after(self.command_timeout):
+                self._shas = {
+                    name: _text(await client.script_load(source))
+                    for name, source in (("publish", PUBLISH), ("register", REGISTER))
+                }
             channels = [self._keys.registry_channel, self._keys.probe(self.process)]
             pubsub = client.pubsub(retry_policy=None, channels=channels)
             async with pubsub, trio.open_nursery() as nursery:
@@ -1136,6 +1147,10 @@ class RedisBackplane:
             await trio.sleep(pause * (0.5 + random.random()))
             pause = min(pause * 2, self.max_reconnect_interval)
             self._expire(trio.current_time())
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _entries(entries: list[Any], now_ms: int) -> list[tuple[int, bytes, float]]:
