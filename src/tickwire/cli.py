@@ -216,8 +216,9 @@ def _demo_dictionary(demo: str, *, symbols: int, entities: int) -> Dictionary:
 
 async def _demo_ticker(hub: Hub, rate: float, symbols: int) -> None:
     """Publish the simulated market in real time (:func:`_market_topics`); with a
-    backplane, into the cluster, riding out Redis outages (:class:`_Outage`)."""
-    _market_topics(hub)
+    backplane, into the cluster, riding out Redis outages (:class:`_Outage`). The
+    caller gives its topics' settings first (:func:`_market_config`)."""
+    hub.table("quotes", QUOTE_SCHEMA)
     await _joined(hub, ["quotes"])
     outage = _Outage()
     feed = MarketFeed(seed=int(time.time()), symbols=symbols, rate=rate)
