@@ -553,7 +553,7 @@ def _dict_train(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHES = ("codecs", "fanout", "wire", "deliver")
+BENCHES = ("codecs", "fanout", "wire", "deliver", "scaleout")
 
 
 def _bench_dir() -> Path | None:
@@ -620,7 +620,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(run=_tail)
     p = sub.add_parser(
         "bench",
-        help="run a bench script (codecs, fanout, wire, deliver) with progress bars and tables",
+        help="run a bench script (codecs, fanout, wire, deliver, scaleout) with progress bars "
+        "and tables",
         description="Run bench/<which>.py from the source checkout. Options after the name "
         "go to the script: --quick (small, as CI runs it), --json PATH, --plot PATH.png "
         "(codecs, fanout; needs the plot extra). Results and how to read them: "
