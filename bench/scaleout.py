@@ -37,16 +37,12 @@ import fanout
 from support import progress, table
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-SIZE = fanout.PAYLOAD  # bytes of each message's payload; its last 8 are the publish time
+SIZE = fanout.SIZE  # bytes of each message's payload; its last 8 are the publish time
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def emit(**fields: Any) -> None:
-    print(json.dumps(fields), flush=True)
-
-
-def stamp() -> bytes:
-    return os.urandom(SIZE - 8) + time.monotonic_ns().to_bytes(8, "big")
+emit = fanout.emit
+stamp = fanout.payload  # SIZE bytes ending with the publish time (CLOCK_MONOTONIC ns)
 
 
 # -- child roles ---------------------------------------------------------------------------

@@ -42,16 +42,23 @@ def configure(prefix: Path, listen: int, backends: list[int]) -> Path:
     return path
 
 
+def tls(prefix: Path) -> ssl.SSLContext:
+    """The certificate the example serves (prefix/tls/cert.pem and key.pem, for
+    localhost), and a client context that trusts it."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    (prefix / "tls").mkdir()
+    cert.private_key_pem.write_to_path(prefix / "tls" / "key.pem")
+    cert.cert_chain_pems[0].write_to_path(prefix / "tls" / "cert.pem")
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
 @needs_nginx
 async def test_nginx_terminates_tls_and_balances_websockets(tmp_path: Path) -> None:
     assert NGINX is not None
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    (tmp_path / "tls").mkdir()
-    cert.private_key_pem.write_to_path(tmp_path / "tls" / "key.pem")
-    cert.cert_chain_pems[0].write_to_path(tmp_path / "tls" / "cert.pem")
-    client_tls = ssl.create_default_context()
-    ca.configure_trust(client_tls)
+    client_tls = tls(tmp_path)
 
     hubs = [Hub(), Hub()]
     config = ServerConfig(

@@ -9,7 +9,6 @@ import contextlib
 import os
 import re
 import signal
-import ssl
 import subprocess
 import sys
 import urllib.request
@@ -18,11 +17,10 @@ from pathlib import Path
 
 import pytest
 import trio
-import trustme
 
 import tickwire
 from tests.realredis import RedisServer, free_port, needs_redis, redis_server
-from tests.test_nginx import NGINX, configure, needs_nginx, wait_for_port
+from tests.test_nginx import NGINX, configure, needs_nginx, tls, wait_for_port
 from tickwire import ClientConfig, Reconnect
 
 pytestmark = needs_redis
@@ -93,18 +91,6 @@ async def stop(process: trio.Process) -> None:
     if process.returncode is None:
         process.kill()
         await process.wait()
-
-
-def tls(tmp_path: Path) -> ssl.SSLContext:
-    """The certificate nginx serves (in tmp_path/tls), and a client context trusting it."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    (tmp_path / "tls").mkdir()
-    cert.private_key_pem.write_to_path(tmp_path / "tls" / "key.pem")
-    cert.cert_chain_pems[0].write_to_path(tmp_path / "tls" / "cert.pem")
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return context
 
 
 METRICS = r"http://127\.0\.0\.1:\d+/metrics"

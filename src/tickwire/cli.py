@@ -250,22 +250,21 @@ async def _demo_game(hub: Hub, tick_rate: float, entities: int) -> None:
             except BackplaneUnavailable:
                 behind = True
         else:
-            changes = world.tick()
+            world.tick()
             try:
-                _resync_world(hub, world, changes.despawned)
+                _resync_world(hub, world)
                 behind = False
             except BackplaneUnavailable:
                 pass
         await trio.sleep_until(start + tick / tick_rate)
 
 
-def _resync_world(hub: Hub, world: GameWorld, despawned: Sequence[Any]) -> None:
-    """The whole world into the ``world`` table, and rows of entities gone deleted."""
+def _resync_world(hub: Hub, world: GameWorld) -> None:
+    """The whole world into the ``world`` table, and the rows of entities gone deleted."""
     rows = {e.pop("id"): e for e in world.snapshot()}
     topic = hub.topic_by_name("world")
     known = [] if topic is None or topic.table is None else topic.table.keys()
-    gone = {k for k in known if k not in rows} | {k for k in despawned if k not in rows}
-    hub.update("world", rows, deletes=sorted(gone))
+    hub.update("world", rows, deletes=[k for k in known if k not in rows])
 
 
 async def _summarise(server: Server, interval: float = 60.0) -> None:

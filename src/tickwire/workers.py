@@ -59,7 +59,6 @@ class _Worker:
     index: int
     process: trio.Process | None = None
     ready: trio.Event = attrs.Factory(trio.Event)
-    restarts: int = 0
 
 
 @attrs.define(eq=False)
@@ -160,7 +159,6 @@ class Supervisor:
                 return
             if trio.current_time() - started > STEADY:
                 backoff = FIRST_BACKOFF
-            w.restarts += 1
             self._say(
                 f"tickwire: worker {w.index + 1} exited (status {status}); "
                 f"starting it again in {backoff:g} s"

@@ -1040,13 +1040,11 @@ class RedisBackplane:
         async with client:
             self._client = client
             self._scripts = {
-                "publish": client.register_script(PUBLISH),
                 "sync": client.register_script(SYNC),
                 "range": client.register_script(RANGE),
-                "register": client.register_script(REGISTER),
             }
-            # Loaded once a session: pipelines call them by digest (a coredis Script in a
-            # pipeline would ask SCRIPT EXISTS first: a second round trip per pipeline).
+            # The pipelined ones, loaded once a session and called by digest (a coredis
+            # Script in a pipeline asks SCRIPT EXISTS first: a second round trip each).
             with trio.fail_after(self.command_timeout):
                 self._shas = {
                     name: _text(await client.script_load(source))
