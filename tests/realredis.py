@@ -46,6 +46,7 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.log: list[str] = []
         self._drain: threading.Thread | None = None
+        self._logged = threading.Condition()
 
     @property
     def url(self) -> str:
@@ -83,6 +84,8 @@ class RedisServer:
             if time.monotonic() > deadline:
                 break
         else:
+            self.process.stdout.close()
+            self.process.wait(timeout=10)
             raise RuntimeError("redis-server ended before it was ready:\n" + "".join(seen))
         if not any("Ready to accept connections" in line for line in seen):
             self.kill()
@@ -93,10 +96,19 @@ class RedisServer:
 
         def drain() -> None:
             with stream:
-                seen.extend(line.decode(errors="replace") for line in stream)
+                for line in stream:
+                    with self._logged:
+                        seen.append(line.decode(errors="replace"))
+                        self._logged.notify_all()
 
         self._drain = threading.Thread(target=drain, daemon=True)
         self._drain.start()
+
+    def wait_logged(self, text: str, timeout: float = 20.0) -> None:
+        """Return once the server's log has a line with *text* (it is woken by each line)."""
+        with self._logged:
+            if not self._logged.wait_for(lambda: any(text in x for x in self.log), timeout):
+                raise RuntimeError(f"redis-server on {self.port} never logged {text!r}")
 
     def kill(self) -> None:
         """SIGKILL, as a crash: nothing is written, nothing is said to its clients."""
@@ -141,6 +153,53 @@ def redis_server(*extra: str) -> Iterator[RedisServer]:
             yield server
         finally:
             server.stop()
+
+
+@contextlib.contextmanager
+def redis_cluster(size: int = 3) -> Iterator[list[RedisServer]]:
+    """A Redis Cluster of *size* primaries (no replicas), each a redis-server started here
+    with ``--cluster-enabled yes`` and joined by ``redis-cli --cluster create``; stopped at
+    the end. It returns once every node has logged that the cluster is ok."""
+    with tempfile.TemporaryDirectory(prefix="tickwire-cluster-") as directory:
+        nodes = []
+        try:
+            for index in range(size):
+                path = Path(directory) / str(index)
+                path.mkdir()
+                node = RedisServer(
+                    path,
+                    None,
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(path / "nodes.conf"),
+                    "--cluster-port",  # the bus port (else port + 10000, maybe taken)
+                    str(free_port()),
+                    "--cluster-node-timeout",
+                    "5000",
+                )
+                nodes.append(node)
+                node.start()
+            subprocess.run(
+                [
+                    REDIS_CLI,
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{node.port}" for node in nodes),
+                    "--cluster-replicas",
+                    "0",
+                    "--cluster-yes",
+                ],
+                capture_output=True,
+                check=True,
+                timeout=60,
+            )
+            for node in nodes:
+                node.wait_logged("Cluster state changed: ok")
+            yield nodes
+        finally:
+            for node in nodes:
+                node.stop()
 
 
 class Proxy:

@@ -38,18 +38,20 @@ import math
 import os
 import random
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
 import attrs
 import coredis
+import coredis.connection
 import coredis.exceptions
 import msgpack
 import trio
-from attrs.validators import ge, gt, instance_of
+from attrs.validators import ge, gt, instance_of, optional
 
-from tickwire.backplane.scripts import PUBLISH, RANGE, REGISTER, SYNC, Keys
+from tickwire.backplane.scripts import PUBLISH, RANGE, REGISTER, SYNC, Keys, slot
 from tickwire.broadcast import DuplicateKey, Hub, Topic, pattern_matches, valid_pattern
 from tickwire.config import MiB
 from tickwire.errors import BackplaneUnavailable, DecodeError
@@ -85,6 +87,8 @@ class BackplaneStatistics:
 
     Attributes:
         connected: whether it is connected to Redis now.
+        cluster: whether that Redis is a Redis Cluster (the topics spread over its
+            primaries).
         sessions: connections made to Redis (the first, then each reconnection).
         published: messages Redis took from this process.
         round_trips: pipelines of publish calls sent (each one round trip).
@@ -101,6 +105,7 @@ class BackplaneStatistics:
     """
 
     connected: bool
+    cluster: bool
     sessions: int
     published: int
     round_trips: int
@@ -169,7 +174,12 @@ class RedisBackplane:
     the hub runs it (the server runs the hub). See docs/scaling.md.
 
     Args:
-        url: the Redis server (``redis://``, ``rediss://``, ``unix://``).
+        url: the Redis server (``redis://``, ``rediss://``, ``unix://``), or any node of
+            a Redis Cluster.
+        cluster: whether *url* is a node of a Redis Cluster: then the topics spread over
+            its primaries by their hash tags, their relays go by sharded pub/sub
+            (``SPUBLISH``, one connection per primary). None asks the server at each
+            connection (``INFO cluster``).
         prefix: the start of every key and channel: processes with the same prefix
             share their topics.
         variants: the subprotocols a publishing process encodes for; servers encode the
@@ -192,6 +202,7 @@ class RedisBackplane:
     """
 
     url: str = attrs.field(default="redis://127.0.0.1:6379", validator=instance_of(str))
+    cluster: bool | None = attrs.field(default=None, validator=optional(instance_of(bool)))
     prefix: str = attrs.field(default="tw", validator=instance_of(str))
     variants: tuple[str, ...] = attrs.field(default=(MSGPACK_ZSTD, MSGPACK), converter=tuple)
     max_pending: int = attrs.field(default=100_000, validator=[instance_of(int), ge(1)])
@@ -219,7 +230,8 @@ class RedisBackplane:
     _ids: dict[str, int] = attrs.field(init=False, factory=dict)  # the registry, mirrored
     _names: dict[int, str] = attrs.field(init=False, factory=dict)
     _incarnation: bytes | None = attrs.field(init=False, default=None)
-    _links: dict[int, _Link] = attrs.field(init=False, factory=dict)
+    _links: dict[int, _Link] = attrs.field(init=False, factory=dict)  # by cluster id
+    _linked: dict[str, _Link] = attrs.field(init=False, factory=dict)  # the same, by name
     _channels: dict[bytes, int] = attrs.field(init=False, factory=dict)  # channel -> topic id
     _patterns: dict[str, None] = attrs.field(init=False, factory=dict)  # followed patterns
     _queue: dict[str, collections.deque[_Message]] = attrs.field(init=False, factory=dict)
@@ -231,8 +243,10 @@ class RedisBackplane:
     _emptied: trio.Event = attrs.field(init=False, factory=trio.Event)
     _next: dict[int, int] = attrs.field(init=False, factory=dict)  # guessed next offsets
     _calls: Any = attrs.field(init=False, factory=itertools.count)
-    _probes_sent: collections.deque[tuple[int, float]] = attrs.field(
-        init=False, factory=collections.deque
+    _in_cluster: bool = attrs.field(init=False, default=False)  # this session's Redis
+    # Each probe channel (one per primary in a cluster): the probes sent, not yet back.
+    _probes: dict[bytes, collections.deque[tuple[int, float]]] = attrs.field(
+        init=False, factory=dict
     )
     _declared: dict[str, bytes] = attrs.field(init=False, factory=dict)  # tables: info
     _info: dict[str, bytes] = attrs.field(init=False, factory=dict)  # the registry's
@@ -267,6 +281,7 @@ class RedisBackplane:
         """The figures now."""
         return BackplaneStatistics(
             connected=self.ready,
+            cluster=self._in_cluster,
             sessions=self.sessions,
             published=self.published,
             round_trips=self.round_trips,
@@ -284,6 +299,12 @@ class RedisBackplane:
     def counters(self) -> dict[str, int]:
         """:meth:`statistics` by name, for ``/metrics`` (``connected`` is 1 or 0)."""
         return {k: int(v) for k, v in attrs.asdict(self.statistics()).items()}
+
+    @property
+    def keys(self) -> Keys:
+        """The names of the keys and channels in Redis now (they change with the
+        registry's incarnation)."""
+        return self._keys
 
     def topic_id(self, name: str) -> int | None:
         """The cluster's id of topic *name*, if it has one yet."""
@@ -503,7 +524,7 @@ class RedisBackplane:
         topic_id = self._ids[name]
         keys = self._keys
         guess = self._next.get(topic_id, 0)
-        link = self._links.get(topic_id)
+        link = self._linked.get(name)
         if not guess and link is not None and link.topic is not None:
             guess = link.offset + 1
         payloads = [m.packed for m in messages]
@@ -558,7 +579,7 @@ class RedisBackplane:
             pack_relay(relay),
             len(messages),
             self.key_seconds,
-            "PUBLISH",
+            self._publish_command,
             1 if table else 0,
             *per_message,
         ]
@@ -575,8 +596,11 @@ class RedisBackplane:
                     ]
                 results = [await r for r in requests]
             for result in results:
-                if isinstance(result, coredis.exceptions.NoScriptError):
-                    raise result  # Redis forgot the scripts: the next session loads them
+                if isinstance(result, BaseException):
+                    # Redis forgot the scripts (the next session loads them), or a node of
+                    # a cluster failed: every call goes again, with its publish id (those
+                    # that were applied answer from their kept result).
+                    raise result
         except BaseException:
             self._retry = calls + self._retry  # sent again, as they are, after reconnecting
             raise
@@ -628,7 +652,7 @@ class RedisBackplane:
                             (wanted or {}).get(name, 0),
                             self._declared.get(name, b""),
                             keys.registry_channel,
-                            "PUBLISH",
+                            self._publish_command,
                             os.urandom(8).hex(),
                         ],
                     )
@@ -658,11 +682,22 @@ class RedisBackplane:
             infos = await client.hgetall(keys.info)
         same = self._incarnation is None or incarnation == self._incarnation
         self._incarnation = incarnation
+        self._keys = Keys(self.prefix, _text(incarnation))
         if not same:
             self._ids.clear()
             self._names.clear()
             self._info.clear()
             self._next.clear()
+            # Calls sent to the lost registry's keys go again as new calls, under the new
+            # registry's ids and keys (a topic there starts a new epoch: its subscribers
+            # are told, so a message that reached the old keys as well is not hidden).
+            now = trio.current_time()
+            for call in reversed(self._retry):
+                self._queue.setdefault(call.topic, collections.deque()).extendleft(
+                    reversed(call.messages)
+                )
+                self._due.setdefault(call.topic, now)
+            self._retry = []
         for name, topic_id in names.items():
             self._known(int(topic_id), name.decode(), infos.get(name))
         return same
@@ -684,7 +719,7 @@ class RedisBackplane:
                 self.hub.table(name, Schema.from_info(msgpack.unpackb(info)))
             except ValueError as exc:
                 log.error("topic %s: declared a table, but %s", name, exc)
-        if topic_id not in self._links and (
+        if name not in self._linked and (
             self.hub.wanted(name) or any(pattern_matches(p, name) for p in self._patterns)
         ):
             self._spawn(self._follow_soon, name)
@@ -733,10 +768,10 @@ class RedisBackplane:
         waiting: list[trio.Event] = []
         new: list[_Link] = []
         for name in names:
-            topic_id = self._ids[name]
-            link = self._links.get(topic_id)
+            link = self._linked.get(name)  # (its id may be a lost registry's until resumed)
             if link is None:
-                link = self._links[topic_id] = _Link(name, topic_id)
+                topic_id = self._ids[name]
+                link = self._links[topic_id] = self._linked[name] = _Link(name, topic_id)
                 self._channels[self._keys.channel(topic_id).encode()] = topic_id
                 new.append(link)
             waiting.append(link.synced)
@@ -753,12 +788,13 @@ class RedisBackplane:
         for event in waiting:
             await event.wait()
         for name in names:
-            link = self._links.get(self._ids.get(name, 0))
+            link = self._linked.get(name)
             if link is None or link.topic is None:
                 raise BackplaneUnavailable(f"could not follow {name!r}: Redis failed meanwhile")
 
     def _unlink(self, link: _Link) -> None:
         self._links.pop(link.topic_id, None)
+        self._linked.pop(link.name, None)
         self._channels.pop(self._keys.channel(link.topic_id).encode(), None)
         link.synced.set()
 
@@ -922,7 +958,7 @@ class RedisBackplane:
             BackplaneUnavailable: not connected, or Redis failed.
         """
         assert self.hub is not None
-        link = self._links.get(topic.topic_id)
+        link = self._linked.get(topic.name)
         if link is None or not self.ready:
             raise BackplaneUnavailable("the backplane is not connected to Redis")
         oldest = topic.history[0].offset if topic.history else topic.offset + 1
@@ -938,16 +974,20 @@ class RedisBackplane:
     # -- receiving ---------------------------------------------------------------------------
 
     async def _receiver(self, pubsub: Any) -> None:
-        probe = self._keys.probe(self.process).encode()
         registry = self._keys.registry_channel.encode()
         async for message in pubsub:
-            if message["type"] != "message":
+            kind, channel, data = message["type"], message["channel"], message["data"]
+            if kind in ("unsubscribe", "sunsubscribe"):
+                # Never asked for: Redis dropped a subscription (a cluster slot moved to
+                # another primary). The next session subscribes where the slot is now.
+                raise coredis.exceptions.ConnectionError(f"Redis unsubscribed {channel!r}")
+            if kind != "message":
                 continue
-            channel, data = message["channel"], message["data"]
-            if channel == probe:
+            sent = self._probes.get(channel)
+            if sent is not None:
                 seen = int(data)
-                while self._probes_sent and self._probes_sent[0][0] <= seen:
-                    self._probes_sent.popleft()
+                while sent and sent[0][0] <= seen:
+                    sent.popleft()
             elif channel == registry:
                 self._registered(data)
             else:
@@ -1015,28 +1055,74 @@ class RedisBackplane:
     # -- the session -------------------------------------------------------------------------
 
     async def _prober(self) -> None:
-        """Publish a probe to this process's own channel every ``probe_interval``; the
-        receiver takes it off the list when it comes back."""
+        """Publish a probe to each of this process's own channels every
+        ``probe_interval``; the receiver takes it off the list when it comes back."""
         client = self._client
-        channel = self._keys.probe(self.process)
+        publish = client.spublish if self._in_cluster else client.publish
         for n in itertools.count(1):
             now = trio.current_time()
-            if self._probes_sent and now - self._probes_sent[0][1] > self.probe_timeout:
-                self.silent += 1
-                raise _Silent(f"no probe back in {self.probe_timeout:g} s")
-            self._probes_sent.append((n, now))
-            with trio.fail_after(self.command_timeout):
-                await client.publish(channel, str(n))
+            for channel, sent in self._probes.items():
+                if sent and now - sent[0][1] > self.probe_timeout:
+                    self.silent += 1
+                    raise _Silent(f"no probe back on {channel!r} in {self.probe_timeout:g} s")
+                sent.append((n, now))
+                with trio.fail_after(self.command_timeout):
+                    await publish(channel, str(n))
             await trio.sleep(self.probe_interval)
+
+    @property
+    def _publish_command(self) -> str:
+        return "SPUBLISH" if self._in_cluster else "PUBLISH"
+
+    async def _open(self) -> Any:
+        """A client for this session: of a Redis Cluster (see ``cluster``) or of one
+        server."""
+        options: dict[str, Any] = {
+            "decode_responses": False,
+            "stream_timeout": self.command_timeout,
+            "connect_timeout": self.command_timeout,
+        }
+        cluster = self.cluster
+        if cluster is None:
+            single = coredis.Redis.from_url(self.url, **options)
+            async with single:
+                with trio.fail_after(self.command_timeout):
+                    info = await single.info("cluster")
+            cluster = bool(info.get("cluster_enabled"))
+        self._in_cluster = cluster
+        if cluster:
+            # The URL's node as a TCPLocation: coredis's own from_url would give a Node,
+            # which it deprecates (a DeprecationWarning at every connection).
+            where = urllib.parse.urlsplit(self.url)
+            host, port = where.hostname or "127.0.0.1", where.port or 6379
+            start = coredis.connection.TCPLocation(host, port)
+            return coredis.RedisCluster.from_url(self.url, startup_nodes=[start], **options)
+        return coredis.Redis.from_url(self.url, **options)
+
+    async def _probe_channels(self, client: Any) -> list[bytes]:
+        """This process's probe channels: one, or in a cluster one on each primary (a
+        hash tag found for a slot of each), so that each pub/sub connection is probed."""
+        if not self._in_cluster:
+            return [self._keys.probe(self.process).encode()]
+        with trio.fail_after(self.command_timeout):
+            shards = await client.cluster_shards()
+        ranges = []
+        for shard in shards:
+            bounds = shard[b"slots"]
+            ranges.append([(bounds[i], bounds[i + 1]) for i in range(0, len(bounds), 2)])
+        channels = []
+        for owned in ranges:
+            for n in range(1 << 20):
+                channel = self._keys.probe(self.process, n)
+                where = slot(channel)
+                if any(low <= where <= high for low, high in owned):
+                    channels.append(channel.encode())
+                    break
+        return channels
 
     async def _session(self) -> None:
         assert self.hub is not None
-        client = coredis.Redis.from_url(
-            self.url,
-            decode_responses=False,
-            stream_timeout=self.command_timeout,
-            connect_timeout=self.command_timeout,
-        )
+        client = await self._open()
         async with client:
             self._client = client
             self._scripts = {
@@ -1050,12 +1136,22 @@ class RedisBackplane:
                     name: _text(await client.script_load(source))
                     for name, source in (("publish", PUBLISH), ("register", REGISTER))
                 }
-            channels = [self._keys.registry_channel, self._keys.probe(self.process)]
-            pubsub = client.pubsub(retry_policy=None, channels=channels)
+            probes = await self._probe_channels(client)
+            channels = [self._keys.registry_channel.encode(), *probes]
+            if self._in_cluster:  # one connection per primary, each channel on its slot's
+                pubsub = client.sharded_pubsub(
+                    retry_policy=None, channels=channels, subscription_timeout=self.command_timeout
+                )
+            else:
+                pubsub = client.pubsub(
+                    retry_policy=None, channels=channels, subscription_timeout=self.command_timeout
+                )
             async with pubsub, trio.open_nursery() as nursery:
                 self._pubsub = pubsub
                 self._nursery = nursery
-                self._probes_sent.clear()
+                self._probes = {channel: collections.deque() for channel in probes}
+                for link in self._links.values():  # relays wait until _resume has synced it
+                    link.repairing = True
                 nursery.start_soon(self._receiver, pubsub)
                 same = await self._load_registry()
                 await self._resume(same)
@@ -1074,32 +1170,30 @@ class RedisBackplane:
         """After (re)connecting: follow every topic again, fetching what was missed, or
         starting a new epoch where Redis lost it."""
         links = list(self._links.values())
-        if not links:
-            return
-        if not same:  # an empty Redis: register the names again, keeping the ids if free
-            wanted = {x.name: x.topic_id for x in links}
-            await self._register(list(wanted), wanted=wanted)
-            for link in links:
-                new_id = self._ids[link.name]
-                if new_id != link.topic_id:
-                    self._links.pop(link.topic_id, None)
-                    self._channels.pop(self._keys.channel(link.topic_id).encode(), None)
-                    link.topic_id = new_id
-                    self._links[new_id] = link
-                    self._channels[self._keys.channel(new_id).encode()] = new_id
-        with trio.fail_after(self.command_timeout):
-            await self._pubsub.subscribe(*(self._keys.channel(x.topic_id) for x in links))
-        for link in links:
-            link.repairing = True
         try:
-            for start in range(0, len(links), 256):
-                part = links[start : start + 256]
-                await self._sync(part)
+            await self._resync(links, same)
         finally:
             for link in links:
                 link.repairing = False
         for link in links:
             self._drain(link)
+
+    async def _resync(self, links: list[_Link], same: bool) -> None:
+        if not links:
+            return
+        if not same:  # an empty Redis: register the names again, keeping the ids if free
+            wanted = {x.name: x.topic_id for x in links}
+            await self._register(list(wanted), wanted=wanted)
+            self._links.clear()
+            for link in links:
+                link.topic_id = self._ids[link.name]
+                self._links[link.topic_id] = link
+            # The channels' names hold the incarnation: all of them are new.
+            self._channels = {self._keys.channel(x.topic_id).encode(): x.topic_id for x in links}
+        with trio.fail_after(self.command_timeout):
+            await self._pubsub.subscribe(*(self._keys.channel(x.topic_id) for x in links))
+        for start in range(0, len(links), 256):
+            await self._sync(links[start : start + 256])
 
     async def run(
         self, hub: Hub, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

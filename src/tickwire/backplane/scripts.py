@@ -2,24 +2,29 @@
 
 Imports: stdlib only.
 
-Every key of one topic carries the topic's id as a hash tag (``tw:{17}:m``), so that in a
-Redis Cluster they live on one slot and a script may touch them together; the registry's
-keys share the tag ``{reg}``. Offsets stay below 2**53 (Lua numbers are doubles): at a
-million messages a second that is 285 years of one topic.
+Every key of one topic carries the registry's incarnation and the topic's id as a hash tag
+(``tw:{5f3a...:17}:m``), so that in a Redis Cluster they live on one slot and a script may
+touch them together; the registry's keys share the tag ``{reg}``. The incarnation (new
+whenever the registry is lost) keeps an id given again by a new registry away from what
+the id named before, which may survive on another primary of a cluster. Offsets stay
+below 2**53 (Lua numbers are doubles): at a million messages a second that is 285 years
+of one topic.
 """
 
 from __future__ import annotations
 
+import binascii
 from typing import Final
 
-__all__ = ["PUBLISH", "RANGE", "REGISTER", "SYNC", "Keys"]
+__all__ = ["PUBLISH", "RANGE", "REGISTER", "SYNC", "Keys", "slot"]
 
 
 class Keys:
     """The names of the backplane's keys and channels under *prefix*."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, space: str = "") -> None:
         self.prefix = prefix
+        self.space = space  # the registry's incarnation: see the module's docstring
         registry = f"{prefix}:{{reg}}"
         self.names = f"{registry}:names"  # hash: topic name -> id
         self.ids = f"{registry}:ids"  # hash: id -> topic name
@@ -30,31 +35,44 @@ class Keys:
 
     def meta(self, topic_id: int) -> str:
         """Hash: the topic's epoch and top offset."""
-        return f"{self.prefix}:{{{topic_id}}}:m"
+        return f"{self.prefix}:{{{self.space}:{topic_id}}}:m"
 
     def history(self, topic_id: int) -> str:
         """Stream: the topic's recent messages, entry id ``<offset>-0``."""
-        return f"{self.prefix}:{{{topic_id}}}:h"
+        return f"{self.prefix}:{{{self.space}:{topic_id}}}:h"
 
     def rows(self, topic_id: int) -> str:
         """Hash: a table topic's rows (packed key -> packed wire row)."""
-        return f"{self.prefix}:{{{topic_id}}}:r"
+        return f"{self.prefix}:{{{self.space}:{topic_id}}}:r"
 
     def done(self, topic_id: int, publish_id: str) -> str:
         """String: the answer to one publish call, kept so that a retry gets it again."""
-        return f"{self.prefix}:{{{topic_id}}}:b:{publish_id}"
+        return f"{self.prefix}:{{{self.space}:{topic_id}}}:b:{publish_id}"
 
     def key(self, topic_id: int, key: str) -> str:
         """String: ``<offset>:<digest>`` of a message published with an idempotency key."""
-        return f"{self.prefix}:{{{topic_id}}}:k:{key}"
+        return f"{self.prefix}:{{{self.space}:{topic_id}}}:k:{key}"
 
     def channel(self, topic_id: int) -> str:
         """The pub/sub channel of the topic's relays."""
-        return f"{self.prefix}:{{{topic_id}}}:c"
+        return f"{self.prefix}:{{{self.space}:{topic_id}}}:c"
 
-    def probe(self, process: str) -> str:
-        """The pub/sub channel on which a process checks that its subscriptions work."""
-        return f"{self.prefix}:probe:{process}"
+    def probe(self, process: str, n: int = 0) -> str:
+        """A pub/sub channel on which a process checks that its subscriptions work (in a
+        cluster, one per primary: *n* picks a hash tag on the primary's slots)."""
+        return f"{self.prefix}:{{probe:{process}:{n}}}"
+
+
+def slot(name: str) -> int:
+    """The Redis Cluster slot of a key or shard channel: CRC16 (XMODEM) of its hash tag
+    (the first non-empty ``{...}``) or of the whole name, modulo 16384."""
+    data = name.encode()
+    start = data.find(b"{")
+    if start >= 0:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1 : end]
+    return binascii.crc_hqx(data, 0) % 16384
 
 
 # KEYS: meta, history, done, rows, then one key per keyed message (in message order).
