@@ -191,3 +191,47 @@ async def until(subscription: tickwire.Subscription, last: object) -> list[tickw
         while not (got and isinstance(got[-1], Message) and got[-1].payload == last):
             got.append(await subscription.receive())
     return got
+
+
+def move_slot(
+    nodes: list[RedisServer], where: int, source: RedisServer, target: RedisServer
+) -> None:
+    """Reshard one slot, as ``redis-cli --cluster reshard`` does: IMPORTING, MIGRATING,
+    MIGRATE of its keys, then SETSLOT NODE on every node."""
+    ids = {node.port: node.cli("CLUSTER", "MYID").strip() for node in nodes}
+    target.cli("CLUSTER", "SETSLOT", str(where), "IMPORTING", ids[source.port])
+    source.cli("CLUSTER", "SETSLOT", str(where), "MIGRATING", ids[target.port])
+    keys = source.cli("CLUSTER", "GETKEYSINSLOT", str(where), "1000").split()
+    if keys:
+        source.cli("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "KEYS", *keys)
+    for node in (target, source, *nodes):
+        node.cli("CLUSTER", "SETSLOT", str(where), "NODE", ids[target.port])
+
+
+async def test_a_topic_whose_slot_moves_to_another_primary_loses_nothing(
+    cluster: list[RedisServer],
+) -> None:
+    """Redis ends the shard subscriptions of a slot that leaves a primary (SUNSUBSCRIBE):
+    the server reconnects, subscribes where the slot is now, and fetches what it missed."""
+    async with (
+        open_server(Hub(backplane=backplane(cluster[0])), "127.0.0.1", 0) as server,
+        open_publisher(cluster[1].url) as publisher,
+    ):
+        await connected(server.hub)
+        assert isinstance(publisher.backplane, RedisBackplane)
+        assert isinstance(server.hub.backplane, RedisBackplane)
+        async with open_client(url(server)) as client, client.subscribe("moving") as moving:
+            for i in range(10):
+                await publisher.publish("moving", i)
+            got = await take(moving, 10)
+            keys = publisher.backplane.keys
+            history = keys.history(publisher.backplane.topic_id("moving") or 0)
+            source = owner(cluster, history)
+            target = next(node for node in cluster if node is not source)
+            move_slot(cluster, slot(history), source, target)
+            for i in range(10, 30):
+                await publisher.publish("moving", i, timeout=30)
+            got += await take(moving, 20)
+            assert owner(cluster, history) is target
+        assert got == [Message("moving", i + 1, i) for i in range(30)]  # none lost, none twice
+        assert server.hub.backplane.statistics().sessions == 2  # it noticed, and came back

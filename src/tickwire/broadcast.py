@@ -1426,7 +1426,13 @@ class Hub:
         since = _now()
         if since is not None:  # the publisher's wall clock, on trio's
             since -= max(0.0, time.time() - relay.stamp)
-        usable = relay.valid and relay.dict_digest == self.dictionary_digest
+        # The publisher's frames name the topic by its cluster id: usable where that is the
+        # local topic's id too (not after Redis lost its registry and gave a new id).
+        usable = (
+            relay.valid
+            and relay.dict_digest == self.dictionary_digest
+            and relay.topic_id == t.topic_id
+        )
         own = self.backplane.process_id if self.backplane is not None else b""
         variants = (
             {Negotiated.of(token): messages for token, messages in relay.frames.items()}
