@@ -146,7 +146,7 @@ _OWN: Final = [
         str,
         _S,
         "share every topic with the other servers through this Redis "
-        "(redis://host:port/db; docs/scaling.md)",
+        "(redis://host:port/db, or any node of a Redis Cluster; docs/scaling.md)",
         "",
     ),
     Setting(

@@ -18,6 +18,10 @@ a gap waits while the missing messages are read from the stream; messages the st
 longer has are announced with GAP; a new epoch is checked with Redis, then every subscriber
 is told that the topic was not recovered. Nothing is dropped silently.
 
+In a Redis Cluster (asked of the node at each connection) the topics spread over the
+primaries by their hash tags, relays go by sharded pub/sub (``SPUBLISH``, one subscriber
+connection per primary) and each of those connections has its own probe channel.
+
 Failures. Every command has a deadline; the pub/sub connection is probed (a message to
 itself every ``probe_interval``, which must come back within ``probe_timeout``). Any failure
 ends the session: the process reconnects with backoff, then re-reads every followed topic,
