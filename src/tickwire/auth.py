@@ -2,6 +2,9 @@
 
 Imports: attrs, pyjwt (``jwt``), tickwire.broadcast (pattern matching), stdlib.
 
+What an authenticator is given (:class:`HandshakeRequest`) and may answer
+(:class:`Refusal`) live here, below the server that calls it.
+
 A :class:`Principal` is who a connection acts for and what it may do: the topic patterns
 it may subscribe to and publish on, and when its credentials expire. :class:`JWTAuth` makes
 one from a JSON Web Token (HS256, RS256, ES256 and friends, with ``exp``, ``nbf``, ``aud``
@@ -12,8 +15,8 @@ and ``iss`` checks and a clock-skew leeway), taken from ``Authorization: Bearer`
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Final
 
 import attrs
 import jwt
@@ -21,10 +24,56 @@ from attrs.validators import ge, instance_of
 
 from tickwire.broadcast import valid_pattern
 
-if TYPE_CHECKING:  # pragma: no cover
-    from tickwire.server import HandshakeRequest, Refusal
+__all__ = [
+    "PENDING",
+    "AuthenticationError",
+    "Authenticator",
+    "Authorizer",
+    "HandshakeRequest",
+    "JWTAuth",
+    "Principal",
+    "Refusal",
+    "pattern_covers",
+]
 
-__all__ = ["PENDING", "AuthenticationError", "JWTAuth", "Principal", "pattern_covers"]
+
+@attrs.frozen
+class HandshakeRequest:
+    """What an authenticator sees of a handshake.
+
+    Attributes:
+        path: the request target, for example ``/ws?room=1``.
+        headers: (lower-cased name, value) pairs as received.
+        subprotocols: the offered tokens (credential offers included).
+        remote: the client's address.
+        token: a bearer token from ``Authorization: Bearer ...`` or a ``tickwire.auth.``
+            offer, if any.
+    """
+
+    path: str
+    headers: tuple[tuple[str, str], ...]
+    subprotocols: tuple[str, ...]
+    remote: str
+    token: str | None
+
+    def header(self, name: str) -> str | None:
+        """The first value of header *name* (case-insensitive), or None."""
+        name = name.lower()
+        return next((v for k, v in self.headers if k == name), None)
+
+
+@attrs.frozen
+class Refusal:
+    """An authenticator's no: HTTP *status* (401 or 403) and a short reason."""
+
+    status: int = 401
+    reason: str = "unauthorized"
+
+
+Authenticator = Callable[[HandshakeRequest], Awaitable[Any]]
+"""``async def authenticate(request) -> principal | Refusal``: None refuses with 401."""
+Authorizer = Callable[[Any, str, str], bool]
+"""``authorize(principal, action, topic) -> bool``, *action* is "subscribe" or "publish"."""
 
 
 class AuthenticationError(Exception):
@@ -165,7 +214,6 @@ class JWTAuth:
             raise AuthenticationError(f"invalid permissions: {exc}") from None
 
     async def __call__(self, request: HandshakeRequest) -> Principal | Refusal | _Pending:
-        from tickwire.server import Refusal
 
         if request.token is None:
             return PENDING if self.first_message else Refusal(401, "token required")

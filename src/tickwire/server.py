@@ -19,16 +19,15 @@ import os
 import ssl
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-import attrs
 import trio
 import trio_websocket
 
 from tickwire._groups import unwrapped
-from tickwire.auth import PENDING
+from tickwire.auth import PENDING, Authenticator, Authorizer, HandshakeRequest, Refusal
 from tickwire.broadcast import Hub
 from tickwire.config import ServerConfig
 from tickwire.connection import PrefixedStream, ServerConnection, wrap_server_stream
@@ -67,45 +66,6 @@ _ADMISSION_LABELS = {
     "too many connections from this address": "per_address_limit",
     "too many new connections": "connection_rate",
 }
-
-
-@attrs.frozen
-class HandshakeRequest:
-    """What an authenticator sees of a handshake.
-
-    Attributes:
-        path: the request target, for example ``/ws?room=1``.
-        headers: (lower-cased name, value) pairs as received.
-        subprotocols: the offered tokens (credential offers included).
-        remote: the client's address.
-        token: a bearer token from ``Authorization: Bearer ...`` or a ``tickwire.auth.``
-            offer, if any.
-    """
-
-    path: str
-    headers: tuple[tuple[str, str], ...]
-    subprotocols: tuple[str, ...]
-    remote: str
-    token: str | None
-
-    def header(self, name: str) -> str | None:
-        """The first value of header *name* (case-insensitive), or None."""
-        name = name.lower()
-        return next((v for k, v in self.headers if k == name), None)
-
-
-@attrs.frozen
-class Refusal:
-    """An authenticator's no: HTTP *status* (401 or 403) and a short reason."""
-
-    status: int = 401
-    reason: str = "unauthorized"
-
-
-Authenticator = Callable[[HandshakeRequest], Awaitable[Any]]
-"""``async def authenticate(request) -> principal | Refusal``: None refuses with 401."""
-Authorizer = Callable[[Any, str, str], bool]
-"""``authorize(principal, action, topic) -> bool``, *action* is "subscribe" or "publish"."""
 
 
 def _remote(stream: trio.abc.Stream) -> str:
