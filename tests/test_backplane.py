@@ -3,8 +3,10 @@ and clients on 127.0.0.1 (docs/scaling.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
+from typing import Any
 
 import pytest
 import trio
@@ -36,6 +38,15 @@ async def connected(hub: Hub) -> None:
         await hub.backplane.wait_connected()
 
 
+@contextlib.asynccontextmanager
+async def connected_server(redis: RedisServer, **options: Any) -> AsyncIterator[Server]:
+    """A server on 127.0.0.1 sharing its topics through *redis* (any node of a cluster),
+    once its backplane is connected."""
+    async with open_server(Hub(backplane=backplane(redis)), "127.0.0.1", 0, **options) as server:
+        await connected(server.hub)
+        yield server
+
+
 def url(server: Server) -> str:
     return f"ws://127.0.0.1:{server.port}"
 
@@ -52,12 +63,10 @@ async def test_two_servers_deliver_one_publisher_s_messages_with_the_same_offset
     redis: RedisServer,
 ) -> None:
     async with (
-        open_server(Hub(backplane=backplane(redis)), "127.0.0.1", 0) as one,
-        open_server(Hub(backplane=backplane(redis)), "127.0.0.1", 0) as two,
+        connected_server(redis) as one,
+        connected_server(redis) as two,
         open_publisher(redis.url) as publisher,
     ):
-        await connected(one.hub)
-        await connected(two.hub)
         async with (
             open_client(url(one)) as ann,
             open_client(url(two)) as bob,
@@ -102,13 +111,19 @@ async def test_publish_nowait_hands_over_and_the_cluster_gives_the_offsets(
 async def test_a_client_resumes_on_another_server_without_loss_or_duplicate(
     redis: RedisServer,
 ) -> None:
+    await resume_elsewhere(redis, redis, redis)
+
+
+async def resume_elsewhere(
+    one_node: RedisServer, two_node: RedisServer, publisher_node: RedisServer
+) -> None:
+    """A client leaves server one at offset 30 and resumes on server two, which never saw
+    the 20 messages published meanwhile: none lost, none twice."""
     async with (
-        open_server(Hub(backplane=backplane(redis)), "127.0.0.1", 0) as one,
-        open_server(Hub(backplane=backplane(redis)), "127.0.0.1", 0) as two,
-        open_publisher(redis.url) as publisher,
+        connected_server(one_node) as one,
+        connected_server(two_node) as two,
+        open_publisher(publisher_node.url) as publisher,
     ):
-        await connected(one.hub)
-        await connected(two.hub)
         async with open_client(url(one)) as client, client.subscribe("orders") as orders:
             for i in range(30):
                 await publisher.publish("orders", i)

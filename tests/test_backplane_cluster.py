@@ -12,12 +12,10 @@ import trio
 
 import tickwire
 from tests.realredis import RedisServer, needs_redis, redis_cluster
-from tests.test_backplane import connected, take, url
+from tests.test_backplane import connected_server, resume_elsewhere, take, url
 from tickwire.backplane import RedisBackplane, open_publisher
 from tickwire.backplane.scripts import slot
-from tickwire.broadcast import Hub
 from tickwire.client import Lost, Message, open_client
-from tickwire.server import open_server
 
 pytestmark = needs_redis
 
@@ -28,10 +26,6 @@ TOPICS = [f"fx.{n}" for n in range(12)]
 def cluster() -> Iterator[list[RedisServer]]:
     with redis_cluster(3) as nodes:
         yield nodes
-
-
-def backplane(node: RedisServer, **options: object) -> RedisBackplane:
-    return RedisBackplane(node.url, probe_interval=0.2, probe_timeout=1.0, **options)  # type: ignore[arg-type]
 
 
 def owner(nodes: list[RedisServer], key: str) -> RedisServer:
@@ -51,12 +45,10 @@ async def test_topics_spread_over_the_cluster_s_primaries_and_every_server_share
     for key in ("123456789", "{user1000}.following", "foo{}{bar}", "foo{{bar}}zap", "a{b}{c}"):
         assert slot(key) == int(one_node.cli("CLUSTER", "KEYSLOT", key))  # Redis's own
     async with (
-        open_server(Hub(backplane=backplane(one_node)), "127.0.0.1", 0) as one,
-        open_server(Hub(backplane=backplane(two_node)), "127.0.0.1", 0) as two,
+        connected_server(one_node) as one,
+        connected_server(two_node) as two,
         open_publisher(publisher_node.url) as publisher,
     ):
-        await connected(one.hub)
-        await connected(two.hub)
         async with (
             open_client(url(one)) as ann,
             open_client(url(two)) as bob,
@@ -97,28 +89,7 @@ async def test_topics_spread_over_the_cluster_s_primaries_and_every_server_share
 async def test_a_client_resumes_on_another_server_over_the_cluster(
     cluster: list[RedisServer],
 ) -> None:
-    async with (
-        open_server(Hub(backplane=backplane(cluster[0])), "127.0.0.1", 0) as one,
-        open_server(Hub(backplane=backplane(cluster[1])), "127.0.0.1", 0) as two,
-        open_publisher(cluster[2].url) as publisher,
-    ):
-        await connected(one.hub)
-        await connected(two.hub)
-        async with open_client(url(one)) as client, client.subscribe("orders") as orders:
-            for i in range(30):
-                await publisher.publish("orders", i)
-            first = await take(orders, 30)
-            position = orders.position()
-        for i in range(30, 50):
-            await publisher.publish("orders", i)
-        async with (
-            open_client(url(two)) as client,
-            client.subscribe("orders", resume=position) as orders,
-        ):
-            rest = await take(orders, 20)
-        payloads = [u.payload for u in first + rest if isinstance(u, Message)]
-        assert payloads == list(range(50))  # none lost, none twice
-        assert not [u for u in first + rest if isinstance(u, Lost)]
+    await resume_elsewhere(*cluster)
 
 
 @pytest.mark.parametrize("which", ["another primary", "the registry's primary"])
@@ -128,10 +99,9 @@ async def test_a_primary_killed_and_restarted_empty(cluster: list[RedisServer], 
     recovered; the topics on the other primaries go on without a loss. The registry's
     primary: every topic starts again (its ids are given anew), every subscriber is told."""
     async with (
-        open_server(Hub(backplane=backplane(cluster[0])), "127.0.0.1", 0) as server,
+        connected_server(cluster[0]) as server,
         open_publisher(cluster[1].url, probe_interval=0.2, probe_timeout=1.0) as publisher,
     ):
-        await connected(server.hub)
         assert isinstance(publisher.backplane, RedisBackplane)
         async with open_client(url(server)) as client, contextlib.AsyncExitStack() as stack:
             subscriptions = {
@@ -214,10 +184,9 @@ async def test_a_topic_whose_slot_moves_to_another_primary_loses_nothing(
     """Redis ends the shard subscriptions of a slot that leaves a primary (SUNSUBSCRIBE):
     the server reconnects, subscribes where the slot is now, and fetches what it missed."""
     async with (
-        open_server(Hub(backplane=backplane(cluster[0])), "127.0.0.1", 0) as server,
+        connected_server(cluster[0]) as server,
         open_publisher(cluster[1].url) as publisher,
     ):
-        await connected(server.hub)
         assert isinstance(publisher.backplane, RedisBackplane)
         assert isinstance(server.hub.backplane, RedisBackplane)
         async with open_client(url(server)) as client, client.subscribe("moving") as moving:
