@@ -583,6 +583,7 @@ class Client:
         self._pending: dict[int, _Pending] = {}
         self._ids = itertools.count(1)
         self._ws: trio_websocket.WebSocketConnection | None = None
+        self._stream: trio.abc.Stream | None = None  # the connection's byte stream
         self._session: Session | None = None
         self._topic_ids: dict[int, list[tuple[Subscription, _Topic]]] = {}
         self._connected = trio.Event()
@@ -811,6 +812,7 @@ class Client:
             try:
                 with trio.fail_after(config.connect_timeout):
                     stream, host, resource = await self._open_stream(url)
+                    self._stream = stream  # the keepalive drops it when pongs stop
                     try:
                         ws = await trio_websocket.wrap_client_stream(
                             nursery,
@@ -834,6 +836,7 @@ class Client:
                 ended = _Retry(reason, permanent=permanent)
             finally:
                 nursery.cancel_scope.cancel()
+                self._stream = None
                 if stream is not None:  # trio-websocket leaves it open when rejected
                     with trio.CancelScope(shield=True):
                         await trio.aclose_forcefully(stream)
@@ -1000,7 +1003,8 @@ class Client:
                 log.info("tickwire client: no pong within %s s", self.config.heartbeat_timeout)
                 with trio.move_on_after(1):
                     await ws.aclose(4007, "heartbeat timeout")
-                await trio.aclose_forcefully(ws._stream)
+                if self._stream is not None:
+                    await trio.aclose_forcefully(self._stream)
                 return
 
     async def _send(self, event: Event) -> None:
