@@ -17,6 +17,7 @@ the limit, at work. NON-STRICT (conformant, a SHOULD not met) are the cases list
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -26,6 +27,8 @@ import trio
 import trio_websocket
 
 from tests.realredis import free_port
+from tickwire.sansio.framing import frame
+from tickwire.sansio.websocket import Message, Request, ServerWebSocket, State
 
 # The cases that may come out NON-STRICT, and why. In each, a valid message is followed by
 # a frame that fails the connection; when both come in one read, trio-websocket's reader
@@ -41,6 +44,7 @@ NON_STRICT = {
     **dict.fromkeys(("5.15", "5.16", "5.17", "5.18"), "bad continuation: " + _AFTER_A_MESSAGE),
     **dict.fromkeys(("6.4.1", "6.4.2", "6.4.3", "6.4.4"), "invalid UTF-8 found by chop"),
 }
+SERVER_NON_STRICT: dict[str, str] = {}
 BIG = 64 * 1024 * 1024  # above the 9.* cases' 16 MiB messages
 
 
@@ -118,3 +122,63 @@ async def test_the_client_transport_passes_autobahn(tmp_path: Path) -> None:
     assert code == 0
     non_strict = {c for c, (behavior, _) in verdicts.items() if behavior == "NON-STRICT"}
     assert non_strict <= set(NON_STRICT), non_strict - set(NON_STRICT)
+
+
+async def echo_server_core(stream: trio.abc.Stream) -> None:
+    """tickwire's server core (tickwire.sansio.websocket) on *stream*, echoing every
+    message; the close handshake bounded to 2 s, then the stream closed."""
+    ws = ServerWebSocket(max_message_bytes=BIG, max_fragments=1_000_000)
+    try:
+        while ws.state is not State.CLOSED:
+            if ws.state is State.CLOSING:
+                with trio.move_on_after(2):
+                    data = await stream.receive_some(65536)
+                if ws.state is not State.CLOSING or not data:
+                    break
+            else:
+                data = await stream.receive_some(65536)
+            ws.receive_data(bytes(data) or None)
+            while events := ws.events_received():  # a message at a time, each answered
+                echoes = []
+                for event in events:
+                    if isinstance(event, Request):
+                        ws.accept()
+                    elif isinstance(event, Message) and ws.open:
+                        echoes.append(frame(event.data))
+                out = ws.data_to_send() + b"".join(echoes)
+                if out:
+                    await stream.send_all(out)
+            out = ws.data_to_send()
+            if out:
+                await stream.send_all(out)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def test_the_server_core_passes_autobahn(tmp_path: Path) -> None:
+    kosoku = shutil.which("kosoku")
+    assert kosoku is not None, "kosoku is in the dev extra: pip install -e '.[dev]'"
+    reports = tmp_path / "reports"
+    async with trio.open_nursery() as nursery:
+        (listener,) = await nursery.start(
+            functools.partial(trio.serve_tcp, echo_server_core, 0, host="127.0.0.1")
+        )
+        port = listener.socket.getsockname()[1]
+        command = [kosoku, f"127.0.0.1:{port}", "-o", str(reports), "-p", "2"]
+        command += ["-x", "12.*", "-x", "13.*"]
+        with trio.fail_after(600):
+            result = await trio.run_process(
+                command, capture_stdout=True, capture_stderr=True, check=False
+            )
+        nursery.cancel_scope.cancel()
+    index = json.loads((reports / "index.json").read_text())
+    (verdicts_by_case,) = index.values()
+    verdicts = {c: (r["behavior"], r["behaviorClose"]) for c, r in verdicts_by_case.items()}
+    assert len(verdicts) > 250
+    failed = {c: v for c, v in verdicts.items() if "FAILED" in v or "UNIMPLEMENTED" in v}
+    assert failed == {}, result.stderr.decode(errors="replace")[-3000:]
+    assert result.returncode == 0
+    non_strict = {c for c, (behavior, _) in verdicts.items() if behavior == "NON-STRICT"}
+    assert non_strict <= set(SERVER_NON_STRICT), non_strict - set(SERVER_NON_STRICT)

@@ -34,6 +34,15 @@ from tickwire.sansio.websocket import (
 HEAD = WsRequest(host="127.0.0.1", target="/feed?x=1", subprotocols=["a", "b"])
 
 
+def drain(server: ServerWebSocket) -> list[Request | Message | Closed]:
+    """Every event the data fed produced (events_received() gives one message at a time)."""
+    events, more = [], server.events_received()
+    while more:
+        events += more
+        more = server.events_received()
+    return events
+
+
 class Pair:
     """A wsproto client and a ServerWebSocket, with the bytes between them moved by hand."""
 
@@ -44,7 +53,7 @@ class Pair:
     def to_server(self, *events: object, now: float = 0.0) -> list[Request | Message | Closed]:
         data = b"".join(self.client.send(e) for e in events)  # type: ignore[arg-type]
         self.server.receive_data(data, now)
-        return self.server.events_received()
+        return drain(self.server)
 
     def to_client(self) -> list[Any]:
         self.client.receive_data(self.server.data_to_send())
@@ -111,7 +120,7 @@ def test_a_rejection_sends_the_status_headers_and_body_then_closed() -> None:
 def test_a_request_that_is_not_an_upgrade_gets_400() -> None:
     server = ServerWebSocket(max_message_bytes=10)
     server.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    (closed,) = server.events_received()
+    (closed,) = drain(server)
     assert isinstance(closed, Closed)
     assert closed.code == 400
     assert server.data_to_send().startswith(b"HTTP/1.1 400 ")
@@ -192,7 +201,7 @@ def test_our_close_then_the_peer_s_answer() -> None:
     pair = Pair()
     pair.open()
     pair.server.close(1001, "going away")
-    assert pair.server.events_received() == [Closed(1001, "going away")]
+    assert drain(pair.server) == [Closed(1001, "going away")]
     assert pair.server.state is State.CLOSING
     pair.server.close(1011)  # the first code stays
     (close,) = pair.to_client()
@@ -217,7 +226,7 @@ def test_a_protocol_error_is_1002_and_bad_utf8_is_1007() -> None:
     pair = Pair()
     pair.open()
     pair.server.receive_data(b"\x83\x80\x00\x00\x00\x00")  # reserved opcode 3, masked
-    assert pair.server.events_received() == [Closed(1002, pair.server.close_reason)]
+    assert drain(pair.server) == [Closed(1002, pair.server.close_reason)]
     (close,) = pair.to_client()
     assert isinstance(close, CloseConnection)
     assert close.code == 1002
@@ -225,7 +234,7 @@ def test_a_protocol_error_is_1002_and_bad_utf8_is_1007() -> None:
     pair = Pair()
     pair.open()
     pair.server.receive_data(b"\x81\x82\x00\x00\x00\x00\xc3\x28")  # text, invalid UTF-8
-    (closed,) = pair.server.events_received()
+    (closed,) = drain(pair.server)
     assert isinstance(closed, Closed)
     assert closed.code == 1007
 
@@ -234,7 +243,7 @@ def test_an_unmasked_client_frame_is_a_protocol_error() -> None:
     pair = Pair()
     pair.open()
     pair.server.receive_data(b"\x82\x01x")
-    (closed,) = pair.server.events_received()
+    (closed,) = drain(pair.server)
     assert isinstance(closed, Closed)
     assert closed.code == 1002
 
@@ -243,26 +252,26 @@ def test_the_stream_ending_is_1006_once() -> None:
     pair = Pair()
     pair.open()
     pair.server.receive_data(None)
-    assert pair.server.events_received() == [Closed(1006, "connection lost")]
+    assert drain(pair.server) == [Closed(1006, "connection lost")]
     assert pair.server.state is State.CLOSED
     assert not pair.server.clean
     pair.server.receive_data(None)
     pair.server.receive_data(b"x")
-    assert pair.server.events_received() == []
+    assert drain(pair.server) == []
 
 
 def test_frames_that_came_with_the_request_are_read_once_accepted() -> None:
     pair = Pair()
     head = pair.client.send(HEAD)
     pair.server.receive_data(head)
-    (request,) = pair.server.events_received()
+    (request,) = drain(pair.server)
     assert isinstance(request, Request)
     # A client that does not wait for the 101: its first frame, masked as a client's.
     early = wsproto.connection.Connection(wsproto.ConnectionType.CLIENT).send(BytesMessage(b"hi"))
     pair.server.receive_data(early)
-    assert pair.server.events_received() == []
+    assert drain(pair.server) == []
     pair.server.accept("a")
-    assert pair.server.events_received() == [Message(b"hi")]
+    assert drain(pair.server) == [Message(b"hi")]
 
 
 def _heartbeat_pair(idle: float | None = None) -> Pair:
@@ -298,7 +307,7 @@ def test_a_missing_pong_is_4007() -> None:
     (ping,) = pair.to_client()
     assert isinstance(ping, Ping)
     pair.server.tick(115.0, b"efgh")
-    assert pair.server.events_received() == [Closed(4007, "heartbeat timeout")]
+    assert drain(pair.server) == [Closed(4007, "heartbeat timeout")]
     (close,) = pair.to_client()
     assert isinstance(close, CloseConnection)
     assert close.code == 4007
@@ -325,7 +334,7 @@ def test_silence_beyond_the_idle_timeout_is_4006_and_a_message_resets_it() -> No
     pair.to_client()
     assert pair.server.deadline() == 145.0
     pair.server.tick(155.0, b"qrst")
-    assert pair.server.events_received() == [Closed(4006, "idle timeout")]
+    assert drain(pair.server) == [Closed(4006, "idle timeout")]
 
 
 def test_heartbeat_settings_are_checked() -> None:
@@ -333,3 +342,16 @@ def test_heartbeat_settings_are_checked() -> None:
         Heartbeat(interval=0, timeout=1)
     with pytest.raises(ValueError, match="idle_timeout"):
         Heartbeat(interval=1, timeout=1, idle_timeout=0)
+
+
+def test_a_message_is_given_before_a_failure_read_with_it() -> None:
+    pair = Pair()
+    pair.open()
+    message = pair.client.send(TextMessage("first"))
+    pair.server.receive_data(message + b"\x83\x80\x00\x00\x00\x00")  # reserved opcode 3
+    assert pair.server.events_received() == [Message("first")]
+    assert pair.server.data_to_send() == b""  # not failed yet: the answer may go first
+    (closed,) = pair.server.events_received()
+    assert isinstance(closed, Closed)
+    assert closed.code == 1002
+    assert pair.server.events_received() == []

@@ -203,6 +203,7 @@ class ServerWebSocket:
     rtt: float | None = attrs.field(init=False, default=None)  # the last heartbeat's
     pongs: int = attrs.field(init=False, default=0)  # pongs that answered our pings
     _accepted_at: float = attrs.field(init=False, default=0.0)
+    _now: float = attrs.field(init=False, default=0.0)  # when the bytes being parsed came
     _head: bytearray = attrs.field(init=False, factory=bytearray)
     _requested: bool = attrs.field(init=False, default=False)
 
@@ -335,11 +336,18 @@ class ServerWebSocket:
         assert connection is not None
         if connection.state not in (ConnectionState.OPEN, ConnectionState.LOCAL_CLOSING):
             return
-        connection.receive_data(data)
-        for event in connection.events():
+        connection.receive_data(data)  # parsed by events_received(), a message at a time
+        self._now = now
+
+    def _parse(self) -> None:
+        """Parse what was fed, up to and including the next whole message."""
+        connection, now = self._connection, self._now
+        if connection is None or self._state is State.CLOSED:
+            return
+        for event in connection.events():  # wsproto keeps the rest parsed or buffered
             if isinstance(event, ws_events.Message):
-                if self._state is State.OPEN:
-                    self._message(event, now)
+                if self._state is State.OPEN and self._message(event, now):
+                    return
             elif isinstance(event, ws_events.Ping):
                 if self._state is State.OPEN:
                     self._out += connection.send(event.response())
@@ -351,32 +359,34 @@ class ServerWebSocket:
                         self.pongs += 1
             elif isinstance(event, ws_events.CloseConnection):
                 self._close_event(connection, event)
-                if self._state is State.CLOSED:
+                if self.state is State.CLOSED:  # the property: _close_event changed it
                     return
 
-    def _message(self, event: ws_events.Message, now: float) -> None:  # type: ignore[type-arg]
+    def _message(self, event: ws_events.Message, now: float) -> bool:  # type: ignore[type-arg]
+        """Add a frame's data; True when it completed a message (then in the events)."""
         data = event.data
         self._size += len(data)
         if event.frame_finished:
             self._frames += 1
         if self._size > self.max_message_bytes:
             self._fail(MESSAGE_TOO_BIG, f"message exceeds {self.max_message_bytes} bytes")
-            return
+            return False
         if self._frames > self.max_fragments and not event.message_finished:
             self._fail(MESSAGE_TOO_BIG, f"more than {self.max_fragments} fragments in one message")
-            return
+            return False
         if event.message_finished and not self._parts:
             whole: bytes | str = bytes(data) if isinstance(data, bytearray) else data
         else:
             self._parts.append(bytes(data) if isinstance(data, bytearray) else data)
             if not event.message_finished:
-                return
+                return False
             whole = "".join(self._parts) if isinstance(data, str) else b"".join(self._parts)  # type: ignore[arg-type]
             self._parts = []
         self._size = self._frames = 0
         if self.heartbeat is not None:
             self.heartbeat.heard(now)
         self._events.append(Message(whole))
+        return True
 
     def _close_event(self, connection: Connection, event: ws_events.CloseConnection) -> None:
         code, reason = event.code, event.reason or ""
@@ -393,7 +403,11 @@ class ServerWebSocket:
             self._fail(code, reason)
 
     def events_received(self) -> list[Request | Message | Closed]:
-        """What the data fed since the last call produced, in order."""
+        """What the data fed produced, in order, up to and including the next message: call
+        again until it returns nothing, sending the answer to a message in between. So a
+        frame that fails the connection, read together with the message before it, closes
+        it only after that message has been answered (Autobahn's 3.2, 4.1.3, 5.15, ...)."""
+        self._parse()
         events, self._events = self._events, []
         return events
 
