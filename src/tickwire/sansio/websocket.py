@@ -22,6 +22,8 @@ States, in order::
   rules, close codes). Here: messages are assembled within ``max_message_bytes`` and
   ``max_fragments`` (1009 otherwise, before the bytes are kept); a ping is answered with a
   pong; a pong ends the heartbeat's wait; the peer's close is answered with the same code.
+  Parsing is lazy, a message at a time (:meth:`~ServerWebSocket.events_received`), so that
+  the application answers a message before a bad frame read with it fails the connection.
 - Data frames do not pass through here: a server's frames are unmasked, so the broadcast
   layer frames a message once (:mod:`tickwire.sansio.framing`) and the trio layer writes the
   same bytes to every subscriber. :attr:`ServerWebSocket.open` says whether it still may.
@@ -202,7 +204,7 @@ class ServerWebSocket:
     clean: bool = attrs.field(init=False, default=False)  # both close frames crossed
     rtt: float | None = attrs.field(init=False, default=None)  # the last heartbeat's
     pongs: int = attrs.field(init=False, default=0)  # pongs that answered our pings
-    _accepted_at: float = attrs.field(init=False, default=0.0)
+    _head_at: float = attrs.field(init=False, default=0.0)
     _now: float = attrs.field(init=False, default=0.0)  # when the bytes being parsed came
     _head: bytearray = attrs.field(init=False, factory=bytearray)
     _requested: bool = attrs.field(init=False, default=False)
@@ -244,7 +246,7 @@ class ServerWebSocket:
         self._state = State.OPEN
         trailing, self._trailing = self._trailing, b""
         if trailing:  # frames sent before our answer
-            self._feed(trailing, self._accepted_at)
+            self._feed(trailing, self._head_at)
 
     def reject(
         self,
@@ -290,7 +292,7 @@ class ServerWebSocket:
             self._ended(ABNORMAL_CLOSURE, "connection lost", clean=False)
             return
         if self._state is State.HANDSHAKE:
-            self._accepted_at = now
+            self._head_at = now
             self._receive_head(data)
             return
         self._feed(data, now)
