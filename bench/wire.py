@@ -113,6 +113,9 @@ class Recorder:
     def slow_consumer(self) -> None:  # pragma: no cover
         raise AssertionError
 
+    def failed(self, exc: BaseException) -> None:
+        raise AssertionError("never failed") from exc
+
 
 def subscribe(hub: Hub, recorder: Recorder, *names: str) -> None:
     """What a server connection sends on SUBSCRIBE: SUBSCRIBED, and a table's snapshot."""

@@ -58,6 +58,9 @@ class Recorder:
     def slow_consumer(self) -> None:
         raise AssertionError("never slow")
 
+    def failed(self, exc: BaseException) -> None:
+        raise AssertionError("never failed") from exc
+
     def topic_added(self, topic: Topic, request_id: int) -> None:
         self.added.append((topic.name, request_id))
 

@@ -398,3 +398,47 @@ async def test_without_trusted_proxies_forwarded_for_is_ignored() -> None:
             assert next(iter(server.connections)).remote == "127.0.0.1"
             other = await handshake(server.port, headers=[(b"X-Forwarded-For", b"5.6.7.8")])
             assert isinstance(other, RejectConnection)  # both are 127.0.0.1 to this server
+
+
+async def _until_closed(client: Client) -> None:
+    while True:
+        await client.receive()
+
+
+class _Broken(dict[int, Any]):
+    """A connection's subscription options that raise when read: a bug on the delivery
+    path of that connection alone."""
+
+    def get(self, *args: Any) -> Any:
+        raise RuntimeError("injected delivery bug")
+
+
+async def test_a_failure_delivering_to_one_subscriber_closes_it_alone_with_1011(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub = Hub()
+    hub.publish_nowait("t", 0)  # offset 1: the topic exists before the subscriptions
+    async with open_server(hub, "127.0.0.1", 0) as server:
+        async with connect(server.port) as broken, connect(server.port) as healthy:
+            for client in (broken, healthy):
+                await client.send(Subscribe(1, "t"))
+                while not isinstance(await client.receive(), Ack):
+                    pass
+            victim, _ = list(server.connections)  # in the order they connected
+            victim._custom = _Broken()  # type: ignore[assignment]
+            hub.publish_nowait("t", 1)  # the publisher's task: it does not see the bug
+            hub.publish_nowait("t", 2)
+            got = [await healthy.receive(), await healthy.receive()]
+            assert [e.offset for e in got if isinstance(e, Data)] == [2, 3]
+            with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                await _until_closed(broken)
+            assert closed.value.reason.code == 1011
+            await victim.closed.wait()
+            assert victim.close_code == 1011
+            hub.publish_nowait("t", 3)
+            (event,) = [await healthy.receive()]
+            assert isinstance(event, Data)
+            assert event.offset == 4
+    assert hub.internal_errors == 1
+    assert "delivery to a subscriber failed; closing it with 1011" in caplog.text
+    assert "injected delivery bug" in caplog.text

@@ -269,6 +269,10 @@ class Subscriber(Protocol):
     def slow_consumer(self) -> None:
         """Drop it as a slow consumer (4000): it did not make room in time."""
 
+    def failed(self, exc: BaseException) -> None:
+        """Close it with 1011: delivering to it raised *exc* (a bug, already logged and
+        counted by the hub); the publisher and the other subscribers go on."""
+
 
 class Backplane(Protocol):
     """What the hub needs of a backplane that shares its topics with other processes
@@ -1121,18 +1125,40 @@ class Hub:
                     self._failed(t, exc, "encoding")
                     data = self.encode(Gap(t.topic_id, first, last), variant)
                 framed[variant] = data
-            direct += subscriber.deliver_nowait(
-                data,
-                topic_id=t.topic_id,
-                first=first,
-                last=last,
-                overflow=overflow,
-                delta=delta,
-                published_at=since,
-            )
+            try:
+                direct += subscriber.deliver_nowait(
+                    data,
+                    topic_id=t.topic_id,
+                    first=first,
+                    last=last,
+                    overflow=overflow,
+                    delta=delta,
+                    published_at=since,
+                )
+            except Exception as exc:  # never the publisher's task, never the others
+                self._subscriber_failed(subscriber, exc)
         if direct and since is not None:
             # Written at once: one clock reading for all of them, off the per-subscriber path.
             self.publish_to_send.observe(trio.current_time() - since, direct)
+
+    def _deliver(
+        self, subscriber: Subscriber, data: bytes, *, topic_id: int = 0, optional: bool = False
+    ) -> None:
+        """``deliver_nowait`` to one subscriber, whose failure is its own."""
+        try:
+            subscriber.deliver_nowait(data, topic_id=topic_id, optional=optional)
+        except Exception as exc:
+            self._subscriber_failed(subscriber, exc)
+
+    def _subscriber_failed(self, subscriber: Subscriber, exc: BaseException) -> None:
+        """Delivering to *subscriber* raised: log, count, forget it and let it close (1011)."""
+        self.internal_errors += 1
+        log.error("delivery to a subscriber failed; closing it with 1011", exc_info=exc)
+        self.remove(subscriber)
+        try:
+            subscriber.failed(exc)
+        except Exception:  # pragma: no cover - a subscriber that cannot even close
+            log.exception("a failed subscriber could not be closed")
 
     def _failed(self, t: Topic, exc: BaseException, what: str) -> None:
         self.internal_errors += 1
@@ -1161,7 +1187,7 @@ class Hub:
             return
         gap = Gap(t.topic_id, pending[0].offset, pending[-1].offset)
         for subscriber in list(t.subscribers):
-            subscriber.deliver_nowait(self.encode(gap, subscriber.variant))
+            self._deliver(subscriber, self.encode(gap, subscriber.variant))
 
     def _flush_topic(self, t: Topic) -> None:
         self._due.pop(t, None)
@@ -1194,7 +1220,7 @@ class Hub:
                 continue
             parts = self.snapshot(topic, subscriber.variant)  # encoded once per variant
             for i, data in enumerate(parts):
-                subscriber.deliver_nowait(data, topic_id=topic.topic_id, optional=i == 0)
+                self._deliver(subscriber, data, topic_id=topic.topic_id, optional=i == 0)
 
     async def run(self) -> None:
         """The hub's timers: batch windows, keyframes and the sweep of unused topics; runs
@@ -1540,7 +1566,7 @@ class Hub:
         history before this process got them): tell every subscriber (GAP) and go on."""
         gap = Gap(t.topic_id, first, last)
         for subscriber in list(t.subscribers):
-            subscriber.deliver_nowait(self.encode(gap, subscriber.variant))
+            self._deliver(subscriber, self.encode(gap, subscriber.variant))
         t.offset = max(t.offset, last)
 
     # -- in-process listeners ----------------------------------------------------------------
@@ -1595,7 +1621,7 @@ class Hub:
         for subscriber in list(self._members):
             if subscriber.variant.compression:
                 variants.add(subscriber.variant)
-                subscriber.deliver_nowait(offer)
+                self._deliver(subscriber, offer)
         if leaving is not None:
             for topic in self._topics.values():
                 for variant in variants:

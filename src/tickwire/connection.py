@@ -466,6 +466,10 @@ class ServerConnection:
     def slow_consumer(self) -> None:
         self.finish(4000, "slow consumer: no room in time")
 
+    def failed(self, exc: BaseException) -> None:
+        """Delivering to this connection raised (the hub logged and counted it): 1011."""
+        self.finish(1011, "internal error")
+
     def may_receive(self, topic: Topic) -> bool:
         """Whether this connection's principal may be sent *topic*: asked for every concrete
         topic a pattern matches, so that a pattern never reaches past a permission."""
