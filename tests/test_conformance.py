@@ -1,18 +1,20 @@
-"""The Autobahn testsuite, through kosoku (PyPI), against the WebSocket transport of
-tickwire's client: trio-websocket, configured as :mod:`tickwire.client` configures it
-(message queue, message size limit), echoing every message kosoku's fuzzing server sends.
+"""The Autobahn testsuite, through kosoku (PyPI), on loopback, both ways (docs/conformance.md).
 
-kosoku is asyncio-based; it runs as its own process (its CLI), as a real peer on loopback.
-Excluded, and why:
+- kosoku's fuzzing server against the WebSocket transport of tickwire's client:
+  trio-websocket opened as :mod:`tickwire.client` opens it (its own stream, closed by us,
+  a message queue of 16), echoing every message;
+- kosoku's fuzzing client against the server's core, :mod:`tickwire.sansio.websocket`,
+  under a small trio echo loop (:func:`echo_server_core`).
 
-- 12.* and 13.*: permessage-deflate. tickwire compresses by subprotocol (zstd, in its own
-  envelope) and never negotiates a WebSocket extension, so these are UNIMPLEMENTED by
-  design, which kosoku counts as not passed.
+kosoku is asyncio-based; it runs as its own process (its CLI). Excluded, and why: 12.* and
+13.*, permessage-deflate. tickwire compresses by subprotocol (zstd, in its own envelope)
+and never negotiates a WebSocket extension, so these are UNIMPLEMENTED by design, which
+kosoku counts as not passed.
 
 The 9.* cases send messages of up to 16 MiB; the client's default limit (1 MiB) closes
-those with 1009, as it is meant to, so this run raises the limit to show the framing, not
-the limit, at work. NON-STRICT (conformant, a SHOULD not met) are the cases listed in
-:data:`NON_STRICT`, with the reason.
+those with 1009, as it is meant to, so both runs raise the limit to show the framing, not
+the limit, at work. NON-STRICT (conformant, a SHOULD not met): only the client's cases
+listed in :data:`NON_STRICT`, with the reason; none for the server's core.
 """
 
 from __future__ import annotations
