@@ -218,3 +218,30 @@ def test_idempotency_keys_are_bounded() -> None:
     assert len(keys) == MIN_KEYS
     assert "k0" not in keys
     assert f"k{MIN_KEYS + 4}" in keys
+
+
+@attrs.define(eq=False)
+class FailsWhenTold(Recorder):
+    """A subscriber with a bug in what the hub tells it of a new topic."""
+
+    failures: list[BaseException] = attrs.field(factory=list)
+
+    def topic_added(self, topic: Topic, request_id: int) -> None:
+        raise RuntimeError("injected bug")
+
+    def failed(self, exc: BaseException) -> None:
+        self.failures.append(exc)
+
+
+def test_a_subscriber_that_fails_when_told_of_a_topic_is_dropped_alone() -> None:
+    hub = Hub()
+    bad, good = FailsWhenTold(), Recorder()
+    hub.subscribe(bad, "t.*", 1)
+    hub.subscribe(good, "t.*", 2)
+    hub.publish_nowait("t.a", 1)  # creates the topic: both are told; the publisher goes on
+    assert good.added == [("t.a", 2)]
+    assert [str(e) for e in bad.failures] == ["injected bug"]
+    assert hub.internal_errors == 1
+    assert bad not in hub.topic("t.a").subscribers
+    assert good in hub.topic("t.a").subscribers
+    assert len(good.frames) == 1

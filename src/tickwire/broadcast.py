@@ -636,7 +636,7 @@ class Hub:
         for subscriber in list(topic.subscribers):
             patterns = self._patterns.get(subscriber, {})
             request_id = next((r for p, r in patterns.items() if pattern_matches(p, name)), 0)
-            subscriber.topic_added(topic, request_id)
+            self._tell(subscriber, subscriber.topic_added, topic, request_id)
         return topic
 
     def _check_name(self, name: str) -> None:
@@ -679,11 +679,11 @@ class Hub:
 
     def _offer(self, topic: Topic) -> None:
         """Give a new topic to the subscriptions whose patterns match it."""
-        for subscriber, patterns in self._patterns.items():
+        for subscriber, patterns in list(self._patterns.items()):
             for pattern, request_id in patterns.items():
                 if pattern_matches(pattern, topic.name) and subscriber.may_receive(topic):
                     topic.subscribers[subscriber] = None
-                    subscriber.topic_added(topic, request_id)
+                    self._tell(subscriber, subscriber.topic_added, topic, request_id)
                     break
 
     def _free(self, topic: Topic) -> None:
@@ -1150,6 +1150,13 @@ class Hub:
         except Exception as exc:
             self._subscriber_failed(subscriber, exc)
 
+    def _tell(self, subscriber: Subscriber, call: Callable[[Topic, int], None], *args: Any) -> None:
+        """*call* (one of *subscriber*'s methods) with *args*; its failure is its own."""
+        try:
+            call(*args)
+        except Exception as exc:
+            self._subscriber_failed(subscriber, exc)
+
     def _subscriber_failed(self, subscriber: Subscriber, exc: BaseException) -> None:
         """Delivering to *subscriber* raised: log, count, forget it and let it close (1011)."""
         self.internal_errors += 1
@@ -1559,7 +1566,7 @@ class Hub:
         for subscriber in list(t.subscribers):
             patterns = self._patterns.get(subscriber, {})
             request_id = next((r for p, r in patterns.items() if pattern_matches(p, t.name)), 0)
-            subscriber.topic_restarted(t, request_id)
+            self._tell(subscriber, subscriber.topic_restarted, t, request_id)
 
     def skip(self, t: Topic, first: int, last: int) -> None:
         """Messages *first* to *last* of *t* can no longer be had (gone from the shared
