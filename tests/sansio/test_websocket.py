@@ -222,30 +222,22 @@ def test_a_long_close_reason_is_cut_to_fit_the_frame() -> None:
     assert set(close.reason) == {"é"}
 
 
-def test_a_protocol_error_is_1002_and_bad_utf8_is_1007() -> None:
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        pytest.param(b"\x83\x80\x00\x00\x00\x00", 1002, id="reserved opcode 3, masked"),
+        pytest.param(b"\x81\x82\x00\x00\x00\x00\xc3\x28", 1007, id="text, invalid UTF-8"),
+        pytest.param(b"\x82\x01x", 1002, id="an unmasked client frame"),
+    ],
+)
+def test_a_bad_frame_closes_with_wsproto_s_code(data: bytes, code: int) -> None:
     pair = Pair()
     pair.open()
-    pair.server.receive_data(b"\x83\x80\x00\x00\x00\x00")  # reserved opcode 3, masked
-    assert drain(pair.server) == [Closed(1002, pair.server.close_reason)]
+    pair.server.receive_data(data)
+    assert drain(pair.server) == [Closed(code, pair.server.close_reason)]
     (close,) = pair.to_client()
     assert isinstance(close, CloseConnection)
-    assert close.code == 1002
-
-    pair = Pair()
-    pair.open()
-    pair.server.receive_data(b"\x81\x82\x00\x00\x00\x00\xc3\x28")  # text, invalid UTF-8
-    (closed,) = drain(pair.server)
-    assert isinstance(closed, Closed)
-    assert closed.code == 1007
-
-
-def test_an_unmasked_client_frame_is_a_protocol_error() -> None:
-    pair = Pair()
-    pair.open()
-    pair.server.receive_data(b"\x82\x01x")
-    (closed,) = drain(pair.server)
-    assert isinstance(closed, Closed)
-    assert closed.code == 1002
+    assert close.code == code
 
 
 def test_the_stream_ending_is_1006_once() -> None:

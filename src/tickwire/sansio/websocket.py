@@ -171,11 +171,6 @@ class Heartbeat:
         self._next_ping = now + self.interval
         return rtt
 
-    @property
-    def waiting(self) -> bool:
-        """Whether a ping waits for its pong."""
-        return self._ping is not None
-
 
 @attrs.define(eq=False)
 class ServerWebSocket:
@@ -204,7 +199,6 @@ class ServerWebSocket:
     clean: bool = attrs.field(init=False, default=False)  # both close frames crossed
     rtt: float | None = attrs.field(init=False, default=None)  # the last heartbeat's
     pongs: int = attrs.field(init=False, default=0)  # pongs that answered our pings
-    _head_at: float = attrs.field(init=False, default=0.0)
     _now: float = attrs.field(init=False, default=0.0)  # when the bytes being parsed came
     _head: bytearray = attrs.field(init=False, factory=bytearray)
     _requested: bool = attrs.field(init=False, default=False)
@@ -246,7 +240,7 @@ class ServerWebSocket:
         self._state = State.OPEN
         trailing, self._trailing = self._trailing, b""
         if trailing:  # frames sent before our answer
-            self._feed(trailing, self._head_at)
+            self._feed(trailing, self._now)
 
     def reject(
         self,
@@ -292,7 +286,7 @@ class ServerWebSocket:
             self._ended(ABNORMAL_CLOSURE, "connection lost", clean=False)
             return
         if self._state is State.HANDSHAKE:
-            self._head_at = now
+            self._now = now
             self._receive_head(data)
             return
         self._feed(data, now)
