@@ -330,7 +330,7 @@ async def test_a_pattern_resynchronises_its_topics_after_a_reset_connection(
             await messages(ticks, 2)
             assert served.server is not None
             (connection,) = served.server.connections
-            await trio.aclose_forcefully(connection.ws._stream)  # an abrupt reset
+            await connection.ws.aclose()  # an abrupt reset
             for i in range(2, 6):
                 hub.publish_nowait("ticks.A", i)
             await wait_until(lambda: client.statistics().reconnects == 1)

@@ -136,3 +136,57 @@ def test_the_package_has_no_import_cycles() -> None:
 def test_the_cycle_finder_finds_a_cycle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(graph) == [["a", "b", "c"]]
+
+
+# namedtuple's documented API, though spelled with an underscore
+NAMEDTUPLE_API = {"_replace", "_asdict", "_fields", "_make", "_field_defaults"}
+
+
+def _own_private_names() -> set[str]:
+    """Every underscored name tickwire itself defines: functions, attributes, fields, slots."""
+    names: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                names.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                names.add(node.target.id)
+                names.add(node.target.id.lstrip("_"))  # an attrs field's init argument
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                names.add(node.value)  # __slots__ entries
+    return {n for n in names if n.startswith("_")}
+
+
+def _foreign_private_names(tree: ast.AST, own: set[str], where: str) -> list[str]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and not (node.module or "").startswith("tickwire"):
+            found += [
+                f"{where}:{node.lineno} imports {a.name}" for a in node.names if a.name[0] == "_"
+            ]
+        elif (
+            isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and node.attr not in own
+        ):
+            found.append(f"{where}:{node.lineno} reads {ast.unparse(node)}")
+    return found
+
+
+def test_no_private_names_of_other_libraries() -> None:
+    """The package reads no underscored name it does not define itself (trio-websocket's
+    and wsproto's internals above all: issue 12), and imports none."""
+    own = _own_private_names() | NAMEDTUPLE_API
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        found += _foreign_private_names(ast.parse(path.read_text(), str(path)), own, path.name)
+    assert not found, found
+
+
+def test_the_private_name_check_sees_a_foreign_one() -> None:
+    code = "from wsproto.frame_protocol import _XOR_TABLE\nif ws._wsproto.state: pass\n"
+    found = _foreign_private_names(ast.parse(code), _own_private_names(), "x")
+    assert found == ["x:1 imports _XOR_TABLE", "x:2 reads ws._wsproto"]

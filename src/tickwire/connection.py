@@ -1,24 +1,29 @@
-"""One server connection: a nursery of reader, writer and heartbeat over trio-websocket.
+"""One server connection: the trio driver of a sans-I/O WebSocket and a session.
 
-Imports: trio, trio_websocket, wsproto, tickwire.sansio, tickwire.broadcast, tickwire.config.
+Imports: trio, socket, tickwire.sansio, tickwire.broadcast, tickwire.auth, tickwire.config.
 
-Theory of operation. trio-websocket does the handshake, reads frames and answers pings; its
-reader task runs in this connection's nursery. On top of it:
+Theory of operation. The protocol lives in pure objects: :class:`ServerWebSocket` (handshake,
+frames, control frames, the heartbeat's timing, on wsproto's public API) and
+:class:`~tickwire.sansio.Session` (tickwire's messages). This module moves bytes between
+them and a trio stream, with as few tasks as the moment needs:
 
-- the **reader** always drains trio-websocket's message queue (a full queue stops its
-  reader, and with it the pongs), applies the rate limits, feeds the sans-I/O
-  :class:`~tickwire.sansio.Session` and acts on the events;
-- the **writer** owns every data message: it takes ready-made frames from the outbox and
-  writes them straight to the byte stream under trio-websocket's own send lock, all that
-  has accumulated in one write, each write bounded by ``send_timeout``. Servers send
-  unmasked frames, so a broadcast frame is the same bytes for every subscriber;
-- the writer also keeps the **heartbeat**: it pings at an interval, drops a peer whose
-  pong is late and enforces the idle timeout (one task fewer on every connection, idle
-  ones included).
+- the **reader** is the connection's own task (the server's handler): it reads under one
+  deadline, the earliest of the heartbeat's (ping due, pong late, idle) and the
+  credentials' (AUTH not sent in time, expiry), applies the rate limits, feeds the session
+  and answers. An idle connection is this one task, blocked in ``receive_some``;
+- a **writer** task exists only while a backlog does (an outbox with frames, a tail owed,
+  held table deltas, a bandwidth cap's pause, a graceful goodbye): it takes the outbox's
+  frames, writes all that accumulated in one ``send_all`` bounded by ``send_timeout``,
+  and ends when nothing is left;
+- everything else is written **directly** from the task that produced it (the publisher's,
+  for a broadcast), with a synchronous non-blocking ``send`` when the socket has room: the
+  hub frames a broadcast once per variant (servers send unmasked frames, so the same bytes
+  go to every subscriber). What the socket does not take becomes the tail (see
+  :class:`WebSocket`), which control frames queue behind and the writer finishes.
 
-When any of them ends or fails, the others are cancelled, the subscriptions are removed,
-and the connection closes with the code that ended it (bounded in time). A bug in this
-connection closes it with 1011 and never reaches another connection.
+When the connection ends (its close code chosen by whoever ended it first), the writer is
+cancelled, the subscriptions are removed, and the closing handshake runs bounded in time.
+A bug in this connection closes it with 1011 and never reaches another connection.
 """
 
 from __future__ import annotations
@@ -27,16 +32,11 @@ import contextlib
 import logging
 import math
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
 import trio
-import trio_websocket
-import wsproto
-import wsproto.events
-import wsproto.utilities
-from wsproto.connection import ConnectionState
-from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
 from tickwire.auth import AuthenticationError, Principal, pattern_covers, seconds_until
 from tickwire.broadcast import (
@@ -75,60 +75,66 @@ from tickwire.sansio.framing import frame
 from tickwire.sansio.negotiation import Negotiated
 from tickwire.sansio.session import Role, Session
 from tickwire.sansio.table import Changes, encode_changes
+from tickwire.sansio.websocket import Closed, Heartbeat, Message, ServerWebSocket, State
 from tickwire.statistics import ServerCounters
 
-__all__ = ["PrefixedStream", "ServerConnection", "WebSocket", "wrap_server_stream"]
+__all__ = ["ServerConnection", "WebSocket", "close_handshake"]
 
 log = logging.getLogger("tickwire.server")
 
 MAX_RATE = 1000.0  # updates a second: the most a subscription's max_rate option may ask
 _POLICIES = {p.value: p for p in Overflow}
 CLOSE_TIMEOUT = 2.0  # seconds a close handshake may take before the stream is just closed
+RECEIVE_BYTES = 65536  # the most one read takes
 
 
-class WebSocket(trio_websocket.WebSocketConnection):
-    """trio-websocket's connection, with a frame limit and a direct, non-waiting write path.
+class WebSocket:
+    """The trio side of one server WebSocket: a :class:`ServerWebSocket` over a trio stream,
+    and the one write path every byte of the connection takes.
 
-    ``_fd`` is the socket's file descriptor while the stream is open (None for TLS and
-    in-memory streams, and from the moment the stream closes). ``_tail`` is the unsent rest
-    of a frame that a direct write could not finish: every sender, trio-websocket's own
-    (pongs, close frames) included, writes it first, under the send lock, so that no frame
-    ever interleaves with a half-written one.
+    ``tail`` holds bytes committed to the wire but not yet written: the rest of a frame that
+    a direct write could not finish, and control frames (pongs, pings, the close) queued
+    behind it. Whoever writes next writes the tail first, so no frame ever interleaves with a
+    half-written one. ``sending`` is true while a task waits in ``send_all``; no direct
+    write may start then.
+
+    ``sock`` is a second Python socket object on the stream's descriptor, for the
+    synchronous non-blocking ``send`` of the fast path (portable: no ``os.write``); it is
+    detached (never closed) before the stream closes, and is None for TLS and in-memory
+    streams, which take the writer's path.
     """
 
-    max_fragments = 64
-    _fragments = 0
-    _fd: int | None = None
-    _tail = b""
-    pong_received: Callable[[], None] | None = None  # the heartbeat's wake-up
+    __slots__ = ("core", "sending", "sock", "stream", "tail")
 
-    async def _handle_pong_event(self, event: wsproto.events.Pong) -> None:
-        await super()._handle_pong_event(event)
-        if self.pong_received is not None:
-            self.pong_received()
+    def __init__(self, stream: trio.abc.Stream, config: ServerConfig) -> None:
+        self.core = ServerWebSocket(
+            max_message_bytes=config.limits.max_message_bytes,
+            max_fragments=config.max_fragments,
+            heartbeat=Heartbeat(
+                config.heartbeat_interval, config.heartbeat_timeout, config.idle_timeout
+            ),
+        )
+        self.stream = stream
+        self.tail = b""
+        self.sending = False
+        self.sock: socket.socket | None = None
+        if isinstance(stream, trio.SocketStream):
+            inner = stream.socket
+            self.sock = socket.socket(inner.family, inner.type, inner.proto, inner.fileno())
 
-    async def _send(self, event: wsproto.events.Event) -> None:
-        # trio-websocket's _send, with the owed tail first.
-        if (
-            isinstance(event, wsproto.events.Ping | wsproto.events.Pong)
-            and self._wsproto.state is not ConnectionState.OPEN
-        ):
-            return  # closing: a ping's answer is no longer allowed, and nobody waits for it
-        data = self._wsproto.send(event)
-        async with self._stream_lock:
-            try:
-                if self._tail:
-                    tail, self._tail = self._tail, b""
-                    await self._stream.send_all(tail)
-                await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                await self._abort_web_socket()
-                assert self._close_reason is not None
-                raise trio_websocket.ConnectionClosed(self._close_reason) from None
+    def detach(self) -> None:
+        """Give up the descriptor (idempotent): from now on only the stream owns it."""
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            sock.detach()
 
-    async def _close_stream(self) -> None:
-        self._fd = None  # never write to a descriptor number that may be reused
-        await super()._close_stream()
+    async def receive(self) -> bytes | None:
+        """The next bytes from the peer; None when the stream ended or broke."""
+        try:
+            data = await self.stream.receive_some(RECEIVE_BYTES)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+        return bytes(data) or None
 
     def write_nowait(self, data: bytes) -> int:
         """Write what the socket takes now, without waiting, if nobody else is sending.
@@ -139,107 +145,67 @@ class WebSocket(trio_websocket.WebSocketConnection):
         Raises:
             OSError: the connection is broken.
         """
-        # wsproto's state, read without its two property calls (this runs once per
-        # subscriber per message; about 9% of a fan-out's CPU with 1,000 subscribers).
-        connection = self._wsproto.connection
-        if (
-            self._fd is None
-            or self._tail
-            or connection is None
-            or connection._state is not ConnectionState.OPEN
-            or self._stream_lock.locked()
-            or self._close_reason is not None
-        ):
+        sock = self.sock
+        if sock is None or self.tail or self.sending:
             return -1
         try:
-            sent = os.write(self._fd, data)
+            sent = sock.send(data)
         except BlockingIOError:
             return -1
         if sent < len(data):
-            self._tail = data[sent:]
+            self.tail = data[sent:]
         return sent
 
-    async def _handle_message_event(self, event: BytesMessage | TextMessage) -> None:
-        if self._close_reason is not None:
-            return  # closing: the rest of what came in one read is not read
-        if event.frame_finished and not event.message_finished:
-            self._fragments += 1
-            if self._fragments > self.max_fragments:
-                reason = f"more than {self.max_fragments} fragments in one message"
-                self._message_size, self._message_parts = 0, []
-                self._close_reason = trio_websocket.CloseReason(1009, reason)
-                await self._send(CloseConnection(code=1009, reason=reason))
-                await self._recv_channel.aclose()
-                self._reader_running = False
-                return
-        elif event.message_finished:
-            self._fragments = 0
-        await super()._handle_message_event(event)
+    def push(self, data: bytes) -> bool:
+        """Commit *data* (control frames) to the wire after whatever is owed: written now as
+        far as the socket takes it, the rest kept in the tail. Returns whether a tail is owed
+        (a writer must finish it).
 
-    async def _handle_close_connection_event(self, event: CloseConnection) -> None:
-        if self._wsproto.state is ConnectionState.OPEN and self._close_reason is None:
-            # Not a close frame from the peer: wsproto met a frame-level protocol error
-            # (bad opcode, reserved bits, a masked... ) and reports it as a close. Say so to
-            # the peer with the code it chose (1002, 1007) before the stream goes.
-            self._close_reason = trio_websocket.CloseReason(event.code, event.reason or None)
-            with contextlib.suppress(trio_websocket.ConnectionClosed):
-                reason = (event.reason or "")[:120]
-                await self._send(CloseConnection(code=event.code, reason=reason))
-        await super()._handle_close_connection_event(event)
+        Raises:
+            OSError: the connection is broken.
+        """
+        if self.write_nowait(data) < 0:
+            self.tail += data
+        return bool(self.tail)
 
+    async def send_all(self, data: bytes = b"") -> None:
+        """Write the tail, then *data*, waiting for room as needed (the caller bounds it).
 
-class PrefixedStream(trio.abc.Stream):
-    """A stream whose first received bytes are *prefix* (the request head the server read
-    itself, §2), then the rest of *stream*; everything else goes to *stream*."""
-
-    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
-        self.stream = stream
-        self._prefix = prefix
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if self._prefix:
-            await trio.lowlevel.checkpoint()
-            if max_bytes is None or max_bytes >= len(self._prefix):
-                data, self._prefix = self._prefix, b""
-            else:
-                data, self._prefix = self._prefix[:max_bytes], self._prefix[max_bytes:]
-            return data
-        return await self.stream.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        if isinstance(self.stream, trio.abc.HalfCloseableStream):
-            await self.stream.send_eof()
+        Raises:
+            trio.BrokenResourceError, trio.ClosedResourceError: the stream is gone.
+        """
+        self.sending = True
+        try:
+            while self.tail:  # control frames may join it while we wait
+                tail, self.tail = self.tail, b""
+                await self.stream.send_all(tail)
+            if data:
+                await self.stream.send_all(data)
+        finally:
+            self.sending = False
 
     async def aclose(self) -> None:
-        await self.stream.aclose()
+        """Close the stream at once (no close frame)."""
+        self.detach()
+        await trio.aclose_forcefully(self.stream)
 
 
-async def wrap_server_stream(
-    nursery: trio.Nursery, stream: trio.abc.Stream, config: ServerConfig
-) -> trio_websocket.WebSocketRequest:
-    """Start a server WebSocket on *stream*; return the client's handshake request.
-
-    What ``trio_websocket.wrap_server_stream`` does, with :class:`WebSocket` and the limits
-    of *config*. Its reader task runs in *nursery*.
-    """
-    ws = WebSocket(
-        stream,
-        wsproto.WSConnection(wsproto.ConnectionType.SERVER),
-        message_queue_size=4,
-        max_message_size=config.limits.max_message_bytes,
-    )
-    ws.max_fragments = config.max_fragments
-    inner = stream.stream if isinstance(stream, PrefixedStream) else stream
-    if isinstance(inner, trio.SocketStream):
-        ws._fd = inner.socket.fileno()
-    nursery.start_soon(ws._reader_task)
-    return await ws._get_request()
+async def close_handshake(ws: WebSocket, code: int, reason: str, timeout: float) -> None:
+    """Send the close frame (if the connection is still open), write what is owed and wait
+    for the peer's answer, all within *timeout* seconds; the stream stays open."""
+    core = ws.core
+    core.close(code, reason)
+    with trio.move_on_after(timeout):
+        data = core.data_to_send()
+        try:
+            await ws.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        while core.state is State.CLOSING:  # our close is out: read until its answer
+            received = await ws.receive()
+            core.receive_data(received, trio.current_time())
+            while core.events_received():
+                pass
 
 
 class ServerConnection:
@@ -247,7 +213,7 @@ class ServerConnection:
 
     # Thousands of these stay open at once, most of them idle: no per-instance dict.
     __slots__ = (
-        "_auth_changed",
+        "_auth_by",
         "_auth_pending",
         "_authorize",
         "_close",
@@ -257,18 +223,16 @@ class ServerConnection:
         "_expires",
         "_going_away",
         "_interrupted",
-        "_last_heard",
         "_latency",
-        "_next_ping",
         "_nursery",
         "_options",
-        "_ping",
+        "_pongs",
         "_rate",
         "_subscriptions",
         "_throttle",
         "_verify_token",
         "_wake",
-        "_watching",
+        "_writing",
         "bytes_in",
         "bytes_out",
         "closed",
@@ -312,9 +276,9 @@ class ServerConnection:
         self._authorize = authorize
         self._verify_token = verify_token
         self._auth_pending = auth_pending
-        self._auth_changed = trio.Event()
-        self._watching = False  # whether the credentials watcher task runs
-        self._nursery: trio.Nursery | None = None
+        self._auth_by = math.inf  # when AUTH must have come (set when the connection runs)
+        self._nursery: trio.Nursery | None = None  # where a writer starts, while running
+        self._writing = False  # whether a writer task runs
         self._expires: float | None = None  # on trio's clock
         self._set_principal(principal)
         self.variant = negotiated  # what the hub encodes for it
@@ -355,12 +319,7 @@ class ServerConnection:
         # Subscription options, by request id and then by topic id: (policy, interval).
         self._options: dict[int, tuple[Overflow | None, float | None]] = {}
         self._custom: dict[int, tuple[Overflow | None, float | None]] = {}
-        self._last_heard = trio.current_time()
-        # The heartbeat, kept by the writer: when to ping next, and the ping in flight
-        # (its pong's event, when it was sent).
-        self._next_ping = self._last_heard + config.heartbeat_interval
-        self._ping: tuple[trio.Event, float] | None = None
-        ws.pong_received = self._pong
+        self._pongs = 0  # the heartbeat's pongs already counted in the RTT histogram
         self.closed = trio.Event()
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
 
@@ -401,7 +360,7 @@ class ServerConnection:
                     outbox.hold(
                         topic_id, first, last, delta, interval=interval, now=trio.current_time()
                     )
-                    self._wake.set()
+                    self._kick()
                     return False
             if delta is not None and outbox.has_slot(topic_id):
                 # Being conflated: this delta merges too, never overtaking the merged set.
@@ -413,9 +372,9 @@ class ServerConnection:
                     overflow=overflow,
                     delta=delta,
                 )
-                self._wake.set()
+                self._kick()
                 return False
-        elif optional and (outbox.busy() or self.ws._tail):
+        elif optional and (outbox.busy() or self.ws.tail):
             return False
         throttle = self._throttle
         if not outbox.busy() and (
@@ -433,7 +392,7 @@ class ServerConnection:
                 self.messages_out += 1
                 self.bytes_out += sent
                 if sent < len(framed):
-                    self._wake.set()  # the writer finishes the frame
+                    self._kick()  # a writer finishes the frame
                 return True
         outbox.offer(
             framed,
@@ -444,7 +403,7 @@ class ServerConnection:
             delta=delta,
             stamp=published_at,
         )
-        self._wake.set()
+        self._kick()
         return False
 
     @property
@@ -476,7 +435,7 @@ class ServerConnection:
         return self._allowed("subscribe", topic.name)
 
     def busy(self) -> bool:
-        return self.outbox.busy() or bool(self.ws._tail)
+        return self.outbox.busy() or bool(self.ws.tail)
 
     def topic_added(self, topic: Topic, request_id: int) -> None:
         options = self._options.get(request_id)
@@ -518,7 +477,7 @@ class ServerConnection:
         """Close after the outbox drains (graceful shutdown)."""
         if self._going_away is None:
             self._going_away = (code, reason)
-            self._wake.set()
+            self._kick()
 
     def finish(self, code: int, reason: str = "") -> None:
         """End the connection now with close *code* (the first reason given wins)."""
@@ -534,28 +493,32 @@ class ServerConnection:
         self._expires = (
             None if expires_at is None else trio.current_time() + seconds_until(expires_at)
         )
-        self._auth_changed.set()
-        self._auth_changed = trio.Event()
-        if self._expires is not None and not self._watching and self._nursery is not None:
-            # Credentials that expire arrived by AUTH: watch them from now on (an idle
-            # connection without expiry runs no watcher task at all).
-            self._watching = True
-            self._nursery.start_soon(self._watch_credentials)
+
+    def _kick(self) -> None:
+        """A backlog exists: wake the writer, or start one."""
+        if self._writing:
+            self._wake.set()
+        elif self._nursery is not None and self._close is None:
+            self._writing = True
+            self._nursery.start_soon(self._writer)
 
     # -- the tasks ----------------------------------------------------------------------
 
     async def run(self, hello: Hello) -> None:
-        """Serve the connection until it ends; never raises but Cancelled."""
+        """Serve the connection until it ends; never raises but Cancelled. The calling task
+        is the reader; a writer runs beside it only while there is a backlog."""
+        now = trio.current_time()
+        self._auth_by = now + self.config.auth_timeout
+        self.ws.core.start(now)
         self.send(hello)
         self.hub.attach(self)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._reader)
-                nursery.start_soon(self._writer)
-                if self._auth_pending or self._expires is not None:
-                    self._watching = True
-                    nursery.start_soon(self._watch_credentials)
+                if self.busy() or self.outbox.pending():
+                    self._kick()
+                await self._reader()
+                nursery.cancel_scope.cancel()
         except Exception:  # a bug in this connection: it alone goes
             log.exception(
                 "connection %s failed; closing it with 1011",
@@ -564,6 +527,7 @@ class ServerConnection:
             )
             self.finish(1011, "internal error")
         finally:
+            self._nursery = None
             self.hub.remove(self)
             self._subscriptions.clear()
             with trio.CancelScope(shield=True):
@@ -572,20 +536,12 @@ class ServerConnection:
 
     async def _close_websocket(self) -> None:
         code, reason = self._close or (1000, "")
-        # A close frame already went out or came in (trio-websocket closes with 1009 on a
-        # message too large or too fragmented itself): a second one would be a protocol error.
-        if not self._interrupted and self.ws.closed is None:
-            with trio.move_on_after(CLOSE_TIMEOUT):
-                # Closing already (a race with the peer's close): no second frame.
-                with contextlib.suppress(wsproto.utilities.LocalProtocolError):
-                    await self.ws.aclose(code, reason[:120])
-        elif not self._interrupted:
-            # The peer closed (or trio-websocket did): its reader is sending the answering
-            # close frame; let it finish before the stream goes, or the peer waits for it.
-            with trio.move_on_after(CLOSE_TIMEOUT):
-                await self.ws._close_handshake.wait()
+        if not self._interrupted:
+            # Our close frame (none if one crossed already), after what is owed; then the
+            # peer's answer, bounded in time.
+            await close_handshake(self.ws, code, reason, CLOSE_TIMEOUT)
         # else a write was cut off mid-frame: no close frame can follow it.
-        await self.ws._close_stream()
+        await self.ws.aclose()
         log.debug(
             "connection %s closed: %s %s",
             self.id,
@@ -594,163 +550,159 @@ class ServerConnection:
             extra={"conn": self.id, "remote": self.remote, "code": code},
         )
 
+    def _credentials_deadline(self) -> float:
+        """When the credentials end the connection: AUTH not sent in time, or expiry."""
+        if self._auth_pending:
+            return self._auth_by
+        return math.inf if self._expires is None else self._expires
+
     async def _reader(self) -> None:
-        try:
-            while True:
-                message = await self.ws.get_message()
-                now = trio.current_time()
-                self._last_heard = now
-                self.messages_in += 1
-                self.bytes_in += len(message)
-                verdict = self._rate.check(now, len(message))
-                if verdict is not RateVerdict.OK:
-                    if verdict is RateVerdict.WARN:
-                        self.send(Error(None, ErrorCode.RATE_LIMITED, "rate limit exceeded"))
-                    elif verdict is RateVerdict.CLOSE:
-                        self.finish(1008, "rate limit exceeded")
-                    continue
-                try:
-                    self.session.receive_message(message)
-                except RemoteProtocolError as exc:
-                    self.finish(exc.close_code, str(exc))
+        """Read, answer and keep the heartbeat until the connection ends (``finish``)."""
+        ws = self.ws
+        core = ws.core
+        while True:
+            deadline = min(core.deadline(), self._credentials_deadline())
+            data: bytes | None = b""
+            with trio.move_on_at(deadline):
+                data = await ws.receive()
+            now = trio.current_time()
+            if data == b"":  # the deadline came first
+                if now >= self._credentials_deadline():
+                    if self._auth_pending:
+                        self.finish(4005, "authentication timeout")
+                    else:
+                        self.finish(4001, "authentication expired")
                     return
-                for event in self.session.events_received():
-                    await self._handle(event)
-        except trio_websocket.ConnectionClosed as exc:
-            reason = exc.reason
-            # The peer closed, or trio-websocket closed (1009 on size or fragments).
-            self.finish(reason.code if reason else 1006, (reason.reason or "") if reason else "")
+                core.tick(now, os.urandom(4))
+            else:
+                core.receive_data(data, now)
+            while True:
+                events = core.events_received()
+                for event in events:
+                    if isinstance(event, Message):
+                        await self._received(event.data, now)
+                    elif isinstance(event, Closed):
+                        self.finish(event.code, event.reason)
+                    if self._close is not None:
+                        break
+                self._send_control()
+                if self._close is not None:
+                    return
+                if not events:
+                    break
+            if core.pongs != self._pongs:
+                self._pongs = core.pongs
+                if core.rtt is not None:
+                    self.counters.heartbeat_rtt.observe(core.rtt)
+
+    def _send_control(self) -> None:
+        """Write the control frames the protocol object has to say (pongs, pings, close)."""
+        data = self.ws.core.data_to_send()
+        if not data:
+            return
+        try:
+            owed = self.ws.push(data)
+        except OSError:
+            self.finish(1006, "connection lost")
+            return
+        if owed:
+            self._kick()
+
+    async def _received(self, message: bytes | str, now: float) -> None:
+        """One whole message from the peer: rate limits, the session, the request."""
+        self.messages_in += 1
+        self.bytes_in += len(message)
+        verdict = self._rate.check(now, len(message))
+        if verdict is not RateVerdict.OK:
+            if verdict is RateVerdict.WARN:
+                self.send(Error(None, ErrorCode.RATE_LIMITED, "rate limit exceeded"))
+            elif verdict is RateVerdict.CLOSE:
+                self.finish(1008, "rate limit exceeded")
+            return
+        try:
+            self.session.receive_message(message)
+        except RemoteProtocolError as exc:
+            self.finish(exc.close_code, str(exc))
+            return
+        for event in self.session.events_received():
+            await self._handle(event)
+            if self._close is not None:
+                return
 
     async def _writer(self) -> None:
+        """Send the backlog until there is none (or the connection ends)."""
         ws, outbox = self.ws, self.outbox
-        while True:
-            if outbox.overflowed:
-                self.finish(4000, "slow consumer: outbox full")
-                return
-            now = trio.current_time()
-            if self._ping is not None and now >= self._ping[1] + self.config.heartbeat_timeout:
-                self.finish(4007, "heartbeat timeout")
-                return
-            if self._ping is None and now >= self._next_ping:
-                if not await self._heartbeat(now):
+        try:
+            while self._close is None:
+                if outbox.overflowed:
+                    self.finish(4000, "slow consumer: outbox full")
                     return
-                continue
-            if not outbox.pending(now) and not ws._tail:
-                if self._going_away is not None:
-                    if not outbox.pending():
-                        self.finish(*self._going_away)
-                        return
-                    now = math.inf  # send what rate limits hold back before leaving
-                else:
-                    self._wake = trio.Event()
-                    with trio.move_on_at(self._next_wake(outbox.next_due())):
-                        await self._wake.wait()
-                    continue
-            budget = math.inf
-            throttle = self._throttle
-            if throttle is not None and now != math.inf:
-                delay = throttle.delay(now)
-                if delay > 0:  # over the bandwidth cap: let the outbox's policies work
-                    await trio.sleep(delay)
-                    continue
-                budget = max(1.0, throttle.available(now))
-            taken = outbox.take(now, max_bytes=budget)
-            # Offsets dropped come before anything still queued of their topics (§4.9).
-            frames = [frame(self.session.send(Gap(*gap))) for gap in taken.gaps]
-            frames += taken.frames
-            for merged in taken.conflated:  # encoded for this subscriber alone
-                event = Data(merged.topic_id, merged.last, encode_changes(merged.changes))
-                frames.append(frame(self.session.send(event)))
-            self.messages_out += len(frames)
-            data = b"".join(frames)
-            if throttle is not None:
-                throttle.spend(trio.current_time(), len(data))
-            await self._write(data)
-            if taken.oldest is not None:
-                self._latency.observe(trio.current_time() - taken.oldest)
-            self._drained.set()
-            self._drained = trio.Event()
+                if not ws.core.open:
+                    return  # closing: the reader ends the connection
+                now = trio.current_time()
+                if not outbox.pending(now):
+                    if ws.tail:
+                        await self._write(b"")
+                        continue
+                    if self._going_away is not None:
+                        if not outbox.pending():
+                            self.finish(*self._going_away)
+                            return
+                        now = math.inf  # send what rate limits hold back before leaving
+                    elif not outbox.pending():
+                        return  # no backlog left: no writer either
+                    else:  # only held table deltas, due later
+                        due = outbox.next_due()
+                        self._wake = trio.Event()
+                        with trio.move_on_at(math.inf if due is None else due):
+                            await self._wake.wait()
+                        continue
+                budget = math.inf
+                throttle = self._throttle
+                if throttle is not None and now != math.inf:
+                    delay = throttle.delay(now)
+                    if delay > 0:  # over the bandwidth cap: let the outbox's policies work
+                        await trio.sleep(delay)
+                        continue
+                    budget = max(1.0, throttle.available(now))
+                taken = outbox.take(now, max_bytes=budget)
+                # Offsets dropped come before anything still queued of their topics (§4.9).
+                frames = [frame(self.session.send(Gap(*gap))) for gap in taken.gaps]
+                frames += taken.frames
+                for merged in taken.conflated:  # encoded for this subscriber alone
+                    event = Data(merged.topic_id, merged.last, encode_changes(merged.changes))
+                    frames.append(frame(self.session.send(event)))
+                self.messages_out += len(frames)
+                data = b"".join(frames)
+                if throttle is not None:
+                    throttle.spend(trio.current_time(), len(data))
+                await self._write(data)
+                if taken.oldest is not None:
+                    self._latency.observe(trio.current_time() - taken.oldest)
+                self._drained.set()
+                self._drained = trio.Event()
+        finally:
+            self._writing = False
 
     async def _write(self, data: bytes) -> None:
+        """Write the tail and *data* within ``send_timeout`` (else 4000, the stream dropped:
+        a frame may be cut off, so no close frame can follow)."""
         ws = self.ws
-        if ws._wsproto.state is not ConnectionState.OPEN:
-            self.finish(1000)
-            return
-        tail = b""
+        owed = len(ws.tail)
         with trio.move_on_after(self.config.send_timeout) as scope:
-            async with ws._stream_lock:
-                tail, ws._tail = ws._tail, b""
-                self._interrupted = True  # until send_all returns: cancelled, it stays so
-                try:
-                    await ws._stream.send_all(tail + data if tail else data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self.finish(1006, "connection lost")
-                    return
-                self._interrupted = False
+            self._interrupted = True  # until send_all returns: cancelled, it stays so
+            try:
+                await ws.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.finish(1006, "connection lost")
+                return
+            self._interrupted = False
         if scope.cancelled_caught:
-            # A partial frame may be out: no close frame can follow. Drop the stream.
             self._close = self._close or (4000, "slow consumer: send timed out")
-            await ws._close_stream()
+            await ws.aclose()
             self.finish(*self._close)
             return
-        self.bytes_out += len(tail) + len(data)  # the tail's frame was counted as a message
-
-    def _next_wake(self, due: float | None) -> float:
-        """When the idle writer must look again: a held delta, the next ping, or the
-        deadline of the pong it waits for."""
-        ping = (
-            self._next_ping
-            if self._ping is None
-            else self._ping[1] + (self.config.heartbeat_timeout)
-        )
-        return min(ping, math.inf if due is None else due)
-
-    async def _heartbeat(self, now: float) -> bool:
-        """Apply the idle timeout, then send a ping; False when the connection ends."""
-        idle = self.config.idle_timeout
-        if idle is not None and now - self._last_heard > idle:
-            self.finish(4006, "idle timeout")
-            return False
-        if self.ws._wsproto.state is not ConnectionState.OPEN:
-            self.finish(1000)  # closing: the reader reports how
-            return False
-        payload = os.urandom(4)
-        while payload in self.ws._pings:  # pragma: no cover - 1 in 2**32
-            payload = os.urandom(4)
-        event = trio.Event()
-        self.ws._pings[payload] = event  # trio-websocket sets it when the pong comes
-        self._ping = (event, now)
-        await self._write(self.ws._wsproto.send(wsproto.events.Ping(payload=payload)))
-        return self._close is None
-
-    def _pong(self) -> None:
-        """A pong arrived (trio-websocket's reader): the round trip, and the next ping."""
-        if self._ping is not None and self._ping[0].is_set():
-            now = trio.current_time()
-            self.counters.heartbeat_rtt.observe(now - self._ping[1])
-            self._ping = None
-            self._next_ping = now + self.config.heartbeat_interval
-            self._wake.set()
-
-    async def _watch_credentials(self) -> None:
-        """Close 4005 if AUTH never comes, 4001 when credentials expire unrefreshed."""
-        if self._auth_pending:
-            with trio.move_on_after(self.config.auth_timeout):
-                while self._auth_pending:
-                    await self._auth_changed.wait()
-            if self._auth_pending:
-                self.finish(4005, "authentication timeout")
-                return
-        while True:
-            changed = self._auth_changed
-            if self._expires is None:
-                await changed.wait()
-                continue
-            with trio.move_on_at(self._expires):
-                await changed.wait()
-                continue
-            self.finish(4001, "authentication expired")
-            return
+        self.bytes_out += owed + len(data)  # the tail's frame was counted as a message
 
     def _authenticate(self, event: Auth) -> None:
         if self._verify_token is None:

@@ -24,13 +24,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
-import trio_websocket
 
 from tickwire._groups import unwrapped
 from tickwire.auth import PENDING, Authenticator, Authorizer, HandshakeRequest, Refusal
 from tickwire.broadcast import Hub
 from tickwire.config import ServerConfig
-from tickwire.connection import PrefixedStream, ServerConnection, wrap_server_stream
+from tickwire.connection import CLOSE_TIMEOUT, ServerConnection, WebSocket, close_handshake
 from tickwire.errors import NegotiationError
 from tickwire.sansio.admission import (
     AdmissionControl,
@@ -43,10 +42,12 @@ from tickwire.sansio.events import Hello
 from tickwire.sansio.handshake import MAX_HEAD_BYTES, head_complete, head_problem, rejection
 from tickwire.sansio.negotiation import (
     NO_COMMON_SUBPROTOCOL,
+    Negotiated,
     NegotiationPolicy,
     select,
     token_from_offer,
 )
+from tickwire.sansio.websocket import Request
 from tickwire.statistics import ServerCounters, ServerStatistics, TopicStatistics
 
 __all__ = [
@@ -87,6 +88,15 @@ def _query_number(target: str, name: str) -> float | None:
     except ValueError:
         return None
     return number if number is not None and 0 < number < math.inf else None
+
+
+async def _answer(ws: WebSocket) -> bool:
+    """Write the handshake's answer (a 101, or a refusal); False if the peer is gone."""
+    try:
+        await ws.send_all(ws.core.data_to_send())
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return False
+    return True
 
 
 def _bearer(headers: Sequence[tuple[str, str]], subprotocols: Sequence[str]) -> str | None:
@@ -301,21 +311,15 @@ class Server:
         # The address the admission counts it under (a proxy's client), and whether it
         # counts as established yet (a handshake in progress does not hold a connection).
         counted: list[Any] = [remote, False]
+        ws = WebSocket(stream, self.config)
         try:
-            async with trio.open_nursery() as nursery:
-                accepted = await self._handshake(
-                    nursery,
-                    stream,
-                    counted,
-                    admission.admitted,
-                    admission.reason,
-                    admission.retry_after,
-                )
-                # The handshake's request, headers and principal lookups are gone with its
-                # frame: an idle connection keeps only what it needs.
-                if accepted is not None:
-                    await self._supervise(*accepted)
-                nursery.cancel_scope.cancel()  # trio-websocket's reader, if still there
+            accepted = await self._handshake(
+                ws, counted, admission.admitted, admission.reason, admission.retry_after
+            )
+            # The handshake's request, headers and principal lookups are gone with its
+            # frame: an idle connection keeps only what it needs, and is this one task.
+            if accepted is not None:
+                await self._supervise(*accepted)
         except Exception:
             log.exception(
                 "connection from %s failed during the handshake", remote, extra={"remote": remote}
@@ -324,12 +328,11 @@ class Server:
             if admission.admitted:
                 self.admission.release(counted[0], established=counted[1])
             with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(stream)
+                await ws.aclose()
 
     async def _handshake(
         self,
-        nursery: trio.Nursery,
-        stream: trio.abc.Stream,
+        ws: WebSocket,
         counted: list[Any],
         admitted: bool,
         refusal: str,
@@ -339,7 +342,8 @@ class Server:
         compresses, or None when refused (the refusal already sent)."""
         config = self.config
         remote = counted[0]
-        ws: trio_websocket.WebSocketConnection | None = None
+        stream, core = ws.stream, ws.core
+        request: Request | None = None
         with trio.move_on_after(config.handshake_timeout) as scope:
             head = await self._read_head(stream)
             if head is None:
@@ -350,20 +354,20 @@ class Server:
                 with trio.move_on_after(1.0):
                     await stream.send_all(rejection(problem))
                 return None
-            try:
-                request = await wrap_server_stream(nursery, PrefixedStream(stream, head), config)
-            except trio_websocket.ConnectionClosed:
+            core.receive_data(head, trio.current_time())
+            request = next((e for e in core.events_received() if isinstance(e, Request)), None)
+            if request is None:  # refused by wsproto's checks (400, 426): say why
+                self._refused("bad_request", remote, 400)
+                await _answer(ws)
                 return None
-        if scope.cancelled_caught:
+        if scope.cancelled_caught or request is None:
             log.debug("handshake timeout from %s", remote, extra={"remote": remote})
             return None
+        headers = request.headers
+        negotiated: Negotiated | None = None
         with trio.move_on_after(config.handshake_timeout):
             if admitted and self._trusted:
-                forwarded = ", ".join(
-                    v.decode("latin-1")
-                    for k, v in request.headers
-                    if k.lower() == b"x-forwarded-for"
-                )
+                forwarded = ", ".join(v for k, v in headers if k == "x-forwarded-for")
                 client = client_address(remote, forwarded or None, self._trusted)
                 moved = self.admission.readdress(remote, client)
                 if moved.admitted:
@@ -380,28 +384,27 @@ class Server:
             if not admitted or not self.ready:
                 why = refusal or "server shutting down"
                 self._refused(_ADMISSION_LABELS.get(refusal, "shutting_down"), remote, 503)
-                await request.reject(
+                core.reject(
                     503,
-                    extra_headers=[(b"Retry-After", f"{max(1, round(retry_after))}".encode())],
                     body=why.encode(),
+                    headers=[(b"Retry-After", f"{max(1, round(retry_after))}".encode())],
                 )
+                await _answer(ws)
                 return None
-            headers = tuple(
-                (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.headers
-            )
-            offered = request.proposed_subprotocols
+            offered = request.subprotocols
             origin = next((v for k, v in headers if k == "origin"), None)
             if not origin_allowed(
                 origin, config.allowed_origins, allow_missing=config.allow_missing_origin
             ):
                 self._refused("origin", remote, 403)
-                await request.reject(403, body=b"origin not allowed")
+                core.reject(403, body=b"origin not allowed")
+                await _answer(ws)
                 return None
             principal: Any = None
             pending = False
             if self._authenticate is not None:
                 info = HandshakeRequest(
-                    request.path, headers, offered, remote, _bearer(headers, offered)
+                    request.target, headers, offered, remote, _bearer(headers, offered)
                 )
                 principal = await self._authenticate(info)
                 if principal is PENDING:
@@ -410,21 +413,24 @@ class Server:
                     refusal_ = principal or Refusal()
                     label = "forbidden" if refusal_.status == 403 else "unauthorized"
                     self._refused(label, remote, refusal_.status)
-                    await request.reject(refusal_.status, body=refusal_.reason.encode())
+                    core.reject(refusal_.status, body=refusal_.reason.encode())
+                    await _answer(ws)
                     return None
             try:
-                negotiated = select(offered, self.negotiation)
+                chosen = select(offered, self.negotiation)
             except NegotiationError as exc:
                 self._refused("subprotocol", remote, 101)
-                ws = await request.accept()
-                await ws.aclose(NO_COMMON_SUBPROTOCOL, str(exc)[:120])
+                core.accept()
+                await close_handshake(ws, NO_COMMON_SUBPROTOCOL, str(exc), CLOSE_TIMEOUT)
                 return None
-            ws = await request.accept(subprotocol=negotiated.subprotocol)
-        if ws is None:  # the handshake timed out while answering
+            core.accept(subprotocol=chosen.subprotocol)
+            if await _answer(ws):
+                negotiated = chosen
+        if negotiated is None:  # the handshake timed out (or the peer left) while answering
             return None
         connection = ServerConnection(
-            ws,  # type: ignore[arg-type]
-            send_bytes_per_second=_query_number(request.path, "max_bandwidth"),
+            ws,
+            send_bytes_per_second=_query_number(request.target, "max_bandwidth"),
             hub=self.hub,
             config=config,
             negotiated=negotiated,
