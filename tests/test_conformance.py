@@ -3,8 +3,9 @@
 - kosoku's fuzzing server against the WebSocket transport of tickwire's client:
   trio-websocket opened as :mod:`tickwire.client` opens it (its own stream, closed by us,
   a message queue of 16), echoing every message;
-- kosoku's fuzzing client against the server's core, :mod:`tickwire.sansio.websocket`,
-  under a small trio echo loop (:func:`echo_server_core`).
+- kosoku's fuzzing client against a real tickwire server's opt-in echo endpoint
+  (``ServerConfig.echo_path``): the same connection code as tickwire's own connections
+  (:mod:`tickwire.connection` driving :mod:`tickwire.sansio.websocket`).
 
 kosoku is asyncio-based; it runs as its own process (its CLI). Excluded, and why: 12.* and
 13.*, permessage-deflate. tickwire compresses by subprotocol (zstd, in its own envelope)
@@ -14,23 +15,25 @@ kosoku counts as not passed.
 The 9.* cases send messages of up to 16 MiB; the client's default limit (1 MiB) closes
 those with 1009, as it is meant to, so both runs raise the limit to show the framing, not
 the limit, at work. NON-STRICT (conformant, a SHOULD not met): only the client's cases
-listed in :data:`NON_STRICT`, with the reason; none for the server's core.
+listed in :data:`NON_STRICT`, with the reason; none for the server.
 """
 
 from __future__ import annotations
 
-import functools
 import json
+import logging
 import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import trio
 import trio_websocket
 
 from tests.realredis import free_port
-from tickwire.sansio.framing import frame
-from tickwire.sansio.websocket import Message, Request, ServerWebSocket, State
+from tickwire.broadcast import Hub
+from tickwire.config import Limits, ServerConfig
+from tickwire.server import open_server
 
 # The cases that may come out NON-STRICT, and why. In each, a valid message is followed by
 # a frame that fails the connection; when both come in one read, trio-websocket's reader
@@ -119,55 +122,34 @@ async def test_the_client_transport_passes_autobahn(tmp_path: Path) -> None:
     check_reports(reports, code, said, NON_STRICT)
 
 
-async def echo_server_core(stream: trio.abc.Stream) -> None:
-    """tickwire's server core (tickwire.sansio.websocket) on *stream*, echoing every
-    message; the close handshake bounded to 2 s, then the stream closed."""
-    ws = ServerWebSocket(max_message_bytes=BIG, max_fragments=1_000_000)
-    try:
-        while ws.state is not State.CLOSED:
-            if ws.state is State.CLOSING:
-                with trio.move_on_after(2):
-                    data = await stream.receive_some(65536)
-                if ws.state is not State.CLOSING or not data:
-                    break
-            else:
-                data = await stream.receive_some(65536)
-            ws.receive_data(bytes(data) or None)
-            while True:  # a message at a time, each answered before the next is parsed
-                events = ws.events_received()
-                echoes = []
-                for event in events:
-                    if isinstance(event, Request):
-                        ws.accept()
-                    elif isinstance(event, Message) and ws.open:
-                        echoes.append(frame(event.data))
-                out = ws.data_to_send() + b"".join(echoes)
-                if out:
-                    await stream.send_all(out)
-                if not events:
-                    break
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    finally:
-        await trio.aclose_forcefully(stream)
+# The echo endpoint as the test configures it: limits raised above the 9.* cases' sizes and
+# rates; everything else is the server's own connection code.
+ECHO_CONFIG = ServerConfig(
+    limits=Limits.for_message_bytes(BIG),
+    max_fragments=1_000_000,
+    messages_per_second=1e9,
+    bytes_per_second=1e12,
+    outbox_max_bytes=4 * BIG,
+    outbox_max_messages=1_000_000,
+    echo_path="/",
+)
 
 
-async def test_the_server_core_passes_autobahn(tmp_path: Path) -> None:
+async def test_the_server_passes_autobahn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     kosoku = shutil.which("kosoku")
     assert kosoku is not None, "kosoku is in the dev extra: pip install -e '.[dev]'"
     reports = tmp_path / "reports"
-    async with trio.open_nursery() as nursery:
-        (listener,) = await nursery.start(
-            functools.partial(trio.serve_tcp, echo_server_core, 0, host="127.0.0.1")
-        )
-        port = listener.socket.getsockname()[1]
-        command = [kosoku, f"127.0.0.1:{port}", "-o", str(reports), "-p", "2"]
+    async with open_server(Hub(), "127.0.0.1", 0, config=ECHO_CONFIG) as server:
+        command = [kosoku, f"127.0.0.1:{server.port}", "-o", str(reports), "-p", "2"]
         command += ["-x", "12.*", "-x", "13.*"]
         with trio.fail_after(600):
             result = await trio.run_process(
                 command, capture_stdout=True, capture_stderr=True, check=False
             )
-        nursery.cancel_scope.cancel()
+        assert server.counters.connections_opened > 250
+        assert not server.connections  # every one of them ended
+    # ... and none by a failure of the server (it would be logged as an error).
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     check_reports(reports, result.returncode, result.stderr, SERVER_NON_STRICT)
 
 

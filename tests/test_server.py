@@ -12,7 +12,15 @@ import trio
 import trio_websocket
 import trustme
 import websockets.sync.client
-from wsproto.events import AcceptConnection, BytesMessage, Ping, Pong, RejectConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    RejectConnection,
+    TextMessage,
+)
 
 from tests.helpers import Client, RawClient, connect, handshake
 from tickwire.broadcast import Hub
@@ -29,7 +37,13 @@ from tickwire.sansio import (
     Subscribed,
     client_offer,
 )
-from tickwire.sansio.negotiation import JSON, MSGPACK, MSGPACK_ZSTD, Negotiated
+from tickwire.sansio.negotiation import (
+    JSON,
+    MSGPACK,
+    MSGPACK_ZSTD,
+    NO_COMMON_SUBPROTOCOL,
+    Negotiated,
+)
 from tickwire.sansio.session import decode_message
 from tickwire.server import HandshakeRequest, Refusal, Server, open_server
 
@@ -371,6 +385,47 @@ async def _read_all(
                 received += [e.payload for e in client.events_received() if isinstance(e, Data)]
 
 
+async def test_a_close_while_a_frame_is_half_written_finishes_the_frame_first() -> None:
+    """The peer closes while the server is mid-frame (a tail owed, the writer waiting for
+    room): the rest of that frame goes out, then the answering close frame, cleanly."""
+    config = ServerConfig(outbox_max_bytes=32 * 1024 * 1024, outbox_max_messages=100_000)
+    hub = Hub()
+    async with open_server(hub, "127.0.0.1", 0, config=config) as server:
+        raw = await raw_tcp_client(server.port)
+        subscribe_message = Session(Role.CLIENT, Negotiated.of(MSGPACK)).send(Subscribe(1, "big"))
+        assert isinstance(subscribe_message, bytes)
+        await raw.send_bytes(subscribe_message)
+        await raw.messages(2)
+        (connection,) = server.connections
+        for i in range(2000):  # 8 MB without yielding: the socket fills mid-frame
+            hub.publish_nowait("big", i.to_bytes(4, "big") * 1024)
+        assert connection.ws.tail
+        client = Session(Role.CLIENT, Negotiated.of(MSGPACK))
+        received: list[bytes] = []
+        closing = False
+        with trio.fail_after(30):
+            while True:  # wsproto fails on a cut frame: every frame here is whole
+                if len(received) == 10 and not closing:  # the writer is in a big write now
+                    closing = True
+                    await raw.stream.send_all(raw.ws.send(CloseConnection(1000)))
+                event = await raw.next_event()
+                if isinstance(event, CloseConnection):
+                    break
+                parts = [bytes(event.data)]
+                while not event.message_finished:
+                    event = await raw.next_event()
+                    assert isinstance(event, BytesMessage), event  # not a cut-off frame
+                    parts.append(bytes(event.data))
+                client.receive_message(b"".join(parts))
+                received += [e.payload for e in client.events_received() if isinstance(e, Data)]
+        assert event.code == 1000
+        assert received == [i.to_bytes(4, "big") * 1024 for i in range(len(received))]
+        with trio.fail_after(5):
+            await connection.closed.wait()
+        assert connection.close_code == 1000
+        await raw.stream.aclose()
+
+
 async def test_behind_a_trusted_proxy_the_forwarded_client_is_the_one_limited() -> None:
     config = ServerConfig(max_connections_per_address=1, trusted_proxies=["127.0.0.1"])
     async with open_server(Hub(), "127.0.0.1", 0, config=config) as server:
@@ -440,3 +495,26 @@ async def test_a_failure_delivering_to_one_subscriber_closes_it_alone_with_1011(
     assert hub.internal_errors == 1
     assert "delivery to a subscriber failed; closing it with 1011" in caplog.text
     assert "injected delivery bug" in caplog.text
+
+
+async def test_the_echo_endpoint_is_off_by_default_and_echoes_when_on() -> None:
+    async with open_server(Hub(), "127.0.0.1", 0) as server:
+        raw = RawClient(await trio.open_tcp_stream("127.0.0.1", server.port))
+        assert isinstance(await raw.handshake(["plain"], target="/echo"), AcceptConnection)
+        assert await raw.close_code() == NO_COMMON_SUBPROTOCOL  # a tickwire endpoint
+        await raw.stream.aclose()
+    config = ServerConfig(echo_path="/echo")
+    async with open_server(Hub(), "127.0.0.1", 0, config=config) as server:
+        raw = RawClient(await trio.open_tcp_stream("127.0.0.1", server.port))
+        accepted = await raw.handshake(["plain"], target="/echo?run=1")
+        assert isinstance(accepted, AcceptConnection)
+        assert accepted.subprotocol is None
+        await raw.stream.send_all(raw.ws.send(TextMessage("héllo")))
+        await raw.send_bytes(b"\x00\xff" * 300, fragments=3)
+        assert await raw.messages(2) == ["héllo", b"\x00\xff" * 300]  # no HELLO first
+        assert server.hub.subscriber_count() == 0
+        tickwire = await raw_tcp_client(server.port)  # "/": tickwire's own, HELLO and all
+        await raw.stream.send_all(raw.ws.send(CloseConnection(1000)))
+        assert await raw.close_code() == 1000
+        await raw.stream.aclose()
+        await tickwire.stream.aclose()

@@ -65,6 +65,13 @@ def _optional_positive(_: object, attribute: attrs.Attribute[float | None], valu
         raise ValueError(f"{attribute.name} must be a positive number of seconds or None")
 
 
+def _path(_: object, attribute: attrs.Attribute[str | None], value: object) -> None:
+    if value is not None and (
+        not isinstance(value, str) or not value.startswith("/") or "?" in value
+    ):
+        raise ValueError(f"{attribute.name} must be a path such as /echo, or None")
+
+
 def _origins(origins: Iterable[str] | None) -> tuple[str, ...] | None:
     return None if origins is None else tuple(origins)
 
@@ -126,6 +133,10 @@ class ServerConfig:
         unknown_topics: what a SUBSCRIBE to a topic that does not exist gets: ``"wait"``
             (subscribed, and SUBSCRIBED says the topic is unknown, with the names it looks
             like: it may appear later) or ``"refuse"`` (ERROR 404, with the same hint).
+        echo_path: a path (``/echo``) where the server accepts plain WebSocket connections
+            that echo every message back, on the same connection code as tickwire's own,
+            for conformance testing (the Autobahn testsuite, docs/conformance.md), or None
+            (the default: no such endpoint). Its connections obey the limits above.
     """
 
     limits: Limits = attrs.field(factory=lambda: Limits.for_message_bytes(64 * KiB))
@@ -160,6 +171,7 @@ class ServerConfig:
     unknown_topics: str = attrs.field(
         default="wait", validator=attrs.validators.in_(("wait", "refuse"))
     )
+    echo_path: str | None = attrs.field(default=None, validator=_path)
 
     def __attrs_post_init__(self) -> None:
         for pattern in self.client_publish:

@@ -171,18 +171,49 @@ class WebSocket:
     async def send_all(self, data: bytes = b"") -> None:
         """Write the tail, then *data*, waiting for room as needed (the caller bounds it).
 
+        On a socket, a cancelled write leaves exactly what was not written in the tail, so
+        the stream stays whole: the close frame can still follow it. On other streams a
+        cancelled ``send_all`` may have written part of a frame (the caller then drops the
+        stream).
+
         Raises:
             trio.BrokenResourceError, trio.ClosedResourceError: the stream is gone.
         """
         self.sending = True
         try:
-            while self.tail:  # control frames may join it while we wait
-                tail, self.tail = self.tail, b""
-                await self.stream.send_all(tail)
-            if data:
-                await self.stream.send_all(data)
+            if self.sock is None:
+                while self.tail:  # control frames may join it while we wait
+                    tail, self.tail = self.tail, b""
+                    await self.stream.send_all(tail)
+                if data:
+                    await self.stream.send_all(data)
+                return
+            if self.tail:
+                data, self.tail = self.tail + data, b""
+            while data:
+                await self._send_socket(data)
+                data, self.tail = self.tail, b""  # control frames that came meanwhile
         finally:
             self.sending = False
+
+    async def _send_socket(self, data: bytes) -> None:
+        """Write *data* to the socket, waiting for room. Cancelled, the part not written
+        goes back to the front of the tail."""
+        sock = self.sock
+        assert sock is not None
+        view, offset = memoryview(data), 0
+        try:
+            while offset < len(data):
+                try:
+                    offset += sock.send(view[offset:])
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+                except OSError as exc:
+                    raise trio.BrokenResourceError(str(exc)) from exc
+        finally:
+            view.release()
+            if offset < len(data):
+                self.tail = data[offset:] + self.tail
 
     async def aclose(self) -> None:
         """Close the stream at once (no close frame)."""
@@ -238,6 +269,7 @@ class ServerConnection:
         "closed",
         "config",
         "counters",
+        "echo",
         "hub",
         "id",
         "messages_in",
@@ -264,8 +296,10 @@ class ServerConnection:
         remote: str = "",
         send_bytes_per_second: float | None = None,
         counters: ServerCounters | None = None,
+        echo: bool = False,
     ) -> None:
         self.id = os.urandom(6).hex()
+        self.echo = echo  # the opt-in echo endpoint (ServerConfig.echo_path): no session
         self.counters = counters or ServerCounters()
         self._latency = hub.publish_to_send
         self.ws = ws
@@ -504,14 +538,16 @@ class ServerConnection:
 
     # -- the tasks ----------------------------------------------------------------------
 
-    async def run(self, hello: Hello) -> None:
+    async def run(self, hello: Hello | None) -> None:
         """Serve the connection until it ends; never raises but Cancelled. The calling task
-        is the reader; a writer runs beside it only while there is a backlog."""
+        is the reader; a writer runs beside it only while there is a backlog. An echo
+        connection gets no HELLO (*hello* None) and is no subscriber of the hub."""
         now = trio.current_time()
         self._auth_by = now + self.config.auth_timeout
         self.ws.core.start(now)
-        self.send(hello)
-        self.hub.attach(self)
+        if hello is not None:
+            self.send(hello)
+            self.hub.attach(self)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -577,7 +613,10 @@ class ServerConnection:
             else:
                 core.receive_data(data, now)
             while True:
+                # Parsed a message at a time: what the protocol says first (a pong for a
+                # ping read before the message ends, the close for a bad frame) goes first.
                 events = core.events_received()
+                self._send_control()
                 for event in events:
                     if isinstance(event, Message):
                         await self._received(event.data, now)
@@ -614,10 +653,13 @@ class ServerConnection:
         self.bytes_in += len(message)
         verdict = self._rate.check(now, len(message))
         if verdict is not RateVerdict.OK:
-            if verdict is RateVerdict.WARN:
+            if verdict is RateVerdict.WARN and not self.echo:
                 self.send(Error(None, ErrorCode.RATE_LIMITED, "rate limit exceeded"))
             elif verdict is RateVerdict.CLOSE:
                 self.finish(1008, "rate limit exceeded")
+            return
+        if self.echo:
+            self.deliver_nowait(frame(message))  # text as text, binary as binary
             return
         try:
             self.session.receive_message(message)
@@ -685,12 +727,13 @@ class ServerConnection:
             self._writing = False
 
     async def _write(self, data: bytes) -> None:
-        """Write the tail and *data* within ``send_timeout`` (else 4000, the stream dropped:
-        a frame may be cut off, so no close frame can follow)."""
+        """Write the tail and *data* within ``send_timeout`` (else 4000, and the stream is
+        dropped: the peer is not reading, a close frame would wait behind the rest)."""
         ws = self.ws
         owed = len(ws.tail)
         with trio.move_on_after(self.config.send_timeout) as scope:
-            self._interrupted = True  # until send_all returns: cancelled, it stays so
+            # Until send_all returns; cancelled, it stays so (a socket's tail stays whole).
+            self._interrupted = ws.sock is None
             try:
                 await ws.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -41,6 +41,7 @@ from tickwire.sansio.admission import (
 from tickwire.sansio.events import Hello
 from tickwire.sansio.handshake import MAX_HEAD_BYTES, head_complete, head_problem, rejection
 from tickwire.sansio.negotiation import (
+    MSGPACK,
     NO_COMMON_SUBPROTOCOL,
     Negotiated,
     NegotiationPolicy,
@@ -416,14 +417,21 @@ class Server:
                     core.reject(refusal_.status, body=refusal_.reason.encode())
                     await _answer(ws)
                     return None
-            try:
-                chosen = select(offered, self.negotiation)
-            except NegotiationError as exc:
-                self._refused("subprotocol", remote, 101)
+            echo = config.echo_path is not None and (
+                request.target.partition("?")[0] == config.echo_path
+            )
+            if echo:  # plain WebSocket, no subprotocol: what it is sent, it sends back
+                chosen = Negotiated.of(MSGPACK)  # unused: it is sent no tickwire message
                 core.accept()
-                await close_handshake(ws, NO_COMMON_SUBPROTOCOL, str(exc), CLOSE_TIMEOUT)
-                return None
-            core.accept(subprotocol=chosen.subprotocol)
+            else:
+                try:
+                    chosen = select(offered, self.negotiation)
+                except NegotiationError as exc:
+                    self._refused("subprotocol", remote, 101)
+                    core.accept()
+                    await close_handshake(ws, NO_COMMON_SUBPROTOCOL, str(exc), CLOSE_TIMEOUT)
+                    return None
+                core.accept(subprotocol=chosen.subprotocol)
             if await _answer(ws):
                 negotiated = chosen
         if negotiated is None:  # the handshake timed out (or the peer left) while answering
@@ -440,6 +448,7 @@ class Server:
             auth_pending=pending,
             remote=remote,
             counters=self.counters,
+            echo=echo,
         )
         log.debug(
             "connection %s from %s: %s",
@@ -471,7 +480,7 @@ class Server:
         self.connections[connection] = None
         self._idle = trio.Event() if len(self.connections) == 1 else self._idle
         try:
-            await connection.run(self._hello(compression))
+            await connection.run(None if connection.echo else self._hello(compression))
         finally:
             del self.connections[connection]
             self._absorb(connection)

@@ -169,6 +169,11 @@ _OWN: Final = [
     Setting("log_format", str, _S, "text, or json lines", "text", ("text", "json")),
 ]
 
+
+def _optional_str(text: str) -> str | None:
+    return None if text in ("", "off") else text
+
+
 _SERVER_TYPES: Final[dict[str, tuple[Callable[[str], Any], tuple[type, ...]]]] = {
     "int": (_int, _I),
     "float": (_number, _N),
@@ -177,6 +182,7 @@ _SERVER_TYPES: Final[dict[str, tuple[Callable[[str], Any], tuple[type, ...]]]] =
     "tuple[str, ...] | None": (_words, _L),
     "tuple[str, ...]": (_patterns, _L),
     "str": (str, _S),
+    "str | None": (_optional_str, _S),
 }
 
 
@@ -192,7 +198,7 @@ def _server_settings() -> list[Setting]:
             default = None
         text = docs.get(field.name, "")
         # What the docstring calls None, a flag spells: "off" for a number, empty for a list.
-        nothing = "off" if parse in (_optional_number, _optional_int) else "empty"
+        nothing = "off" if parse in (_optional_number, _optional_int, _optional_str) else "empty"
         text = text.replace("or None", f"or {nothing}")
         choices = ("wait", "refuse") if field.name == "unknown_topics" else None
         out.append(Setting(field.name, parse, toml_types, text, default, choices, server=True))
