@@ -37,6 +37,7 @@ from tickwire.sansio import (
     Subscribed,
     client_offer,
 )
+from tickwire.sansio.fanout import Outbox
 from tickwire.sansio.negotiation import (
     JSON,
     MSGPACK,
@@ -184,8 +185,10 @@ async def test_authentication_hook() -> None:
         async with connect(server.port, offer=client_offer(token="good")) as c:
             assert isinstance(await c.receive(), Hello)
             assert c.ws.subprotocol == MSGPACK_ZSTD  # never the credential offer
-        (connection,) = server.connections
-        assert connection.principal == {"user": "ann"}
+            # Open (the first one may be closing still): both are ann's.
+            principals = [connection.principal for connection in server.connections]
+            assert principals
+            assert all(p == {"user": "ann"} for p in principals)
     assert seen[-1].remote == "127.0.0.1"
     assert seen[-1].path == "/"
 
@@ -495,6 +498,44 @@ async def test_a_failure_delivering_to_one_subscriber_closes_it_alone_with_1011(
     assert hub.internal_errors == 1
     assert "delivery to a subscriber failed; closing it with 1011" in caplog.text
     assert "injected delivery bug" in caplog.text
+
+
+class _BrokenOutbox(Outbox):
+    """An outbox whose writer side raises: a bug in that connection's writer task."""
+
+    def take(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("injected writer bug")
+
+
+async def test_a_failure_in_a_writer_closes_its_connection_alone_with_1011(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The writer runs in the server's connection nursery: its bug must stay its own (an
+    escaping exception there would stop the server)."""
+    hub = Hub()
+    hub.publish_nowait("t", 0)
+    async with open_server(hub, "127.0.0.1", 0) as server:
+        async with connect(server.port) as broken, connect(server.port) as healthy:
+            for client in (broken, healthy):
+                await client.send(Subscribe(1, "t"))
+                while not isinstance(await client.receive(), Ack):
+                    pass
+            victim, _ = list(server.connections)
+            outbox = _BrokenOutbox(max_bytes=1 << 20, max_items=100)
+            outbox.offer(b"\x82\x00")  # queued: the next message waits for a writer
+            victim.outbox = outbox
+            hub.publish_nowait("t", 1)
+            assert isinstance(await healthy.receive(), Data)
+            with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                await _until_closed(broken)
+            assert closed.value.reason.code == 1011
+            assert victim.close_code == 1011
+            hub.publish_nowait("t", 2)
+            assert isinstance(await healthy.receive(), Data)
+        async with connect(server.port) as later:  # the server still serves
+            assert isinstance(await later.receive(), Hello)
+    assert "failed in its writer; closing it with 1011" in caplog.text
+    assert "injected writer bug" in caplog.text
 
 
 async def test_the_echo_endpoint_is_off_by_default_and_echoes_when_on() -> None:

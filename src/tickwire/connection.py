@@ -248,9 +248,11 @@ class ServerConnection:
         "_auth_pending",
         "_authorize",
         "_close",
+        "_closed",
         "_created",
         "_custom",
         "_drained",
+        "_ended",
         "_expires",
         "_going_away",
         "_interrupted",
@@ -259,14 +261,16 @@ class ServerConnection:
         "_options",
         "_pongs",
         "_rate",
+        "_scope",
         "_subscriptions",
         "_throttle",
         "_verify_token",
         "_wake",
+        "_writer_done",
+        "_writer_scope",
         "_writing",
         "bytes_in",
         "bytes_out",
-        "closed",
         "config",
         "counters",
         "echo",
@@ -312,7 +316,10 @@ class ServerConnection:
         self._auth_pending = auth_pending
         self._auth_by = math.inf  # when AUTH must have come (set when the connection runs)
         self._nursery: trio.Nursery | None = None  # where a writer starts, while running
-        self._writing = False  # whether a writer task runs
+        self._scope: trio.CancelScope | None = None  # the reader's, while it reads
+        self._writing = False  # whether a writer task runs (or is about to)
+        self._writer_scope: trio.CancelScope | None = None
+        self._writer_done: trio.Event | None = None  # run() waits for the writer to end
         self._expires: float | None = None  # on trio's clock
         self._set_principal(principal)
         self.variant = negotiated  # what the hub encodes for it
@@ -327,8 +334,9 @@ class ServerConnection:
         self.outbox = Outbox(
             max_bytes=config.outbox_max_bytes, max_items=config.outbox_max_messages
         )
-        self._wake = trio.Event()
-        self._drained = trio.Event()
+        # Made when first waited for: most connections never wait for either.
+        self._wake: trio.Event | None = None  # the writer, holding deltas, waits for more
+        self._drained: trio.Event | None = None  # a publisher waits for room
         self._interrupted = False  # a write was cut off: the stream may end mid-frame
         self._close: tuple[int, str] | None = None
         self._going_away: tuple[int, str] | None = None
@@ -354,7 +362,8 @@ class ServerConnection:
         self._options: dict[int, tuple[Overflow | None, float | None]] = {}
         self._custom: dict[int, tuple[Overflow | None, float | None]] = {}
         self._pongs = 0  # the heartbeat's pongs already counted in the RTT histogram
-        self.closed = trio.Event()
+        self._closed: trio.Event | None = None  # see closed
+        self._ended = False
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
 
     # -- what the hub calls -------------------------------------------------------------
@@ -454,6 +463,8 @@ class ServerConnection:
 
     async def wait_for_room(self) -> None:
         while not self.has_room() and self._close is None:
+            if self._drained is None:
+                self._drained = trio.Event()
             await self._drained.wait()
 
     def slow_consumer(self) -> None:
@@ -517,9 +528,12 @@ class ServerConnection:
         """End the connection now with close *code* (the first reason given wins)."""
         if self._close is None:
             self._close = (code, reason)
-        self._drained.set()  # a publisher waiting for room need not wait any more
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+        if self._drained is not None:  # a publisher waiting for room need not wait any more
+            self._drained.set()
+        if self._scope is not None:
+            self._scope.cancel()
+        if self._writer_scope is not None:
+            self._writer_scope.cancel()
 
     def _set_principal(self, principal: Any) -> None:
         self.principal = principal
@@ -531,30 +545,62 @@ class ServerConnection:
     def _kick(self) -> None:
         """A backlog exists: wake the writer, or start one."""
         if self._writing:
-            self._wake.set()
+            if self._wake is not None:
+                self._wake.set()
         elif self._nursery is not None and self._close is None:
             self._writing = True
             self._nursery.start_soon(self._writer)
 
     # -- the tasks ----------------------------------------------------------------------
 
-    async def run(self, hello: Hello | None) -> None:
-        """Serve the connection until it ends; never raises but Cancelled. The calling task
-        is the reader; a writer runs beside it only while there is a backlog. An echo
-        connection gets no HELLO (*hello* None) and is no subscriber of the hub."""
+    async def run(self, hello: Hello | None, nursery: trio.Nursery) -> None:
+        """Serve the connection until it ends; never raises but Cancelled.
+
+        The calling task is the reader (an idle connection is this one task, blocked in
+        ``receive_some``); a writer runs in *nursery* (the server's connection nursery) only
+        while there is a backlog, and ends before this returns. An echo connection gets no
+        HELLO (*hello* None) and is no subscriber of the hub."""
+        ws = self.ws
+        core = ws.core
         now = trio.current_time()
         self._auth_by = now + self.config.auth_timeout
-        self.ws.core.start(now)
+        core.start(now)
+        self._nursery = nursery
         if hello is not None:
             self.send(hello)
             self.hub.attach(self)
+        del hello  # not kept for the connection's lifetime
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                if self.busy() or self.outbox.pending():
-                    self._kick()
-                await self._reader()
-                nursery.cancel_scope.cancel()
+            if self.busy() or self.outbox.pending():
+                self._kick()
+            while self._close is None:
+                # One scope for reading, ended by finish() or by the earliest deadline (the
+                # heartbeat's, the credentials'); never while a message is being handled.
+                with trio.CancelScope(deadline=self._deadline()) as scope:
+                    self._scope = scope
+                    while True:
+                        try:  # inline, not a method: one coroutine frame less when idle
+                            data = bytes(await ws.stream.receive_some(RECEIVE_BYTES)) or None
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            data = None
+                        scope.deadline = math.inf
+                        now = trio.current_time()
+                        core.receive_data(data, now)
+                        await self._process(now)
+                        if self._close is not None:
+                            break
+                        scope.deadline = self._deadline()
+                self._scope = None
+                if self._close is None:  # a deadline came first
+                    now = trio.current_time()
+                    if now >= self._credentials_deadline():
+                        if self._auth_pending:
+                            self.finish(4005, "authentication timeout")
+                        else:
+                            self.finish(4001, "authentication expired")
+                        break
+                    core.tick(now, os.urandom(4))
+                    await self._process(now)
         except Exception:  # a bug in this connection: it alone goes
             log.exception(
                 "connection %s failed; closing it with 1011",
@@ -563,12 +609,29 @@ class ServerConnection:
             )
             self.finish(1011, "internal error")
         finally:
-            self._nursery = None
-            self.hub.remove(self)
-            self._subscriptions.clear()
+            self._scope = None
+            self._nursery = None  # no writer starts any more
             with trio.CancelScope(shield=True):
+                if self._writing:  # it ends with the connection, and before the close
+                    if self._writer_scope is not None:
+                        self._writer_scope.cancel()
+                    self._writer_done = done = trio.Event()
+                    await done.wait()
+                self.hub.remove(self)
+                self._subscriptions.clear()
                 await self._close_websocket()
-            self.closed.set()
+            self._ended = True
+            if self._closed is not None:
+                self._closed.set()
+
+    @property
+    def closed(self) -> trio.Event:
+        """Set once the connection has ended (made when first asked for: most never are)."""
+        if self._closed is None:
+            self._closed = trio.Event()
+            if self._ended:
+                self._closed.set()
+        return self._closed
 
     async def _close_websocket(self) -> None:
         code, reason = self._close or (1000, "")
@@ -592,47 +655,31 @@ class ServerConnection:
             return self._auth_by
         return math.inf if self._expires is None else self._expires
 
-    async def _reader(self) -> None:
-        """Read, answer and keep the heartbeat until the connection ends (``finish``)."""
-        ws = self.ws
-        core = ws.core
+    def _deadline(self) -> float:
+        return min(self.ws.core.deadline(), self._credentials_deadline())
+
+    async def _process(self, now: float) -> None:
+        """Act on what the protocol object parsed, a message at a time: what it says first
+        (a pong for a ping read before the message ends, the close for a bad frame) goes
+        first, then the answer to the message."""
+        core = self.ws.core
         while True:
-            deadline = min(core.deadline(), self._credentials_deadline())
-            data: bytes | None = b""
-            with trio.move_on_at(deadline):
-                data = await ws.receive()
-            now = trio.current_time()
-            if data == b"":  # the deadline came first
-                if now >= self._credentials_deadline():
-                    if self._auth_pending:
-                        self.finish(4005, "authentication timeout")
-                    else:
-                        self.finish(4001, "authentication expired")
-                    return
-                core.tick(now, os.urandom(4))
-            else:
-                core.receive_data(data, now)
-            while True:
-                # Parsed a message at a time: what the protocol says first (a pong for a
-                # ping read before the message ends, the close for a bad frame) goes first.
-                events = core.events_received()
-                self._send_control()
-                for event in events:
-                    if isinstance(event, Message):
-                        await self._received(event.data, now)
-                    elif isinstance(event, Closed):
-                        self.finish(event.code, event.reason)
-                    if self._close is not None:
-                        break
-                self._send_control()
+            events = core.events_received()
+            self._send_control()
+            for event in events:
+                if isinstance(event, Message):
+                    await self._received(event.data, now)
+                elif isinstance(event, Closed):
+                    self.finish(event.code, event.reason)
                 if self._close is not None:
-                    return
-                if not events:
                     break
-            if core.pongs != self._pongs:
-                self._pongs = core.pongs
-                if core.rtt is not None:
-                    self.counters.heartbeat_rtt.observe(core.rtt)
+            self._send_control()
+            if self._close is not None or not events:
+                break
+        if core.pongs != self._pongs:
+            self._pongs = core.pongs
+            if core.rtt is not None:
+                self.counters.heartbeat_rtt.observe(core.rtt)
 
     def _send_control(self) -> None:
         """Write the control frames the protocol object has to say (pongs, pings, close)."""
@@ -672,59 +719,77 @@ class ServerConnection:
                 return
 
     async def _writer(self) -> None:
-        """Send the backlog until there is none (or the connection ends)."""
-        ws, outbox = self.ws, self.outbox
+        """Send the backlog until there is none or the connection ends: a task in the
+        server's connection nursery, so it catches its own failures (1011, this connection
+        alone), and :meth:`run` waits for it."""
         try:
-            while self._close is None:
-                if outbox.overflowed:
-                    self.finish(4000, "slow consumer: outbox full")
-                    return
-                if not ws.core.open:
-                    return  # closing: the reader ends the connection
-                now = trio.current_time()
-                if not outbox.pending(now):
-                    if ws.tail:
-                        await self._write(b"")
-                        continue
-                    if self._going_away is not None:
-                        if not outbox.pending():
-                            self.finish(*self._going_away)
-                            return
-                        now = math.inf  # send what rate limits hold back before leaving
-                    elif not outbox.pending():
-                        return  # no backlog left: no writer either
-                    else:  # only held table deltas, due later
-                        due = outbox.next_due()
-                        self._wake = trio.Event()
-                        with trio.move_on_at(math.inf if due is None else due):
-                            await self._wake.wait()
-                        continue
-                budget = math.inf
-                throttle = self._throttle
-                if throttle is not None and now != math.inf:
-                    delay = throttle.delay(now)
-                    if delay > 0:  # over the bandwidth cap: let the outbox's policies work
-                        await trio.sleep(delay)
-                        continue
-                    budget = max(1.0, throttle.available(now))
-                taken = outbox.take(now, max_bytes=budget)
-                # Offsets dropped come before anything still queued of their topics (§4.9).
-                frames = [frame(self.session.send(Gap(*gap))) for gap in taken.gaps]
-                frames += taken.frames
-                for merged in taken.conflated:  # encoded for this subscriber alone
-                    event = Data(merged.topic_id, merged.last, encode_changes(merged.changes))
-                    frames.append(frame(self.session.send(event)))
-                self.messages_out += len(frames)
-                data = b"".join(frames)
-                if throttle is not None:
-                    throttle.spend(trio.current_time(), len(data))
-                await self._write(data)
-                if taken.oldest is not None:
-                    self._latency.observe(trio.current_time() - taken.oldest)
-                self._drained.set()
-                self._drained = trio.Event()
+            with trio.CancelScope() as self._writer_scope:
+                await self._write_backlog()
+        except Exception:
+            log.exception(
+                "connection %s failed in its writer; closing it with 1011",
+                self.id,
+                extra={"conn": self.id, "remote": self.remote},
+            )
+            self.finish(1011, "internal error")
         finally:
             self._writing = False
+            self._writer_scope = None
+            if self._writer_done is not None:
+                self._writer_done.set()
+
+    async def _write_backlog(self) -> None:
+        ws, outbox = self.ws, self.outbox
+        while self._close is None:
+            if outbox.overflowed:
+                self.finish(4000, "slow consumer: outbox full")
+                return
+            if not ws.core.open:
+                return  # closing: the reader ends the connection
+            now = trio.current_time()
+            if not outbox.pending(now):
+                if ws.tail:
+                    await self._write(b"")
+                    continue
+                if self._going_away is not None:
+                    if not outbox.pending():
+                        self.finish(*self._going_away)
+                        return
+                    now = math.inf  # send what rate limits hold back before leaving
+                elif not outbox.pending():
+                    return  # no backlog left: no writer either
+                else:  # only held table deltas, due later
+                    due = outbox.next_due()
+                    self._wake = wake = trio.Event()
+                    with trio.move_on_at(math.inf if due is None else due):
+                        await wake.wait()
+                    self._wake = None
+                    continue
+            budget = math.inf
+            throttle = self._throttle
+            if throttle is not None and now != math.inf:
+                delay = throttle.delay(now)
+                if delay > 0:  # over the bandwidth cap: let the outbox's policies work
+                    await trio.sleep(delay)
+                    continue
+                budget = max(1.0, throttle.available(now))
+            taken = outbox.take(now, max_bytes=budget)
+            # Offsets dropped come before anything still queued of their topics (§4.9).
+            frames = [frame(self.session.send(Gap(*gap))) for gap in taken.gaps]
+            frames += taken.frames
+            for merged in taken.conflated:  # encoded for this subscriber alone
+                event = Data(merged.topic_id, merged.last, encode_changes(merged.changes))
+                frames.append(frame(self.session.send(event)))
+            self.messages_out += len(frames)
+            data = b"".join(frames)
+            if throttle is not None:
+                throttle.spend(trio.current_time(), len(data))
+            await self._write(data)
+            if taken.oldest is not None:
+                self._latency.observe(trio.current_time() - taken.oldest)
+            if self._drained is not None:
+                self._drained.set()
+                self._drained = None
 
     async def _write(self, data: bytes) -> None:
         """Write the tail and *data* within ``send_timeout`` (else 4000, and the stream is

@@ -138,6 +138,7 @@ class Server:
         self.ready = False
         self._accepting: trio.CancelScope | None = None
         self._handler_scope: trio.CancelScope | None = None
+        self._handlers: trio.Nursery | None = None  # the connections' tasks: readers, writers
         self._idle = trio.Event()
         self._idle.set()
 
@@ -203,6 +204,7 @@ class Server:
     async def _host_handlers(self, task_status: trio.TaskStatus[trio.Nursery]) -> None:
         with trio.CancelScope(shield=True) as self._handler_scope:
             async with trio.open_nursery() as handlers:
+                self._handlers = handlers
                 task_status.started(handlers)
                 await trio.sleep_forever()
 
@@ -319,8 +321,17 @@ class Server:
             )
             # The handshake's request, headers and principal lookups are gone with its
             # frame: an idle connection keeps only what it needs, and is this one task.
-            if accepted is not None:
-                await self._supervise(*accepted)
+            if accepted is not None:  # run here, not in a coroutine of its own: one frame less
+                connection, compression = accepted
+                del accepted
+                self._opened(connection)
+                try:
+                    assert self._handlers is not None  # _handle runs in it
+                    await connection.run(
+                        None if connection.echo else self._hello(compression), self._handlers
+                    )
+                finally:
+                    self._ended(connection)
         except Exception:
             log.exception(
                 "connection from %s failed during the handshake", remote, extra={"remote": remote}
@@ -474,18 +485,17 @@ class Server:
             data += chunk
         return data
 
-    async def _supervise(self, connection: ServerConnection, compression: bool) -> None:
-        """Run an accepted connection to its end, counted among the open ones."""
+    def _opened(self, connection: ServerConnection) -> None:
+        """An accepted connection starts: counted among the open ones."""
         self.counters.connections_opened += 1
         self.connections[connection] = None
         self._idle = trio.Event() if len(self.connections) == 1 else self._idle
-        try:
-            await connection.run(None if connection.echo else self._hello(compression))
-        finally:
-            del self.connections[connection]
-            self._absorb(connection)
-            if not self.connections:
-                self._idle.set()
+
+    def _ended(self, connection: ServerConnection) -> None:
+        del self.connections[connection]
+        self._absorb(connection)
+        if not self.connections:
+            self._idle.set()
 
     def _hello(self, compression: bool) -> Hello:
         limits, config = self.config.limits, self.config

@@ -91,6 +91,11 @@ class Taken:
     oldest: float | None = None  # the earliest publish stamp among the frames
 
 
+# The queue of every empty Outbox, shared: never appended to (Outbox.offer makes a deque of
+# its own first), so that an idle connection holds no deque of its own (about 600 bytes).
+_NO_ITEMS: collections.deque[Any] = collections.deque()
+
+
 @attrs.define(eq=False, kw_only=True)
 class Outbox:
     """Frames waiting for one connection's writer, bounded in bytes and in messages.
@@ -101,7 +106,8 @@ class Outbox:
 
     max_bytes: int = attrs.field(validator=[instance_of(int), ge(1)])
     max_items: int = attrs.field(validator=[instance_of(int), ge(1)])
-    _items: collections.deque[_Item] = attrs.field(init=False, factory=collections.deque)
+    # The queue; while empty, the shared _NO_ITEMS (an idle connection keeps no deque).
+    _items: collections.deque[_Item] = attrs.field(init=False, default=_NO_ITEMS)
     _bytes: int = attrs.field(init=False, default=0)
     _gaps: dict[int, list[int]] = attrs.field(init=False, factory=dict)
     _slots: dict[int, Conflated] = attrs.field(init=False, factory=dict)
@@ -178,6 +184,8 @@ class Outbox:
                 if not self._make_room(size):
                     self._gap(topic_id, first, last)
                     return Offer.DROPPED
+        if self._items is _NO_ITEMS:
+            self._items = collections.deque()
         self._items.append(
             _Item(frame, topic_id, first, last, droppable, delta if conflatable else None, stamp)
         )
@@ -236,7 +244,7 @@ class Outbox:
 
     def _overflow(self) -> Offer:
         self.overflowed = True
-        self._items.clear()
+        self._items = _NO_ITEMS
         self._gaps.clear()
         self._slots.clear()
         self._bytes = 0
@@ -282,7 +290,7 @@ class Outbox:
         oldest = next((item.stamp for item in items if item.stamp is not None), None)
         if max_bytes == math.inf or self._bytes <= max_bytes:
             frames = [item.frame for item in items]
-            items.clear()
+            self._items = items = _NO_ITEMS
             self._bytes = 0
         else:
             frames, budget = [], max_bytes

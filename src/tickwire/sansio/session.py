@@ -15,7 +15,6 @@ with. :meth:`Session.send` turns an event into the message to write; the module 
 
 from __future__ import annotations
 
-import collections
 import enum
 import hashlib
 from collections.abc import Iterable
@@ -154,10 +153,11 @@ class Session:
     bytes_decoded: int = attrs.field(init=False, default=0)  # their bodies, decompressed
     last_decoded_bytes: int = attrs.field(init=False, default=0)  # the last one's body
     # A client's messages waiting for a dictionary, and events decoded behind them (§5.3).
-    _held: collections.deque[bytes | Event] = attrs.field(init=False, factory=collections.deque)
+    # Small while empty: a server's session never holds or fetches anything.
+    _held: list[bytes | Event] = attrs.field(init=False, factory=list)
     _held_bytes: int = attrs.field(init=False, default=0)
     _to_fetch: list[int] = attrs.field(init=False, factory=list)
-    _requested: set[tuple[int, bytes]] = attrs.field(init=False, factory=set)  # id, SHA-256
+    _requested: dict[tuple[int, bytes], None] = attrs.field(init=False, factory=dict)  # id, SHA
     _known: dict[bytes, bytes] = attrs.field(init=False, factory=dict)  # SHA-256 -> bytes
 
     def __attrs_post_init__(self) -> None:
@@ -256,7 +256,7 @@ class Session:
             if known is not None:  # the same bytes under a new id: no fetch
                 self.dictionaries.load(info.dict_id, known)
             elif (info.dict_id, info.sha256) not in self._requested:
-                self._requested.add((info.dict_id, info.sha256))
+                self._requested[info.dict_id, info.sha256] = None
                 self._to_fetch.append(info.dict_id)
 
     def _load(self, event: DictData) -> None:
@@ -278,13 +278,13 @@ class Session:
             if isinstance(head, bytes):
                 if self._must_wait(head):
                     return
-                held.popleft()
+                del held[0]
                 self._held_bytes -= len(head)
                 event = self._decode(head)
                 if event is None:
                     continue
             else:
-                held.popleft()
+                del held[0]
                 event = head
             self._accept(event)
             self._events.append(event)
