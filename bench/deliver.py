@@ -28,7 +28,7 @@ from tickwire.sansio.negotiation import MSGPACK_ZSTD, Negotiated
 class _Socket:
     """Stands in for tickwire.connection.WebSocket: every direct write succeeds."""
 
-    _tail = b""
+    tail = b""
 
     def write_nowait(self, data: bytes) -> int:
         return len(data)

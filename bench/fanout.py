@@ -19,7 +19,12 @@ but costs about as much CPU as the servers it loads. Each 100-byte payload ends 
 publish time (``time.monotonic_ns``, the same clock in both processes on Linux). Reported:
 
 - saturation: a burst of messages published back to back (yielding to the event loop after
-  each); deliveries a second from the first publish to the last delivery;
+  each); deliveries a second from the first publish to the last delivery, and the CPU the
+  server and the load generator each used over it (the one near 100% is the bottleneck);
+- bursts: the same, ten messages between two yields (a tick that changes ten symbols);
+  tickwire publishes each ten inside ``Hub.burst()`` (one write per subscriber per burst);
+- stalled: 10% of the subscribers stop reading; the messages a second each of the others
+  gets, against a run where none stalls;
 - latency: messages at a fixed rate (20,000 deliveries a second in all); p50 and p99 of
   publish-to-receive;
 - idle memory: the server's resident memory per connection with many idle connections.
@@ -75,13 +80,21 @@ def emit(**fields: Any) -> None:
 # -- servers ---------------------------------------------------------------------------------
 
 
-async def _publish(send: Any, wait: Any, count: int, rate: float | None) -> None:
-    """Publish *count* payloads: back to back (yielding after each) or at *rate* a second."""
+BURST = int(os.environ.get("FANOUT_BURST", 1))  # messages published between two yields
+
+
+async def _publish(
+    send: Any, wait: Any, count: int, rate: float | None, group: Any = contextlib.nullcontext
+) -> None:
+    """Publish *count* payloads: back to back (yielding after each group of BURST, published
+    inside ``group()``) or at *rate* a second."""
     start = time.monotonic()
-    for i in range(count):
-        send(payload())
+    for i in range(0, count, BURST):
+        with group():
+            for _ in range(min(BURST, count - i)):
+                send(payload())
         if rate:
-            await wait(max(0.0, start + (i + 1) / rate - time.monotonic()))
+            await wait(max(0.0, start + (i + BURST) / rate - time.monotonic()))
         else:
             await wait(0)
 
@@ -104,7 +117,13 @@ def serve_tickwire(subscribers: int, count: int, rate: float | None) -> None:
             while len(topic.subscribers) < subscribers:
                 await trio.sleep(0.01)
             emit(event="subscribed", rss_per_connection=(rss_bytes() - before) / subscribers)
-            await _publish(lambda p: hub.publish_nowait("bench", p), trio.sleep, count, rate)
+            await _publish(
+                lambda p: hub.publish_nowait("bench", p),
+                trio.sleep,
+                count,
+                rate,
+                hub.burst if BURST > 1 else contextlib.nullcontext,  # one write per burst
+            )
             await trio.sleep(1.0)  # let the writers work, then report memory
             emit(event="published", rss=rss_bytes(), peak_rss=peak_rss())
             await trio.sleep(3600)
@@ -357,8 +376,8 @@ def load_generator(
     return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
 
 
-def child(*extra: str, size: int = PAYLOAD) -> subprocess.Popen[str]:
-    env = {**os.environ, "FANOUT_SIZE": str(size)}
+def child(*extra: str, size: int = PAYLOAD, burst: int = 1) -> subprocess.Popen[str]:
+    env = {**os.environ, "FANOUT_SIZE": str(size), "FANOUT_BURST": str(burst)}
     return subprocess.Popen(
         [sys.executable, __file__, *extra], stdout=subprocess.PIPE, text=True, env=env
     )
@@ -392,12 +411,13 @@ def one_run(
     rate: float | None,
     stalled: int = 0,
     size: int = PAYLOAD,
+    burst: int = 1,
 ) -> dict[str, Any]:
     """One server process and one load-generator process; both stopped at the end."""
     rate_args = ["--rate", str(rate)] if rate else []
     srv = child(
         "--role", server, "--subscribers", str(subscribers), "--count", str(count), *rate_args,
-        size=size,
+        size=size, burst=burst,
     )  # fmt: skip
     gen = None
     try:
@@ -406,7 +426,10 @@ def one_run(
         gen = load_generator(port, subscribers, count, server == "tickwire", limit, stalled, size)
         expect(gen, "connected")
         memory = expect(srv, "subscribed")["rss_per_connection"]
+        cpu = (cpu_seconds(srv.pid), cpu_seconds(gen.pid), time.monotonic())
         result = expect(gen, "result", timeout=300)
+        window = time.monotonic() - cpu[2]
+        cpu = (cpu_seconds(srv.pid) - cpu[0], cpu_seconds(gen.pid) - cpu[1], window)
         memory_after = expect(srv, "published", timeout=300) if count else {}
         span = (result["last_receive"] - result["first_sent"]) / 1e9
         return {
@@ -419,11 +442,22 @@ def one_run(
             "per_second": result["delivered"] / span if span > 0 else 0.0,
             "latencies_us": result["latencies_us"],
             "rss_per_connection": memory,
+            # The share of one core each process used from the subscriptions to the
+            # result (the run, and the little before it): which one is the bottleneck.
+            "cpu_server": cpu[0] / cpu[2],
+            "cpu_generator": cpu[1] / cpu[2],
         }
     finally:
         stop(srv)
         if gen is not None:
             stop(gen)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of process *pid* so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[int], q: float) -> float:
@@ -480,10 +514,11 @@ def bench(args: argparse.Namespace) -> int:
         "generator": "c" if GENERATOR["c"] else "python",
         "saturation": [],
         "latency": [],
+        "burst": [],
         "stalled": [],
         "idle": [],
     }
-    steps = len(sizes) * len(SERVERS) * (repeats + 1) + 3 * len(SERVERS)
+    steps = len(sizes) * len(SERVERS) * (repeats + 1) + (3 + repeats) * len(SERVERS)
     with progress(steps, "fan-out") as step:
 
         def measure(server: str, subscribers: int, *rest: Any) -> dict[str, Any]:
@@ -497,6 +532,9 @@ def bench(args: argparse.Namespace) -> int:
                 runs = [measure(server, subscribers, count, None) for _ in range(repeats)]
                 rates = [r["per_second"] for r in runs]
                 complete = all(r["delivered"] == r["expected"] for r in runs)
+                cpu = [
+                    statistics.median(r[k] for r in runs) for k in ("cpu_server", "cpu_generator")
+                ]
                 results["saturation"].append(
                     {
                         "server": server,
@@ -504,20 +542,35 @@ def bench(args: argparse.Namespace) -> int:
                         "messages": count,
                         "per_second": rates,
                         "complete": complete,
+                        "cpu_server": cpu[0],
+                        "cpu_generator": cpu[1],
                     }
                 )
                 rows.append(
-                    [server, f"{statistics.median(rates):,.0f}", "all" if complete else "LOST SOME"]
+                    [
+                        server,
+                        f"{statistics.median(rates):,.0f}",
+                        "all" if complete else "LOST SOME",
+                        f"{cpu[0]:.0%}",
+                        f"{cpu[1]:.0%}",
+                    ]
                 )
             base = statistics.median(results["saturation"][-2]["per_second"])
             print(
                 f"\nsaturation: {count} messages of {PAYLOAD} B to {subscribers} subscribers "
-                f"(median of {repeats})"
+                f"(median of {repeats}; CPU: of one core, over the run)"
             )
             print(
                 table(
                     [[*r, f"{float(r[1].replace(',', '')) / base:.2f}x"] for r in rows],
-                    ["server", "deliveries/s", "delivered", "vs websockets"],
+                    [
+                        "server",
+                        "deliveries/s",
+                        "delivered",
+                        "server CPU",
+                        "generator CPU",
+                        "vs websockets",
+                    ],
                 )
             )
             rate = 20_000 / subscribers
@@ -545,6 +598,30 @@ def bench(args: argparse.Namespace) -> int:
                 f"({rate:g} messages/s for {latency_seconds:g} s), publish to receive"
             )
             print(table(rows, ["server", "p50 us", "p99 us", "delivered"]))
+        # Bursts: 10 messages between two yields (a tick that changes 10 symbols); tickwire
+        # publishes them inside Hub.burst(), the others as they would, back to back.
+        subscribers, count, burst = (20, 200, 10) if quick else (100, 2000, 10)
+        rows = []
+        for server in SERVERS:
+            runs = [
+                measure(server, subscribers, count, None, 0, PAYLOAD, burst) for _ in range(repeats)
+            ]
+            rates = [r["per_second"] for r in runs]
+            results["burst"].append(
+                {"server": server, "subscribers": subscribers, "burst": burst, "per_second": rates}
+            )
+            rows.append([server, f"{statistics.median(rates):,.0f}"])
+        base = statistics.median(results["burst"][-2]["per_second"])
+        print(
+            f"\nbursts: {count} messages of {PAYLOAD} B to {subscribers} subscribers, {burst} "
+            f"between two yields (median of {repeats})"
+        )
+        print(
+            table(
+                [[*r, f"{float(r[1].replace(',', '')) / base:.2f}x"] for r in rows],
+                ["server", "deliveries/s", "vs websockets"],
+            )
+        )
         subscribers, count = (20, 2000) if quick else (100, 4000)
         stalled = subscribers // 10
         rows = []
@@ -552,12 +629,16 @@ def bench(args: argparse.Namespace) -> int:
             calm = measure(server, subscribers, count, None, 0, 1024)
             stall = measure(server, subscribers, count, None, stalled, 1024)
             p99 = [percentile(r["latencies_us"], 0.99) for r in (calm, stall)]
+            # Each reading subscriber's rate: messages a second that reach it. (Total
+            # deliveries/s would count the frozen ones' absence against the others.)
+            each = [calm["per_second"] / subscribers, stall["per_second"] / (subscribers - stalled)]
             results["stalled"].append(
                 {
                     "server": server,
                     "subscribers": subscribers,
                     "stalled": stalled,
                     "per_second": [calm["per_second"], stall["per_second"]],
+                    "per_subscriber": each,
                     "p99_us": p99,
                     "peak_rss": [calm["peak_rss"], stall["peak_rss"]],
                     "delivered": [calm["delivered"], stall["delivered"]],
@@ -567,9 +648,9 @@ def bench(args: argparse.Namespace) -> int:
             rows.append(
                 [
                     server,
-                    f"{calm['per_second']:,.0f}",
-                    f"{stall['per_second']:,.0f}",
-                    f"{stall['per_second'] / calm['per_second']:.2f}",
+                    f"{each[0]:,.0f}",
+                    f"{each[1]:,.0f}",
+                    f"{each[1] / each[0]:.2f}",
                     f"{p99[0] / 1000:,.1f}",
                     f"{p99[1] / 1000:,.1f}",
                     f"{p99[1] / p99[0]:.2f}",
@@ -579,15 +660,16 @@ def bench(args: argparse.Namespace) -> int:
             )
         print(
             f"\n{stalled} of {subscribers} subscribers stalled (they stop reading): the others, "
-            f"{count} messages of 1 KiB at saturation; server peak memory"
+            f"{count} messages of 1 KiB at saturation, the messages a second each reading "
+            f"subscriber gets; server peak memory"
         )
         print(
             table(
                 rows,
                 [
                     "server",
-                    "rate calm",
-                    "rate stalled",
+                    "msg/s calm",
+                    "msg/s stalled",
                     "ratio",
                     "p99 ms calm",
                     "p99 ms stalled",

@@ -23,7 +23,7 @@ from wsproto.events import (
 )
 
 from tests.helpers import Client, RawClient, connect, handshake
-from tickwire.broadcast import Hub
+from tickwire.broadcast import Hub, TopicConfig
 from tickwire.config import Limits, ServerConfig
 from tickwire.sansio import (
     Ack,
@@ -341,6 +341,85 @@ async def test_a_peer_that_stops_reading_does_not_slow_the_others() -> None:
             assert received == count
             assert slow_connection not in server.connections
         await stalled.stream.aclose()
+
+
+async def _subscribed_raw(server: Server, pattern: str) -> tuple[RawClient, Any]:
+    raw = await raw_tcp_client(server.port)
+    subscribe_message = Session(Role.CLIENT, Negotiated.of(MSGPACK)).send(Subscribe(1, pattern))
+    assert isinstance(subscribe_message, bytes)
+    await raw.send_bytes(subscribe_message)
+    session = Session(Role.CLIENT, Negotiated.of(MSGPACK))
+    while True:
+        session.receive_message(await raw.message())
+        if any(isinstance(e, Ack) for e in session.events_received()):
+            break
+    (connection,) = server.connections
+    return raw, connection
+
+
+async def _payloads(raw: RawClient, count: int) -> list[Any]:
+    client = Session(Role.CLIENT, Negotiated.of(MSGPACK))
+    got: list[Any] = []
+    with trio.fail_after(30):
+        while len(got) < count:
+            message = await raw.message()
+            client.receive_message(message)
+            got += [e.payload for e in client.events_received() if isinstance(e, Data)]
+    return got
+
+
+async def test_a_burst_reaches_each_subscriber_in_one_write() -> None:
+    hub = Hub()
+    for i in range(5):
+        hub.publish_nowait(f"tick.{i}", -1)  # the topics exist before the subscription
+    async with open_server(hub, "127.0.0.1", 0) as server:
+        raw, connection = await _subscribed_raw(server, "tick.*")
+        before, observed = connection.ws.writes, hub.publish_to_send.statistics().count
+        with hub.burst():
+            for i in range(50):  # 5 topics, 50 messages, not one checkpoint
+                hub.publish_nowait(f"tick.{i % 5}", i)
+            assert connection.ws.writes == before  # kept until the end of the block
+        assert connection.ws.writes == before + 1
+        assert hub.publish_to_send.statistics().count == observed + 50  # each one, at its write
+        assert sorted(await _payloads(raw, 50)) == list(range(50))
+        before = connection.ws.writes
+        for i in range(50):  # no burst: a write each
+            hub.publish_nowait(f"tick.{i % 5}", i)
+        assert connection.ws.writes == before + 50
+        assert sorted(await _payloads(raw, 50)) == list(range(50))
+        await raw.stream.aclose()
+
+
+async def test_a_large_burst_is_written_as_it_grows_and_arrives_whole() -> None:
+    hub = Hub()
+    hub.publish_nowait("big", b"")
+    config = ServerConfig(outbox_max_bytes=32 * 1024 * 1024, outbox_max_messages=100_000)
+    async with open_server(hub, "127.0.0.1", 0, config=config) as server:
+        raw, connection = await _subscribed_raw(server, "big")
+        before = connection.ws.writes
+        with hub.burst():  # 8 MB: far more than one cork holds, and than the socket takes
+            for i in range(2000):
+                hub.publish_nowait("big", i.to_bytes(4, "big") * 1024)
+        assert connection.ws.writes > before + 1
+        assert await _payloads(raw, 2000) == [i.to_bytes(4, "big") * 1024 for i in range(2000)]
+        await raw.stream.aclose()
+
+
+async def test_batch_windows_that_end_together_are_one_write() -> None:
+    hub = Hub()
+    hub.configure("w.*", TopicConfig(batch_window=10.0))  # sent by flush() below
+    async with open_server(hub, "127.0.0.1", 0) as server:
+        for name in ("w.a", "w.b", "w.c"):
+            hub.publish_nowait(name, 0)
+        hub.flush()
+        raw, connection = await _subscribed_raw(server, "w.*")
+        for name in ("w.a", "w.b", "w.c"):
+            hub.publish_nowait(name, name)
+        before = connection.ws.writes
+        hub.flush()  # three topics' windows at once
+        assert connection.ws.writes == before + 1
+        assert sorted(await _payloads(raw, 3)) == ["w.a", "w.b", "w.c"]
+        await raw.stream.aclose()
 
 
 async def test_partial_writes_never_corrupt_the_stream() -> None:

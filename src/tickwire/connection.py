@@ -13,13 +13,17 @@ them and a trio stream, with as few tasks as the moment needs:
   and answers. An idle connection is this one task, blocked in ``receive_some``;
 - a **writer** task exists only while a backlog does (an outbox with frames, a tail owed,
   held table deltas, a bandwidth cap's pause, a graceful goodbye): it takes the outbox's
-  frames, writes all that accumulated in one ``send_all`` bounded by ``send_timeout``,
-  and ends when nothing is left;
+  frames, writes all that accumulated in one write bounded by ``send_timeout``, and ends
+  when nothing is left. It runs in the server's connection nursery, beside the reader
+  (no nursery of its own per connection), catches its own failures, and the reader waits
+  for it before the close;
 - everything else is written **directly** from the task that produced it (the publisher's,
   for a broadcast), with a synchronous non-blocking ``send`` when the socket has room: the
   hub frames a broadcast once per variant (servers send unmasked frames, so the same bytes
   go to every subscriber). What the socket does not take becomes the tail (see
-  :class:`WebSocket`), which control frames queue behind and the writer finishes.
+  :class:`WebSocket`), which control frames queue behind and the writer finishes. Inside
+  a :meth:`Hub.burst() <tickwire.broadcast.Hub.burst>` the frames are **corked**: kept,
+  and written in one ``send`` per connection when the burst ends.
 
 When the connection ends (its close code chosen by whoever ended it first), the writer is
 cancelled, the subscriptions are removed, and the closing handshake runs bounded in time.
@@ -86,6 +90,7 @@ MAX_RATE = 1000.0  # updates a second: the most a subscription's max_rate option
 _POLICIES = {p.value: p for p in Overflow}
 CLOSE_TIMEOUT = 2.0  # seconds a close handshake may take before the stream is just closed
 RECEIVE_BYTES = 65536  # the most one read takes
+CORK_BYTES = 65536  # the most a burst keeps for one connection before writing it
 
 
 class WebSocket:
@@ -104,7 +109,7 @@ class WebSocket:
     streams, which take the writer's path.
     """
 
-    __slots__ = ("core", "sending", "sock", "stream", "tail")
+    __slots__ = ("core", "sending", "sock", "stream", "tail", "writes")
 
     def __init__(self, stream: trio.abc.Stream, config: ServerConfig) -> None:
         self.core = ServerWebSocket(
@@ -117,6 +122,7 @@ class WebSocket:
         self.stream = stream
         self.tail = b""
         self.sending = False
+        self.writes = 0  # sends to the socket (writes per message: what corking saves)
         self.sock: socket.socket | None = None
         if isinstance(stream, trio.SocketStream):
             inner = stream.socket
@@ -152,6 +158,7 @@ class WebSocket:
             sent = sock.send(data)
         except BlockingIOError:
             return -1
+        self.writes += 1
         if sent < len(data):
             self.tail = data[sent:]
         return sent
@@ -206,6 +213,7 @@ class WebSocket:
             while offset < len(data):
                 try:
                     offset += sock.send(view[offset:])
+                    self.writes += 1
                 except BlockingIOError:
                     await trio.lowlevel.wait_writable(sock)
                 except OSError as exc:
@@ -249,6 +257,10 @@ class ServerConnection:
         "_authorize",
         "_close",
         "_closed",
+        "_cork",
+        "_cork_bytes",
+        "_cork_count",
+        "_cork_since",
         "_created",
         "_custom",
         "_drained",
@@ -362,6 +374,11 @@ class ServerConnection:
         self._options: dict[int, tuple[Overflow | None, float | None]] = {}
         self._custom: dict[int, tuple[Overflow | None, float | None]] = {}
         self._pongs = 0  # the heartbeat's pongs already counted in the RTT histogram
+        # What a Hub.burst() keeps for its end: frames, their bytes, how many were
+        # published (and the first one when), for the publish-to-send histogram.
+        self._cork: list[bytes] | None = None
+        self._cork_bytes = self._cork_count = 0
+        self._cork_since: float | None = None
         self._closed: trio.Event | None = None  # see closed
         self._ended = False
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
@@ -417,12 +434,15 @@ class ServerConnection:
                 )
                 self._kick()
                 return False
-        elif optional and (outbox.busy() or self.ws.tail):
+        elif optional and (outbox.busy() or self.ws.tail or self._cork is not None):
             return False
         throttle = self._throttle
         if not outbox.busy() and (
             throttle is None or throttle.allows(trio.current_time(), len(framed))
         ):
+            if self.hub.corking and self.ws.sock is not None:
+                self._corked(framed, published_at)  # a Hub.burst(): written at its end
+                return False
             # Nothing queued: write straight away from here, without waking the writer.
             try:
                 sent = self.ws.write_nowait(framed)
@@ -448,6 +468,52 @@ class ServerConnection:
         )
         self._kick()
         return False
+
+    def _corked(self, framed: bytes, published_at: float | None) -> None:
+        """Keep *framed* for the end of the hub's burst (at most CORK_BYTES: beyond, what is
+        kept goes out now)."""
+        cork = self._cork
+        if cork is None:
+            self._cork = cork = []
+            self._cork_bytes = self._cork_count = 0
+            self._cork_since = None
+            self.hub.cork(self)
+        cork.append(framed)
+        self._cork_bytes += len(framed)
+        self.messages_out += 1
+        if published_at is not None:
+            self._cork_count += 1
+            if self._cork_since is None:
+                self._cork_since = published_at
+        if self._throttle is not None:
+            self._throttle.spend(trio.current_time(), len(framed))
+        if self._cork_bytes >= CORK_BYTES:
+            self.uncork()
+
+    def uncork(self) -> None:
+        """Write what a burst kept, in one ``send`` if the socket takes it (the rest is the
+        tail, which the writer finishes: it is behind what is owed, in order)."""
+        cork = self._cork
+        if cork is None:
+            return
+        self._cork = None
+        if self._close is not None:
+            return
+        data = cork[0] if len(cork) == 1 else b"".join(cork)
+        ws = self.ws
+        try:
+            sent = ws.write_nowait(data)
+        except OSError:
+            self.finish(1006, "connection lost")
+            return
+        if sent < 0:  # the socket is full, or a writer is in the middle of a write
+            ws.tail += data
+            sent = 0
+        self.bytes_out += sent
+        if ws.tail:
+            self._kick()
+        if self._cork_since is not None:
+            self._latency.observe(trio.current_time() - self._cork_since, self._cork_count)
 
     @property
     def close_code(self) -> int | None:
@@ -480,7 +546,7 @@ class ServerConnection:
         return self._allowed("subscribe", topic.name)
 
     def busy(self) -> bool:
-        return self.outbox.busy() or bool(self.ws.tail)
+        return self.outbox.busy() or bool(self.ws.tail) or self._cork is not None
 
     def topic_added(self, topic: Topic, request_id: int) -> None:
         options = self._options.get(request_id)
@@ -741,6 +807,8 @@ class ServerConnection:
     async def _write_backlog(self) -> None:
         ws, outbox = self.ws, self.outbox
         while self._close is None:
+            if self._cork is not None:  # older than anything queued after it
+                self.uncork()
             if outbox.overflowed:
                 self.finish(4000, "slow consumer: outbox full")
                 return
