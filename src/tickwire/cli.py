@@ -115,11 +115,12 @@ def _market_topics(hub: Hub) -> None:
 
 
 def _publish_market(hub: Hub, batch: list[dict[str, Any]]) -> None:
-    for update in batch:
-        if update["type"] == "quote":
-            hub.upsert("quotes", update["symbol"], quote_row(update))
-        else:
-            hub.publish_nowait(f"trades.{update['symbol']}", update)
+    with hub.burst():  # one write per subscriber for the whole tick
+        for update in batch:
+            if update["type"] == "quote":
+                hub.upsert("quotes", update["symbol"], quote_row(update))
+            else:
+                hub.publish_nowait(f"trades.{update['symbol']}", update)
 
 
 class _Outage:
