@@ -77,6 +77,7 @@ from tickwire.sansio.events import (
 from tickwire.sansio.fanout import Outbox, Overflow
 from tickwire.sansio.framing import frame
 from tickwire.sansio.negotiation import Negotiated
+from tickwire.sansio.requests import Credentials, SubscribeOptions, subscribe_options
 from tickwire.sansio.session import Role, Session
 from tickwire.sansio.table import Changes, encode_changes
 from tickwire.sansio.websocket import Closed, Heartbeat, Message, ServerWebSocket, State
@@ -86,8 +87,6 @@ __all__ = ["ServerConnection", "WebSocket", "close_handshake"]
 
 log = logging.getLogger("tickwire.server")
 
-MAX_RATE = 1000.0  # updates a second: the most a subscription's max_rate option may ask
-_POLICIES = {p.value: p for p in Overflow}
 CLOSE_TIMEOUT = 2.0  # seconds a close handshake may take before the stream is just closed
 RECEIVE_BYTES = 65536  # the most one read takes
 CORK_BYTES = 65536  # the most a burst keeps for one connection before writing it
@@ -252,8 +251,6 @@ class ServerConnection:
 
     # Thousands of these stay open at once, most of them idle: no per-instance dict.
     __slots__ = (
-        "_auth_by",
-        "_auth_pending",
         "_authorize",
         "_close",
         "_closed",
@@ -262,10 +259,10 @@ class ServerConnection:
         "_cork_count",
         "_cork_since",
         "_created",
+        "_credentials",
         "_custom",
         "_drained",
         "_ended",
-        "_expires",
         "_going_away",
         "_interrupted",
         "_latency",
@@ -291,7 +288,6 @@ class ServerConnection:
         "messages_in",
         "messages_out",
         "outbox",
-        "principal",
         "remote",
         "session",
         "variant",
@@ -321,19 +317,20 @@ class ServerConnection:
         self.ws = ws
         self.hub = hub
         self.config = config
-        self.principal = principal
         self.remote = remote
         self._authorize = authorize
         self._verify_token = verify_token
-        self._auth_pending = auth_pending
-        self._auth_by = math.inf  # when AUTH must have come (set when the connection runs)
         self._nursery: trio.Nursery | None = None  # where a writer starts, while running
         self._scope: trio.CancelScope | None = None  # the reader's, while it reads
         self._writing = False  # whether a writer task runs (or is about to)
         self._writer_scope: trio.CancelScope | None = None
         self._writer_done: trio.Event | None = None  # run() waits for the writer to end
-        self._expires: float | None = None  # on trio's clock
-        self._set_principal(principal)
+        now = trio.current_time()
+        self._credentials = (
+            Credentials.pending(now, config.auth_timeout)
+            if auth_pending
+            else Credentials.authenticated(principal, now, _expires_in(principal))
+        )
         self.variant = negotiated  # what the hub encodes for it
         self.session = Session(
             Role.SERVER,
@@ -370,9 +367,9 @@ class ServerConnection:
         )
         self._subscriptions: dict[str, int] = {}
         self._created = 0  # topics this connection's requests created
-        # Subscription options, by request id and then by topic id: (policy, interval).
-        self._options: dict[int, tuple[Overflow | None, float | None]] = {}
-        self._custom: dict[int, tuple[Overflow | None, float | None]] = {}
+        # Subscription options, by request id and then by topic id.
+        self._options: dict[int, SubscribeOptions] = {}
+        self._custom: dict[int, SubscribeOptions] = {}
         self._pongs = 0  # the heartbeat's pongs already counted in the RTT histogram
         # What a Hub.burst() keeps for its end: frames, their bytes, how many were
         # published (and the first one when), for the publish-to-send histogram.
@@ -414,8 +411,8 @@ class ServerConnection:
         if overflow is not None:
             custom = self._custom.get(topic_id)
             if custom is not None:
-                overflow = custom[0] or overflow
-                interval = custom[1]
+                overflow = custom.policy or overflow
+                interval = custom.interval
                 if interval is not None and delta is not None:
                     outbox.hold(
                         topic_id, first, last, delta, interval=interval, now=trio.current_time()
@@ -551,7 +548,7 @@ class ServerConnection:
     def topic_added(self, topic: Topic, request_id: int) -> None:
         options = self._options.get(request_id)
         if options is not None:
-            self._custom[topic.topic_id] = self._effective(options, topic)
+            self._custom[topic.topic_id] = options.for_topic(topic.table is not None)
         self._announce(request_id, topic, Outcome.NEW, topic.sent_offset)
 
     def topic_restarted(self, topic: Topic, request_id: int) -> None:
@@ -601,12 +598,10 @@ class ServerConnection:
         if self._writer_scope is not None:
             self._writer_scope.cancel()
 
-    def _set_principal(self, principal: Any) -> None:
-        self.principal = principal
-        expires_at = getattr(principal, "expires_at", None)
-        self._expires = (
-            None if expires_at is None else trio.current_time() + seconds_until(expires_at)
-        )
+    @property
+    def principal(self) -> Any:
+        """Who the client is (what the authenticator returned; None while AUTH is pending)."""
+        return self._credentials.principal
 
     def _kick(self) -> None:
         """A backlog exists: wake the writer, or start one."""
@@ -629,7 +624,6 @@ class ServerConnection:
         ws = self.ws
         core = ws.core
         now = trio.current_time()
-        self._auth_by = now + self.config.auth_timeout
         core.start(now)
         self._nursery = nursery
         if hello is not None:
@@ -659,11 +653,9 @@ class ServerConnection:
                 self._scope = None
                 if self._close is None:  # a deadline came first
                     now = trio.current_time()
-                    if now >= self._credentials_deadline():
-                        if self._auth_pending:
-                            self.finish(4005, "authentication timeout")
-                        else:
-                            self.finish(4001, "authentication expired")
+                    ended = self._credentials.due(now)
+                    if ended is not None:
+                        self.finish(*ended)
                         break
                     core.tick(now, os.urandom(4))
                     await self._process(now)
@@ -715,14 +707,8 @@ class ServerConnection:
             extra={"conn": self.id, "remote": self.remote, "code": code},
         )
 
-    def _credentials_deadline(self) -> float:
-        """When the credentials end the connection: AUTH not sent in time, or expiry."""
-        if self._auth_pending:
-            return self._auth_by
-        return math.inf if self._expires is None else self._expires
-
     def _deadline(self) -> float:
-        return min(self.ws.core.deadline(), self._credentials_deadline())
+        return min(self.ws.core.deadline(), self._credentials.deadline())
 
     async def _process(self, now: float) -> None:
         """Act on what the protocol object parsed, a message at a time: what it says first
@@ -884,17 +870,16 @@ class ServerConnection:
         if self._verify_token is None:
             self.send(Ack(event.request_id))  # nothing to check on this server
             return
+        credentials = self._credentials
         try:
             principal = self._verify_token(event.token)
         except AuthenticationError as exc:
-            self.finish(4003, str(exc))
+            self.finish(*credentials.refuse(str(exc)))
             return
-        old = getattr(self.principal, "subject", None)
-        if old is not None and getattr(principal, "subject", None) != old:
-            self.finish(4003, "a refreshed token must be for the same subject")
+        ended = credentials.refresh(principal, trio.current_time(), _expires_in(principal))
+        if ended is not None:
+            self.finish(*ended)
             return
-        self._auth_pending = False
-        self._set_principal(principal)
         self.send(Ack(event.request_id))
         self._revoke()
 
@@ -935,8 +920,8 @@ class ServerConnection:
     async def _handle(self, event: Event) -> None:
         if isinstance(event, Auth):
             self._authenticate(event)
-        elif self._auth_pending:
-            self.finish(4003, "authenticate first: send AUTH")
+        elif not self._credentials.may_request:
+            self.finish(*self._credentials.refuse("authenticate first: send AUTH"))
         elif isinstance(event, Subscribe):
             await self._subscribe(event)
         elif isinstance(event, Unsubscribe):
@@ -956,36 +941,9 @@ class ServerConnection:
         elif isinstance(event, Resync):
             await self._resync(event)
 
-    def _parse_options(self, event: Subscribe) -> tuple[Overflow | None, float | None] | str:
-        """A SUBSCRIBE's options as (policy, seconds between deltas), or what is wrong."""
-        options = dict(event.options)
-        policy: Overflow | None = None
-        interval: float | None = None
-        if "policy" in options:
-            name = options.pop("policy")
-            if not isinstance(name, str) or name not in _POLICIES:
-                return f"policy must be one of {', '.join(_POLICIES)}"
-            policy = _POLICIES[name]
-        if "max_rate" in options:
-            rate = options.pop("max_rate")
-            if type(rate) not in (int, float) or not 0 < rate <= MAX_RATE:
-                return f"max_rate must be a number of updates a second in (0, {MAX_RATE:g}]"
-            interval = 1.0 / rate
-        if options:
-            return f"unknown options: {', '.join(sorted(options))}"
-        return policy, interval
-
-    @staticmethod
-    def _effective(
-        options: tuple[Overflow | None, float | None], topic: Topic
-    ) -> tuple[Overflow | None, float | None]:
-        """A subscription's options as they apply to *topic*: a stream has no rate limit."""
-        policy, interval = options
-        return policy, interval if topic.table is not None else None
-
     async def _subscribe(self, event: Subscribe) -> None:
         request_id = event.request_id
-        options = self._parse_options(event)
+        options = subscribe_options(event.options)
         if isinstance(options, str):
             self.send(Error(request_id, ErrorCode.BAD_REQUEST, options))
             return
@@ -1003,7 +961,7 @@ class ServerConnection:
         backplane = self.hub.backplane
         if backplane is not None and not await self._join(request_id, event.pattern):
             return
-        if exact and options[1] is not None:
+        if exact and options.interval is not None:
             topic = self.hub.topic_by_name(event.pattern)
             if topic is not None and topic.table is None:
                 message = "max_rate applies to table topics; this is a stream"
@@ -1040,11 +998,11 @@ class ServerConnection:
             return
         self._created += creates
         self._subscriptions[event.pattern] = request_id
-        if options != (None, None):
+        if options.custom:
             self._options[request_id] = options
         for topic in topics:
-            if options != (None, None):
-                self._custom[topic.topic_id] = self._effective(options, topic)
+            if options.custom:
+                self._custom[topic.topic_id] = options.for_topic(topic.table is not None)
             hint = self._unknown_note(topic.name) if self.hub.unknown(topic) else None
             if event.resume is None:
                 self._announce(request_id, topic, Outcome.NEW, topic.sent_offset, hint)
@@ -1175,3 +1133,9 @@ class ServerConnection:
             else:
                 topic_id = 0
             self.send(Ack(request_id, topic_id, offset))
+
+
+def _expires_in(principal: Any) -> float | None:
+    """Seconds the credentials of *principal* have left (its ``expires_at``, Unix time)."""
+    expires_at = getattr(principal, "expires_at", None)
+    return None if expires_at is None else seconds_until(expires_at)
