@@ -1,11 +1,12 @@
 """The tickwire server: accept, admit, check, negotiate, authenticate, then supervise.
 
-Imports: trio, trio_websocket, tickwire.connection, tickwire.broadcast, tickwire.sansio.
+Imports: trio, tickwire.connection, tickwire.broadcast, tickwire.auth, tickwire.sansio.
 
 Embed it with ``async with open_server(hub, host, port) as server:`` or
-``server = await nursery.start(serve, hub, host, port)``. Every connection runs in its own
-nursery (:class:`~tickwire.connection.ServerConnection`); a failure in one closes that one
-with 1011. Cancelling :func:`serve` shuts down gracefully within ``shutdown_timeout``:
+``server = await nursery.start(serve, hub, host, port)``. Every connection is a task of the
+server's connection nursery (:class:`~tickwire.connection.ServerConnection`: one task while
+idle, a writer beside it while it has a backlog); a failure in one closes that one with
+1011. Cancelling :func:`serve` shuts down gracefully within ``shutdown_timeout``:
 stop accepting, report not ready, send 1001 with a reconnect hint to every client, let
 writers drain, then cancel what is left.
 """
@@ -314,8 +315,9 @@ class Server:
         # The address the admission counts it under (a proxy's client), and whether it
         # counts as established yet (a handshake in progress does not hold a connection).
         counted: list[Any] = [remote, False]
-        ws = WebSocket(stream, self.config)
+        ws: WebSocket | None = None
         try:
+            ws = WebSocket(stream, self.config)  # inside: a peer gone already is its own
             accepted = await self._handshake(
                 ws, counted, admission.admitted, admission.reason, admission.retry_after
             )
@@ -340,7 +342,10 @@ class Server:
             if admission.admitted:
                 self.admission.release(counted[0], established=counted[1])
             with trio.CancelScope(shield=True):
-                await ws.aclose()
+                if ws is not None:
+                    await ws.aclose()
+                else:
+                    await trio.aclose_forcefully(stream)
 
     async def _handshake(
         self,
