@@ -1,0 +1,202 @@
+"""The bridge: broker messages in, topics out, each acknowledged only once published.
+
+Imports: trio, attrs, tickwire.broadcast, tickwire.errors, tickwire.sources.mapping.
+
+Theory of operation. A source (:mod:`tickwire.sources.redis_streams`, ...) consumes its
+broker and calls :meth:`Bridge.handle` for each message, in order, one at a time; it
+acknowledges the message only after ``handle`` returns, and what ``handle`` returns says
+how: published (or recognised as published already), or dead-lettered with a reason, which
+the source writes to its dead-letter destination before acknowledging.
+
+- **At least once**: nothing is acknowledged before the hub has published it (with a
+  backplane, before Redis has it: ``Hub.publish`` returns then). A bridge that dies between
+  the two gets the message again from its broker.
+- **Published once**: every stream message is published with the idempotency key
+  ``<source>:<message id>``. A redelivered message carries the same id, the hub (or the
+  backplane, for the whole cluster) recognises the key and publishes nothing new. A table
+  row is an upsert: the same row twice changes nothing the second time.
+- **Backpressure**: ``handle`` waits while tickwire cannot take more (``Hub.publish``
+  waits for room at every subscriber; the backplane unreachable is retried with backoff),
+  and the source reads nothing more meanwhile: its prefetch bounds what is in flight.
+- **Bad messages** (no route, not JSON, a value the hub's gate refuses, no such table) are
+  dead-lettered with the reason, never a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import attrs
+import trio
+
+from tickwire.broadcast import DuplicateKey, Hub, Overloaded, TooManyTopics
+from tickwire.errors import BackplaneUnavailable, InvalidValue, ValueTooLarge
+from tickwire.sources.mapping import DeadLetter, Routing, ToStream, ToTable
+
+__all__ = ["Bridge", "Dead", "Delivery", "Handler", "Published", "Source", "SourceStatistics"]
+
+log = logging.getLogger("tickwire.sources")
+
+
+@attrs.frozen
+class Delivery:
+    """One message from a broker.
+
+    Attributes:
+        source: the source's name (in metrics, and in the idempotency key).
+        id: the message's id, unique within the source (a stream entry's id with its
+            stream, a message id header, a sequence number).
+        subject: what the routes match: a routing key, a NATS subject, a stream's key.
+        payload: the message's body.
+        redelivered: the broker says it was delivered before (the bridge may have died
+            before acknowledging it).
+    """
+
+    source: str
+    id: str
+    subject: str
+    payload: bytes
+    redelivered: bool = False
+
+
+@attrs.frozen
+class Published:
+    """Published, or recognised as published already: acknowledge it."""
+
+    topic: str
+    offset: int | None
+
+
+@attrs.frozen
+class Dead:
+    """Not publishable: write it to the dead-letter destination, with *reason*, then
+    acknowledge it."""
+
+    reason: str
+
+
+Handler = Callable[[Delivery], Awaitable["Published | Dead"]]
+
+
+class Source(Protocol):
+    """What the bridge needs of a source."""
+
+    name: str
+
+    async def run(
+        self, handle: Handler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Consume until cancelled: *handle* each message in order, acknowledge it after
+        (dead-lettering it first when told to); ``task_status.started()`` once consuming."""
+
+
+@attrs.define
+class SourceStatistics:
+    """Counts for one source (``tickwire_source_*`` on /metrics)."""
+
+    consumed: int = 0
+    published: int = 0
+    redelivered: int = 0
+    dead_lettered: int = 0
+    retries: int = 0  # publishes retried because tickwire could not take them then
+
+
+@attrs.define(eq=False)
+class Bridge:
+    """Feeds *hub* from sources through *routing* (see the module's theory of operation).
+
+    Args:
+        hub: where messages are published (with a backplane, into the whole cluster).
+        routing: subjects to topics.
+        publish_timeout: seconds ``Hub.publish`` waits for room at each subscriber before
+            dropping that subscriber as a slow consumer (the pipeline goes on).
+        retry_delay, max_retry_delay: the backoff while the backplane is unreachable.
+    """
+
+    hub: Hub
+    routing: Routing
+    publish_timeout: float = 10.0
+    retry_delay: float = 0.1
+    max_retry_delay: float = 5.0
+    statistics: dict[str, SourceStatistics] = attrs.field(init=False, factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        if self.hub.backplane is not None and any(r.key for r in self.routing.routes):
+            # Hub.upsert hands a table's delta to the backplane without waiting for Redis:
+            # acknowledging after it would not be "at least once".
+            raise ValueError("table routes through a backplane are not supported yet")
+
+    async def run(self, *sources: Source) -> None:
+        """Run *sources* until cancelled (each in this nursery; one that fails ends all:
+        run the bridge under a supervisor, ``tickwire bridge``, to restart it)."""
+        async with trio.open_nursery() as nursery:
+            for source in sources:
+                await nursery.start(self.run_source, source)
+
+    async def run_source(
+        self, source: Source, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        self.statistics.setdefault(source.name, SourceStatistics())
+        await source.run(self.handle, task_status=task_status)
+
+    async def handle(self, delivery: Delivery) -> Published | Dead:
+        """Publish one message; return when it may be acknowledged (see the module)."""
+        stats = self.statistics.setdefault(delivery.source, SourceStatistics())
+        stats.consumed += 1
+        stats.redelivered += delivery.redelivered
+        decision = self.routing.decide(delivery.subject, delivery.payload)
+        outcome = await self._publish(delivery, decision, stats)
+        if isinstance(outcome, Dead):
+            stats.dead_lettered += 1
+            log.warning(
+                "source %s: message %s dead-lettered: %s",
+                delivery.source,
+                delivery.id,
+                outcome.reason,
+                extra={"source": delivery.source, "subject": delivery.subject},
+            )
+        else:
+            stats.published += 1
+        return outcome
+
+    async def _publish(
+        self, delivery: Delivery, decision: ToStream | ToTable | DeadLetter, stats: SourceStatistics
+    ) -> Published | Dead:
+        if isinstance(decision, DeadLetter):
+            return Dead(decision.reason)
+        delay = self.retry_delay
+        while True:
+            try:
+                if isinstance(decision, ToTable):
+                    return self._upsert(decision)
+                return await self._publish_stream(delivery, decision)
+            except (BackplaneUnavailable, Overloaded) as exc:
+                # tickwire cannot take it now: keep it (unacknowledged), consume nothing
+                # more, and try again.
+                stats.retries += 1
+                log.info("source %s: waiting to publish: %s", delivery.source, exc)
+                await trio.sleep(delay)
+                delay = min(self.max_retry_delay, delay * 2)
+            except (InvalidValue, ValueTooLarge, DuplicateKey, TooManyTopics) as exc:
+                return Dead(f"{type(exc).__name__}: {exc}")
+            except (KeyError, TypeError, ValueError) as exc:
+                return Dead(f"{type(exc).__name__}: {exc}")
+
+    async def _publish_stream(self, delivery: Delivery, decision: ToStream) -> Published:
+        topic = self.hub.topic_by_name(decision.topic)
+        if topic is not None and topic.table is not None:
+            raise ValueError(f"{decision.topic} is a table topic: route it with a key field")
+        key = f"{delivery.source}:{delivery.id}"
+        offset = await self.hub.publish(
+            decision.topic, decision.payload, key=key, timeout=self.publish_timeout
+        )
+        return Published(decision.topic, offset)
+
+    def _upsert(self, decision: ToTable) -> Published:
+        topic = self.hub.topic_by_name(decision.topic)
+        if topic is None or topic.table is None:
+            raise KeyError(f"no table topic {decision.topic!r}: declare it with Hub.table()")
+        offset = self.hub.upsert(decision.topic, decision.key, decision.fields)
+        return Published(decision.topic, offset)

@@ -1,0 +1,264 @@
+"""tickwire.sources: routes (pure), and the Redis Streams source end to end against a real
+redis-server of the test's own, into a real server's subscribers."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import msgpack
+import pytest
+import trio
+
+from tests.helpers import connect
+from tests.realredis import needs_redis, redis_server
+from tickwire.broadcast import Hub
+from tickwire.sansio.events import Ack, Data, Subscribe
+from tickwire.sansio.table import Field, Schema
+from tickwire.server import open_server
+from tickwire.sources import (
+    Bridge,
+    Dead,
+    DeadLetter,
+    Delivery,
+    Published,
+    Route,
+    Routing,
+    ToStream,
+    ToTable,
+)
+from tickwire.sources.redis_streams import RedisStreamSource
+
+ROUTES = Routing.from_config(
+    [
+        {"match": "quotes.*", "topic": "quotes", "key": "symbol"},
+        {"match": "trades.*", "topic": "trades.{2}"},
+        {"match": "game.>", "topic": "{subject}", "format": "msgpack"},
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("subject", "payload", "expected"),
+    [
+        ("trades.ACME", b'{"px": 101.25}', ToStream("trades.ACME", {"px": 101.25})),
+        ("quotes.ACME", b'{"symbol": "ACME", "bid": 1}', ToTable("quotes", "ACME", {"bid": 1})),
+        ("game.world.7", msgpack.packb([1, 2]), ToStream("game.world.7", [1, 2])),
+        ("orders.ACME", b"{}", DeadLetter("no route for subject 'orders.ACME'")),
+        ("trades.ACME.x", b"{}", DeadLetter("no route for subject 'trades.ACME.x'")),
+        ("game", b"", DeadLetter("no route for subject 'game'")),  # '>' is one or more
+        ("quotes.ACME", b'{"bid": 1}', DeadLetter("no key field 'symbol' in the row")),
+        ("quotes.ACME", b"[1]", DeadLetter("a row must be an object, not list")),
+    ],
+)
+def test_routes(subject: str, payload: bytes, expected: Any) -> None:
+    assert ROUTES.decide(subject, payload) == expected
+
+
+def test_a_payload_that_is_not_json_is_a_dead_letter_with_the_reason() -> None:
+    decision = ROUTES.decide("trades.ACME", b"{not json")
+    assert isinstance(decision, DeadLetter)
+    assert decision.reason.startswith("not json: ")
+    decision = ROUTES.decide("game.x", b"\xc1")  # never used in msgpack
+    assert isinstance(decision, DeadLetter)
+    assert decision.reason.startswith("not msgpack: ")
+
+
+@pytest.mark.parametrize(
+    ("route", "message"),
+    [
+        ({"match": "a..b", "topic": "t"}, "not a subject pattern"),
+        ({"match": "a.>.b", "topic": "t"}, "not a subject pattern"),
+        ({"match": "a.*", "topic": "t.{3}"}, "{3} but the pattern 'a.*' has 2 segments"),
+        ({"match": "a.*", "topic": "t.{symbol}"}, "only {subject} and {1}"),
+        ({"match": "a.*", "topic": "t", "format": "xml"}, "format"),
+        ({"match": "a.*", "topic": "t", "colour": "red"}, "unknown settings: colour"),
+    ],
+)
+def test_a_bad_route_is_refused_naming_it(route: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match="route 1: ") as refused:
+        Routing.from_config([route])
+    assert message in str(refused.value)
+
+
+# -- the bridge, on a hub ------------------------------------------------------------------
+
+
+async def test_a_redelivered_message_is_published_once() -> None:
+    hub = Hub()
+    bridge = Bridge(hub, Routing([Route(match="t.*", topic="{subject}")]))
+    first = Delivery("src", "s:1-0", "t.a", b'{"n": 1}')
+    assert await bridge.handle(first) == Published("t.a", 1)
+    again = Delivery("src", "s:1-0", "t.a", b'{"n": 1}', redelivered=True)
+    assert await bridge.handle(again) == Published("t.a", 1)  # the original offset
+    assert hub.topic("t.a").offset == 1
+    assert await bridge.handle(Delivery("src", "s:2-0", "t.a", b'{"n": 1}')) == Published("t.a", 2)
+    stats = bridge.statistics["src"]
+    assert (stats.consumed, stats.published, stats.redelivered) == (3, 3, 1)
+
+
+async def test_what_the_hub_refuses_is_a_dead_letter_and_changes_nothing() -> None:
+    hub = Hub()
+    hub.table("quotes", Schema("symbol", [Field.fixed("bid", 2)]))
+    routing = Routing(
+        [Route(match="quotes.*", topic="quotes", key="symbol"), Route(match="t.*", topic="t")]
+    )
+    bridge = Bridge(hub, routing)
+    refused = await bridge.handle(Delivery("s", "1", "quotes.X", b'{"symbol": "X", "bid": 1.001}'))
+    assert isinstance(refused, Dead)
+    assert "InvalidValue" in refused.reason
+    nan = await bridge.handle(Delivery("s", "2", "t.x", json.dumps({"v": float("nan")}).encode()))
+    assert isinstance(nan, Dead)
+    unknown = await bridge.handle(Delivery("s", "3", "quotes.X", b'{"symbol": "X", "ask": 1}'))
+    assert isinstance(unknown, Dead)
+    assert hub.topic("quotes").offset == 0
+    assert hub.topic_by_name("t") is None or hub.topic("t").offset == 0
+    assert bridge.statistics["s"].dead_lettered == 3
+
+
+# -- Redis Streams, end to end -------------------------------------------------------------
+
+
+async def _stream_entries(url: str, stream: str) -> list[dict[bytes, bytes]]:
+    import coredis
+
+    client = coredis.Redis.from_url(url, decode_responses=False)
+    async with client:
+        return [dict(e.field_values) for e in await client.xrange(stream)]
+
+
+async def _add(url: str, stream: str, payloads: list[bytes]) -> None:
+    import coredis
+
+    client = coredis.Redis.from_url(url, decode_responses=False)
+    async with client:
+        for payload in payloads:
+            await client.xadd(stream, {b"data": payload})
+
+
+async def _pending(url: str, stream: str, group: str) -> int:
+    import coredis
+
+    client = coredis.Redis.from_url(url, decode_responses=False)
+    async with client:
+        summary = await client.xpending(stream, group)
+        return int(summary.pending)
+
+
+async def _subscribe(client: Any, pattern: str) -> None:
+    await client.send(Subscribe(1, pattern))
+    while not isinstance(await client.receive(), Ack):
+        pass
+
+
+@needs_redis
+async def test_redis_stream_entries_reach_subscribers_in_order_and_are_acknowledged() -> None:
+    with redis_server() as redis:
+        hub = Hub()
+        bridge = Bridge(hub, Routing([Route(match="trades.*", topic="{subject}")]))
+        source = RedisStreamSource(redis.url, ["trades.ACME"], block=0.05, name="rs")
+        async with open_server(hub, "127.0.0.1", 0) as server, connect(server.port) as client:
+            await _subscribe(client, "trades.ACME")
+            await _add(redis.url, "trades.ACME", [json.dumps({"n": i}).encode() for i in range(50)])
+            async with trio.open_nursery() as nursery:
+                await nursery.start(bridge.run_source, source)
+                got = []
+                with trio.fail_after(10):
+                    while len(got) < 50:
+                        event = await client.receive()
+                        if isinstance(event, Data):
+                            got.append(event.payload["n"])
+                assert got == list(range(50))
+                with trio.fail_after(10):
+                    await source.wait_acknowledged(50)
+                nursery.cancel_scope.cancel()
+        assert await _pending(redis.url, "trades.ACME", "tickwire") == 0
+        assert bridge.statistics["rs"].published == 50
+
+
+@needs_redis
+async def test_a_bad_entry_goes_to_the_dead_letter_stream_with_its_reason() -> None:
+    with redis_server() as redis:
+        hub = Hub()
+        bridge = Bridge(hub, Routing([Route(match="in", topic="out")]))
+        source = RedisStreamSource(redis.url, ["in"], block=0.05)
+        await _add(redis.url, "in", [b"{broken", json.dumps({"ok": 1}).encode()])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bridge.run_source, source)
+            with trio.fail_after(10):
+                await source.wait_acknowledged(2)
+            nursery.cancel_scope.cancel()
+        assert hub.topic("out").offset == 1
+        (dead,) = await _stream_entries(redis.url, "in.dead")
+        assert dead[b"data"] == b"{broken"
+        assert dead[b"reason"].startswith(b"not json")
+        assert dead[b"stream"] == b"in"
+        assert await _pending(redis.url, "in", "tickwire") == 0
+
+
+class _DiesAfter:
+    """A handler that publishes *count* messages, then dies before acknowledging the next
+    one: a bridge killed in the middle of a batch."""
+
+    def __init__(self, bridge: Bridge, count: int) -> None:
+        self.bridge, self.left = bridge, count
+
+    async def __call__(self, delivery: Delivery) -> Published | Dead:
+        outcome = await self.bridge.handle(delivery)
+        if self.left == 0:
+            raise RuntimeError("killed after publishing, before the acknowledgement")
+        self.left -= 1
+        return outcome
+
+
+@needs_redis
+async def test_a_bridge_that_dies_before_acknowledging_loses_and_duplicates_nothing() -> None:
+    with redis_server() as redis:
+        hub = Hub()
+        routing = Routing([Route(match="t", topic="t")])
+        await _add(redis.url, "t", [json.dumps(i).encode() for i in range(30)])
+        first = Bridge(hub, routing)
+        source = RedisStreamSource(redis.url, ["t"], block=0.05, batch=10, consumer="b1")
+        died: list[BaseException] = []
+        try:
+            await source.run(_DiesAfter(first, 14))  # 15 published, 14 acknowledged
+        except* RuntimeError as group:  # through coredis's task group
+            died += group.exceptions
+        assert [str(e) for e in died] == ["killed after publishing, before the acknowledgement"]
+        assert hub.topic("t").offset == 15
+        assert await _pending(redis.url, "t", "tickwire") == 6  # the rest of its batch
+        # The same consumer, restarted: its pending entries first, as redeliveries.
+        second = Bridge(hub, routing)
+        again = RedisStreamSource(redis.url, ["t"], block=0.05, batch=10, consumer="b1")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(second.run_source, again)
+            with trio.fail_after(10):
+                await again.wait_acknowledged(6 + 10)  # its pending entries, then the 10 unread
+            nursery.cancel_scope.cancel()
+        assert await _pending(redis.url, "t", "tickwire") == 0
+        topic = hub.topic("t")
+        assert topic.offset == 30  # 30 entries, 30 messages: none twice, none lost
+        assert [e.offset for e in topic.history] == list(range(1, 31))
+        assert second.statistics["redis"].redelivered == 6
+
+
+@needs_redis
+async def test_rows_from_a_stream_update_a_table_topic_exactly() -> None:
+    with redis_server() as redis:
+        hub = Hub()
+        hub.table("quotes", Schema("symbol", [Field.fixed("bid", 2), Field.fixed("ask", 2)]))
+        bridge = Bridge(hub, Routing([Route(match="quotes.*", topic="quotes", key="symbol")]))
+        source = RedisStreamSource(redis.url, ["quotes.ACME"], block=0.05)
+        rows = [{"symbol": "ACME", "bid": 101.25, "ask": 101.5}, {"symbol": "ACME", "bid": 101.3}]
+        await _add(redis.url, "quotes.ACME", [json.dumps(r).encode() for r in rows])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bridge.run_source, source)
+            with trio.fail_after(10):
+                await source.wait_acknowledged(2)
+            nursery.cancel_scope.cancel()
+        table = hub.topic("quotes").table
+        assert table is not None
+        row = table.get("ACME")
+        assert row is not None
+        assert (row["bid"], row["ask"]) == (Decimal("101.30"), Decimal("101.50"))
