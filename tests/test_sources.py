@@ -3,7 +3,11 @@ redis-server of the test's own, into a real server's subscribers."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import itertools
 import json
+import os
 from decimal import Decimal
 from typing import Any
 
@@ -262,3 +266,182 @@ async def test_rows_from_a_stream_update_a_table_topic_exactly() -> None:
         row = table.get("ACME")
         assert row is not None
         assert (row["bid"], row["ask"]) == (Decimal("101.30"), Decimal("101.50"))
+
+
+# -- NATS JetStream, end to end (the machine's NATS on 127.0.0.1:4222) -----------------------
+
+NATS_URL = "nats://127.0.0.1:4222"
+
+
+def _nats_reachable() -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", 4222), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+needs_nats = pytest.mark.skipif(not _nats_reachable(), reason="no NATS on 127.0.0.1:4222")
+
+
+async def _nats(work: Any) -> Any:
+    """Run *work(js)* with nats-py, on its own asyncio loop (as the source does)."""
+    import nats
+
+    from tickwire.sources._asyncio import run_in_asyncio
+
+    async def main() -> Any:
+        nc = await nats.connect(NATS_URL)
+        try:
+            return await work(nc, nc.jetstream())
+        finally:
+            await nc.close()
+
+    return await run_in_asyncio(main)
+
+
+@pytest.fixture
+async def jetstream() -> Any:
+    """A stream of this test's own, deleted afterwards: (stream name, subject prefix)."""
+    name = f"tw{os.getpid()}x{next(_streams)}"
+    yield name, name.lower()
+
+    async def delete(nc: Any, js: Any) -> None:
+        import nats.js.errors
+
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.delete_stream(name)
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.delete_stream(f"{name}dead")
+
+    await _nats(delete)
+
+
+_streams = itertools.count()
+
+
+async def _publish_nats(subject_values: list[tuple[str, bytes]]) -> None:
+    async def work(nc: Any, js: Any) -> None:
+        for subject, payload in subject_values:
+            await js.publish(subject, payload)
+
+    await _nats(work)
+
+
+@needs_nats
+async def test_jetstream_messages_reach_subscribers_in_order_and_are_acknowledged(
+    jetstream: tuple[str, str],
+) -> None:
+    from tickwire.sources.nats_jetstream import NatsJetStreamSource
+
+    stream, prefix = jetstream
+    hub = Hub()
+    bridge = Bridge(hub, Routing([Route(match=f"{prefix}.trades.*", topic="trades.{3}")]))
+    source = NatsJetStreamSource(NATS_URL, stream, [f"{prefix}.>"], batch=20)
+    async with open_server(hub, "127.0.0.1", 0) as server, connect(server.port) as client:
+        await _subscribe(client, "trades.ACME")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bridge.run_source, source)  # creates the stream
+            values = [(f"{prefix}.trades.ACME", json.dumps({"n": i}).encode()) for i in range(50)]
+            await _publish_nats(values)
+            got = []
+            with trio.fail_after(20):
+                while len(got) < 50:
+                    event = await client.receive()
+                    if isinstance(event, Data):
+                        got.append(event.payload["n"])
+                await source.wait_acknowledged(50)
+            nursery.cancel_scope.cancel()
+    assert got == list(range(50))
+    assert bridge.statistics["nats"].published == 50
+
+
+@needs_nats
+async def test_a_bad_jetstream_message_is_dead_lettered_with_its_reason(
+    jetstream: tuple[str, str],
+) -> None:
+    from tickwire.sources.nats_jetstream import NatsJetStreamSource
+
+    stream, prefix = jetstream
+    hub = Hub()
+    bridge = Bridge(hub, Routing([Route(match=f"{prefix}.in", topic="out")]))
+    source = NatsJetStreamSource(
+        NATS_URL, stream, [f"{prefix}.in"], dead_letters=f"{prefix}dead.{{subject}}"
+    )
+
+    async def dead_stream(nc: Any, js: Any) -> None:
+        await js.add_stream(name=f"{stream}dead", subjects=[f"{prefix}dead.>"])
+
+    await _nats(dead_stream)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bridge.run_source, source)
+        await _publish_nats([(f"{prefix}.in", b"{broken"), (f"{prefix}.in", b'{"ok": 1}')])
+        with trio.fail_after(20):
+            await source.wait_acknowledged(2)
+        nursery.cancel_scope.cancel()
+    assert hub.topic("out").offset == 1
+
+    async def read_dead(nc: Any, js: Any) -> Any:
+        return await js.get_last_msg(f"{stream}dead", f"{prefix}dead.{prefix}.in")
+
+    dead = await _nats(read_dead)
+    assert dead.data == b"{broken"
+    assert dead.headers["Tickwire-Reason"].startswith("not json")
+
+
+class _DiesOnce:
+    """Publishes *count* messages, then the next one, then dies before acknowledging it;
+    from then on it fails at once (the source's supervisor would retry it)."""
+
+    def __init__(self, bridge: Bridge, count: int) -> None:
+        self.bridge, self.left, self.dead = bridge, count, trio.Event()
+
+    async def __call__(self, delivery: Delivery) -> Published | Dead:
+        if self.dead.is_set():
+            raise RuntimeError("dead")
+        outcome = await self.bridge.handle(delivery)
+        if self.left == 0:
+            self.dead.set()
+            raise RuntimeError("killed after publishing, before the acknowledgement")
+        self.left -= 1
+        return outcome
+
+
+@needs_nats
+async def test_a_jetstream_bridge_that_dies_before_acknowledging_publishes_once(
+    jetstream: tuple[str, str],
+) -> None:
+    from tickwire.sources.nats_jetstream import NatsJetStreamSource
+
+    stream, prefix = jetstream
+    hub = Hub()
+    routing = Routing([Route(match=f"{prefix}.t", topic="t")])
+    first = Bridge(hub, routing)
+    dying = NatsJetStreamSource(NATS_URL, stream, [f"{prefix}.t"], batch=10, ack_wait=1.0)
+
+    async def create(nc: Any, js: Any) -> None:
+        await js.add_stream(name=stream, subjects=[f"{prefix}.t"])
+
+    await _nats(create)
+    await _publish_nats([(f"{prefix}.t", json.dumps(i).encode()) for i in range(30)])
+    handler = _DiesOnce(first, 14)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(dying.run, handler))
+        with trio.fail_after(20):
+            await handler.dead.wait()
+        nursery.cancel_scope.cancel()  # killed: 15 published, 14 acknowledged
+    assert hub.topic("t").offset == 15
+    second = Bridge(hub, routing)
+    again = NatsJetStreamSource(NATS_URL, stream, [f"{prefix}.t"], batch=10, ack_wait=1.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(second.run_source, again)
+        with trio.fail_after(30):
+            while hub.topic("t").offset < 30:
+                await again.wait_acknowledged(again.acknowledged + 1)
+        nursery.cancel_scope.cancel()
+    topic = hub.topic("t")
+    assert topic.offset == 30  # none lost, none twice
+    assert [e.offset for e in topic.history] == list(range(1, 31))
+    assert second.statistics["nats"].redelivered >= 1

@@ -1,0 +1,180 @@
+"""A source that consumes NATS JetStream through a durable pull consumer (nats-py).
+
+Imports: nats (the ``nats`` extra), trio, attrs, tickwire.sources.bridge,
+tickwire.sources._asyncio.
+
+Theory of operation. nats-py, the NATS maintainers' client, is asyncio-only; it runs on its
+own loop in a worker thread (:mod:`tickwire.sources._asyncio`), and each message is handed
+to the bridge in trio. The source pulls at most *batch* messages at a time from the
+durable consumer *durable* on *subjects* of stream *stream*, with explicit
+acknowledgement:
+
+- a message is acknowledged (``ack_sync``: JetStream confirms it) only after the bridge
+  published it, or after it was dead-lettered (published to *dead_letters* with the reason
+  in the ``Tickwire-Reason`` header, then terminated: ``term``, never redelivered);
+- unacknowledged messages come again after *ack_wait* seconds, from this consumer or any
+  other bridge on the same durable (a bridge killed mid-batch); JetStream's delivery count
+  marks them as redelivered, and the idempotency key ``<stream>:<stream sequence>``
+  publishes each once;
+- while the bridge waits to publish, nothing more is pulled: the batch bounds what is in
+  flight.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from tickwire.sources._asyncio import call_trio, run_in_asyncio
+from tickwire.sources.bridge import Dead, Delivery, Handler
+
+__all__ = ["NatsJetStreamSource"]
+
+log = logging.getLogger("tickwire.sources")
+
+
+@attrs.define(eq=False)
+class NatsJetStreamSource:
+    """JetStream *stream*'s *subjects* at *url*, through durable consumer *durable*.
+
+    Args:
+        url: ``nats://host:port``.
+        stream: the JetStream stream (created with *subjects* if it does not exist).
+        subjects: the subjects consumed (patterns with ``*`` and ``>``).
+        durable: the durable consumer's name, shared by bridges that split the work and
+            kept across restarts.
+        batch: messages pulled at once (the prefetch).
+        ack_wait: seconds before an unacknowledged message is delivered again.
+        dead_letters: the subject dead letters are published to (``{subject}``: the
+            message's own).
+        name: the source's name (metrics, idempotency keys).
+        retry_delay: seconds between attempts while NATS is unreachable.
+    """
+
+    url: str
+    stream: str
+    subjects: Sequence[str] = attrs.field(converter=tuple)
+    durable: str = "tickwire"
+    batch: int = attrs.field(default=100, validator=attrs.validators.ge(1))
+    ack_wait: float = 30.0
+    dead_letters: str = "dead.{subject}"
+    name: str = "nats"
+    retry_delay: float = 1.0
+    acknowledged: int = attrs.field(init=False, default=0)  # messages settled
+    lag: int = attrs.field(init=False, default=0)  # pending in the consumer, last seen
+    _acked: trio.Event = attrs.field(init=False, factory=trio.Event)
+
+    async def wait_acknowledged(self, count: int) -> None:
+        """Wait until *count* messages have been acknowledged since this source was made."""
+        while self.acknowledged < count:
+            await self._acked.wait()
+
+    def _settled(self) -> None:
+        self.acknowledged += 1
+        self._acked.set()
+        self._acked = trio.Event()
+
+    async def run(
+        self, handle: Handler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Consume until cancelled; NATS unreachable is retried every *retry_delay*."""
+        token = trio.lowlevel.current_trio_token()
+        started = trio.Event()
+
+        async def settled() -> None:
+            self._settled()
+
+        async def mark_started() -> None:
+            started.set()
+
+        async def consume() -> None:
+            await self._consume(token, handle, mark_started, settled)
+
+        async with trio.open_nursery() as nursery:
+
+            async def supervise() -> None:
+                while True:
+                    try:
+                        await run_in_asyncio(consume)
+                    except Exception as exc:  # nats-py's errors, the connection's
+                        log.warning("source %s: NATS failed (%s); retrying", self.name, exc)
+                        await trio.sleep(self.retry_delay)
+
+            nursery.start_soon(supervise)
+            await started.wait()
+            task_status.started()
+
+    async def _consume(self, token: Any, handle: Handler, started: Any, settled: Any) -> None:
+        """The asyncio side: connect, pull, hand over, acknowledge."""
+        import nats
+        import nats.errors
+        import nats.js.api
+        import nats.js.errors
+
+        nc = await nats.connect(self.url, max_reconnect_attempts=0)
+        try:
+            js = nc.jetstream()
+            try:
+                await js.stream_info(self.stream)
+            except nats.js.errors.NotFoundError:
+                await js.add_stream(name=self.stream, subjects=list(self.subjects))
+            config = nats.js.api.ConsumerConfig(
+                ack_policy=nats.js.api.AckPolicy.EXPLICIT,
+                ack_wait=self.ack_wait,
+                max_ack_pending=max(self.batch, 1),
+            )
+            subscription = await js.pull_subscribe(
+                "", durable=self.durable, stream=self.stream, config=config
+            )
+            await call_trio(token, started)
+            while True:
+                try:
+                    messages = await subscription.fetch(self.batch, timeout=1.0)
+                except nats.errors.TimeoutError:
+                    continue
+                for message in messages:
+                    await self._one(nc, token, handle, message)
+                    await call_trio(token, settled)
+                self.lag = messages[-1].metadata.num_pending if messages else 0
+        finally:
+            await _close(nc)
+
+    async def _one(self, nc: Any, token: Any, handle: Handler, message: Any) -> None:
+        meta = message.metadata
+        delivery = Delivery(
+            self.name,
+            f"{meta.stream}:{meta.sequence.stream}",
+            message.subject,
+            bytes(message.data),
+            meta.num_delivered > 1,
+        )
+        outcome = await call_trio(token, handle, delivery)
+        if isinstance(outcome, Dead):
+            headers = {"Tickwire-Reason": outcome.reason, "Tickwire-Id": delivery.id}
+            await nc.publish(
+                self.dead_letters.format(subject=message.subject), message.data, headers=headers
+            )
+            await nc.flush()
+            await message.term()
+        else:
+            await message.ack_sync()
+
+
+async def _close(nc: Any) -> None:
+    """Close the connection even if the task is cancelled meanwhile (a cancel that lands in
+    the middle of ``close`` would leave its socket open)."""
+    import asyncio
+
+    closing = asyncio.ensure_future(nc.close())
+    cancelled = False
+    while not closing.done():
+        try:
+            await asyncio.shield(closing)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
