@@ -273,17 +273,17 @@ async def test_rows_from_a_stream_update_a_table_topic_exactly() -> None:
 NATS_URL = "nats://127.0.0.1:4222"
 
 
-def _nats_reachable() -> bool:
+def _reachable(port: int) -> bool:
     import socket
 
     try:
-        with socket.create_connection(("127.0.0.1", 4222), timeout=1):
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
             return True
     except OSError:
         return False
 
 
-needs_nats = pytest.mark.skipif(not _nats_reachable(), reason="no NATS on 127.0.0.1:4222")
+needs_nats = pytest.mark.skipif(not _reachable(4222), reason="no NATS on 127.0.0.1:4222")
 
 
 async def _nats(work: Any) -> Any:
@@ -445,3 +445,130 @@ async def test_a_jetstream_bridge_that_dies_before_acknowledging_publishes_once(
     assert topic.offset == 30  # none lost, none twice
     assert [e.offset for e in topic.history] == list(range(1, 31))
     assert second.statistics["nats"].redelivered >= 1
+
+
+# -- RabbitMQ, end to end (the machine's RabbitMQ on 127.0.0.1:5672, guest/guest) -----------
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+needs_rabbitmq = pytest.mark.skipif(not _reachable(5672), reason="no RabbitMQ on 127.0.0.1:5672")
+
+
+async def _amqp(work: Any) -> Any:
+    """Run *work(channel)* with aio-pika, on its own asyncio loop (as the source does)."""
+    import aio_pika
+
+    from tickwire.sources._asyncio import run_in_asyncio
+
+    async def main() -> Any:
+        connection = await aio_pika.connect(AMQP_URL)
+        async with connection:
+            return await work(await connection.channel())
+
+    return await run_in_asyncio(main)
+
+
+@pytest.fixture
+async def amqp_names() -> Any:
+    """A queue and an exchange of this test's own, deleted afterwards."""
+    name = f"tw{os.getpid()}x{next(_streams)}"
+    yield name, f"{name}.x"
+
+    async def delete(channel: Any) -> None:
+        for queue in (name, f"{name}.dead"):
+            await channel.queue_delete(queue)
+        await channel.exchange_delete(f"{name}.x")
+
+    await _amqp(delete)
+
+
+async def _publish_amqp(exchange: str, messages: list[tuple[str, bytes, str | None]]) -> None:
+    import aio_pika
+
+    async def work(channel: Any) -> None:
+        target = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        for routing_key, body, message_id in messages:
+            await target.publish(aio_pika.Message(body, message_id=message_id), routing_key)
+
+    await _amqp(work)
+
+
+@needs_rabbitmq
+async def test_rabbitmq_messages_reach_subscribers_in_order_and_bad_ones_are_dead_lettered(
+    amqp_names: tuple[str, str],
+) -> None:
+    from tickwire.sources.rabbitmq import RabbitMqSource
+
+    queue, exchange = amqp_names
+    hub = Hub()
+    bridge = Bridge(hub, Routing([Route(match="trades.*", topic="{subject}")]))
+    source = RabbitMqSource(AMQP_URL, queue, [(exchange, "trades.#")], prefetch=10)
+    async with open_server(hub, "127.0.0.1", 0) as server, connect(server.port) as client:
+        await _subscribe(client, "trades.ACME")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bridge.run_source, source)  # declares and binds the queue
+            messages = [("trades.ACME", json.dumps({"n": i}).encode(), f"m{i}") for i in range(50)]
+            messages.insert(10, ("trades.ACME", b"{broken", "bad"))
+            await _publish_amqp(exchange, messages)
+            got = []
+            with trio.fail_after(20):
+                while len(got) < 50:
+                    event = await client.receive()
+                    if isinstance(event, Data):
+                        got.append(event.payload["n"])
+                await source.wait_acknowledged(51)
+            nursery.cancel_scope.cancel()
+    assert got == list(range(50))
+    assert bridge.statistics["rabbitmq"].dead_lettered == 1
+
+    async def read_dead(channel: Any) -> Any:
+        dead = await channel.declare_queue(f"{queue}.dead", durable=True)
+        letter = await dead.get(timeout=5)
+        await letter.ack()
+        return letter
+
+    letter = await _amqp(read_dead)
+    assert letter.body == b"{broken"
+    assert letter.headers["tickwire-reason"].startswith("not json")
+    assert letter.headers["tickwire-routing-key"] == "trades.ACME"
+
+
+@needs_rabbitmq
+async def test_a_rabbitmq_bridge_that_dies_before_acknowledging_publishes_once(
+    amqp_names: tuple[str, str],
+) -> None:
+    from tickwire.sources.rabbitmq import RabbitMqSource
+
+    queue, exchange = amqp_names
+    hub = Hub()
+    routing = Routing([Route(match="t", topic="t")])
+    first = Bridge(hub, routing)
+    import aio_pika
+
+    async def declare(channel: Any) -> None:  # bound before anything is published to it
+        target = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        await (await channel.declare_queue(queue, durable=True)).bind(target, "t")
+
+    await _amqp(declare)
+    await _publish_amqp(exchange, [("t", json.dumps(i).encode(), f"m{i}") for i in range(30)])
+    dying = RabbitMqSource(AMQP_URL, queue, [(exchange, "t")], prefetch=10)
+    handler = _DiesOnce(first, 14)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(dying.run, handler))
+        with trio.fail_after(20):
+            await handler.dead.wait()
+        nursery.cancel_scope.cancel()  # killed: 15 published, 14 acknowledged
+    assert hub.topic("t").offset == 15
+    second = Bridge(hub, routing)
+    again = RabbitMqSource(AMQP_URL, queue, [(exchange, "t")], prefetch=10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(second.run_source, again)
+        with trio.fail_after(20):
+            await again.wait_acknowledged(16)  # RabbitMQ put back what was not acknowledged
+        nursery.cancel_scope.cancel()
+    topic = hub.topic("t")
+    assert topic.offset == 30  # none lost, none twice
+    assert [e.offset for e in topic.history] == list(range(1, 31))
+    assert [e.payload for e in topic.history] == list(range(30))  # in order
+    assert second.statistics["rabbitmq"].redelivered >= 1

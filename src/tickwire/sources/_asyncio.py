@@ -14,13 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import trio
 
-__all__ = ["call_trio", "run_in_asyncio"]
+from tickwire.sources.bridge import Acknowledging, Handler
+
+log = logging.getLogger("tickwire.sources")
+
+__all__ = [
+    "AsyncioSource",
+    "call_trio",
+    "close_despite_cancel",
+    "run_in_asyncio",
+    "serve_in_asyncio",
+]
 
 T = TypeVar("T")
 
@@ -82,3 +93,80 @@ def call_trio(
     return loop.run_in_executor(
         None, lambda: trio.from_thread.run(function, *args, trio_token=token)
     )
+
+
+async def close_despite_cancel(close: Callable[[], Awaitable[Any]]) -> None:
+    """From asyncio code: run ``close()`` to its end even if the task is cancelled meanwhile
+    (a cancel that lands in the middle of a client's close leaves its socket open), then
+    let the cancellation through."""
+    closing = asyncio.ensure_future(close())
+    cancelled = False
+    while not closing.done():
+        try:
+            await asyncio.shield(closing)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+Consume = Callable[[trio.lowlevel.TrioToken, Callable[[], Awaitable[None]]], Awaitable[None]]
+
+
+async def serve_in_asyncio(
+    consume: Consume,
+    *,
+    what: str,
+    retry_delay: float,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a source's asyncio side, ``consume(token, started)``, until cancelled: started
+    (in trio) once ``consume`` awaits ``started()``, and run again *retry_delay* seconds
+    after it fails (the broker unreachable, a connection lost), saying so in the log."""
+    token = trio.lowlevel.current_trio_token()
+    ready = trio.Event()
+
+    async def started() -> None:
+        ready.set()
+
+    async def main() -> None:
+        await consume(token, started)
+
+    async def supervise() -> None:
+        while True:
+            try:
+                await run_in_asyncio(main)
+            except Exception as exc:  # the client's errors, the connection's
+                log.warning("%s failed (%s); retrying", what, exc)
+                await trio.sleep(retry_delay)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(supervise)
+        await ready.wait()
+        task_status.started()
+
+
+class AsyncioSource(Acknowledging):
+    """A source whose client is asyncio's: ``run`` is :func:`serve_in_asyncio` of its
+    ``_consume(token, handle, started)``."""
+
+    __slots__ = ()
+    broker: str = "the broker"  # for the log
+    name: str
+    retry_delay: float
+
+    async def _consume(self, token: trio.lowlevel.TrioToken, handle: Handler, started: Any) -> None:
+        raise NotImplementedError
+
+    async def run(
+        self, handle: Handler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Consume until cancelled; the broker unreachable is retried every *retry_delay*."""
+
+        async def consume(token: trio.lowlevel.TrioToken, started: Any) -> None:
+            await self._consume(token, handle, started)
+
+        what = f"source {self.name}: {self.broker}"
+        await serve_in_asyncio(
+            consume, what=what, retry_delay=self.retry_delay, task_status=task_status
+        )

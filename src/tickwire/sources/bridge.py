@@ -35,7 +35,17 @@ from tickwire.broadcast import DuplicateKey, Hub, Overloaded, TooManyTopics
 from tickwire.errors import BackplaneUnavailable, InvalidValue, ValueTooLarge
 from tickwire.sources.mapping import DeadLetter, Routing, ToStream, ToTable
 
-__all__ = ["Bridge", "Dead", "Delivery", "Handler", "Published", "Source", "SourceStatistics"]
+__all__ = [
+    "Acknowledging",
+    "Bridge",
+    "Dead",
+    "Delivery",
+    "Handler",
+    "Published",
+    "Settled",
+    "Source",
+    "SourceStatistics",
+]
 
 log = logging.getLogger("tickwire.sources")
 
@@ -90,6 +100,45 @@ class Source(Protocol):
     ) -> None:
         """Consume until cancelled: *handle* each message in order, acknowledge it after
         (dead-lettering it first when told to); ``task_status.started()`` once consuming."""
+
+
+@attrs.define(eq=False)
+class Settled:
+    """How many messages a source has settled (acknowledged), and a way to wait for more."""
+
+    count: int = 0
+    _changed: trio.Event = attrs.field(init=False, factory=trio.Event)
+
+    def add(self) -> None:
+        self.count += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def add_async(self) -> None:
+        """:meth:`add`, for a source's asyncio side (through ``call_trio``)."""
+        self.add()
+
+    async def wait(self, count: int) -> None:
+        """Wait until *count* messages have been settled."""
+        while self.count < count:
+            await self._changed.wait()
+
+
+class Acknowledging:
+    """What every source offers on top of :class:`Source`: the count of messages it has
+    acknowledged, and a way to wait for it (its ``settled``)."""
+
+    __slots__ = ()
+    settled: Settled
+
+    @property
+    def acknowledged(self) -> int:
+        """Messages settled since this source was made."""
+        return self.settled.count
+
+    async def wait_acknowledged(self, count: int) -> None:
+        """Wait until *count* messages have been acknowledged since this source was made."""
+        await self.settled.wait(count)
 
 
 @attrs.define

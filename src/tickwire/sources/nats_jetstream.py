@@ -22,23 +22,19 @@ acknowledgement:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
 import attrs
-import trio
 
-from tickwire.sources._asyncio import call_trio, run_in_asyncio
-from tickwire.sources.bridge import Dead, Delivery, Handler
+from tickwire.sources._asyncio import AsyncioSource, call_trio, close_despite_cancel
+from tickwire.sources.bridge import Dead, Delivery, Handler, Settled
 
 __all__ = ["NatsJetStreamSource"]
 
-log = logging.getLogger("tickwire.sources")
-
 
 @attrs.define(eq=False)
-class NatsJetStreamSource:
+class NatsJetStreamSource(AsyncioSource):
     """JetStream *stream*'s *subjects* at *url*, through durable consumer *durable*.
 
     Args:
@@ -64,51 +60,11 @@ class NatsJetStreamSource:
     dead_letters: str = "dead.{subject}"
     name: str = "nats"
     retry_delay: float = 1.0
-    acknowledged: int = attrs.field(init=False, default=0)  # messages settled
     lag: int = attrs.field(init=False, default=0)  # pending in the consumer, last seen
-    _acked: trio.Event = attrs.field(init=False, factory=trio.Event)
+    settled: Settled = attrs.field(init=False, factory=Settled)
+    broker = "NATS"
 
-    async def wait_acknowledged(self, count: int) -> None:
-        """Wait until *count* messages have been acknowledged since this source was made."""
-        while self.acknowledged < count:
-            await self._acked.wait()
-
-    def _settled(self) -> None:
-        self.acknowledged += 1
-        self._acked.set()
-        self._acked = trio.Event()
-
-    async def run(
-        self, handle: Handler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Consume until cancelled; NATS unreachable is retried every *retry_delay*."""
-        token = trio.lowlevel.current_trio_token()
-        started = trio.Event()
-
-        async def settled() -> None:
-            self._settled()
-
-        async def mark_started() -> None:
-            started.set()
-
-        async def consume() -> None:
-            await self._consume(token, handle, mark_started, settled)
-
-        async with trio.open_nursery() as nursery:
-
-            async def supervise() -> None:
-                while True:
-                    try:
-                        await run_in_asyncio(consume)
-                    except Exception as exc:  # nats-py's errors, the connection's
-                        log.warning("source %s: NATS failed (%s); retrying", self.name, exc)
-                        await trio.sleep(self.retry_delay)
-
-            nursery.start_soon(supervise)
-            await started.wait()
-            task_status.started()
-
-    async def _consume(self, token: Any, handle: Handler, started: Any, settled: Any) -> None:
+    async def _consume(self, token: Any, handle: Handler, started: Any) -> None:
         """The asyncio side: connect, pull, hand over, acknowledge."""
         import nats
         import nats.errors
@@ -138,10 +94,10 @@ class NatsJetStreamSource:
                     continue
                 for message in messages:
                     await self._one(nc, token, handle, message)
-                    await call_trio(token, settled)
+                    await call_trio(token, self.settled.add_async)
                 self.lag = messages[-1].metadata.num_pending if messages else 0
         finally:
-            await _close(nc)
+            await close_despite_cancel(nc.close)
 
     async def _one(self, nc: Any, token: Any, handle: Handler, message: Any) -> None:
         meta = message.metadata
@@ -162,19 +118,3 @@ class NatsJetStreamSource:
             await message.term()
         else:
             await message.ack_sync()
-
-
-async def _close(nc: Any) -> None:
-    """Close the connection even if the task is cancelled meanwhile (a cancel that lands in
-    the middle of ``close`` would leave its socket open)."""
-    import asyncio
-
-    closing = asyncio.ensure_future(nc.close())
-    cancelled = False
-    while not closing.done():
-        try:
-            await asyncio.shield(closing)
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError

@@ -31,7 +31,7 @@ import coredis
 import coredis.exceptions
 import trio
 
-from tickwire.sources.bridge import Dead, Delivery, Handler
+from tickwire.sources.bridge import Acknowledging, Dead, Delivery, Handler, Settled
 
 __all__ = ["RedisStreamSource"]
 
@@ -44,7 +44,7 @@ def _text(value: Any) -> str:
 
 
 @attrs.define(eq=False)
-class RedisStreamSource:
+class RedisStreamSource(Acknowledging):
     """Redis Streams *streams* at *url*, consumed by *group* as *consumer* (see the module).
 
     Args:
@@ -75,18 +75,7 @@ class RedisStreamSource:
     name: str = "redis"
     retry_delay: float = 1.0
     lag: dict[str, int] = attrs.field(init=False, factory=dict)  # entries not yet read
-    acknowledged: int = attrs.field(init=False, default=0)  # entries settled (XACK)
-    _acked: trio.Event = attrs.field(init=False, factory=trio.Event)
-
-    async def wait_acknowledged(self, count: int) -> None:
-        """Wait until *count* entries have been acknowledged since this source was made."""
-        while self.acknowledged < count:
-            await self._acked.wait()
-
-    def _settled(self) -> None:
-        self.acknowledged += 1
-        self._acked.set()
-        self._acked = trio.Event()
+    settled: Settled = attrs.field(init=False, factory=Settled)  # entries acknowledged
 
     async def run(
         self, handle: Handler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -165,7 +154,7 @@ class RedisStreamSource:
         values = entry.field_values
         if values is None:  # deleted (XDEL) while pending: nothing to publish
             await client.xack(stream, self.group, [identifier])
-            self._settled()
+            self.settled.add()
             return
         payload = values.get(self.field.encode())
         if payload is None:
@@ -179,7 +168,7 @@ class RedisStreamSource:
             dead.update({k: v for k, v in values.items() if k not in dead})
             await client.xadd(self.dead_letters.format(stream=stream), dead)
         await client.xack(stream, self.group, [identifier])
-        self._settled()
+        self.settled.add()
 
     async def _measure_lag(self, client: Any) -> None:
         """Entries not yet read by the group, per stream (Redis 7's XINFO GROUPS lag)."""
