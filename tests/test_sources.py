@@ -572,3 +572,30 @@ async def test_a_rabbitmq_bridge_that_dies_before_acknowledging_publishes_once(
     assert [e.offset for e in topic.history] == list(range(1, 31))
     assert [e.payload for e in topic.history] == list(range(30))  # in order
     assert second.statistics["rabbitmq"].redelivered >= 1
+
+
+@needs_redis
+async def test_each_source_has_its_figures_and_lag_on_metrics() -> None:
+    from tickwire.metrics import BridgeCollector, MetricsEndpoint, registry_for
+
+    with redis_server() as redis:
+        hub = Hub()
+        bridge = Bridge(hub, Routing([Route(match="in", topic="out")]))
+        source = RedisStreamSource(redis.url, ["in"], block=0.05, batch=2, name="orders")
+        await _add(redis.url, "in", [b'{"n": 1}', b"{broken", b'{"n": 2}'])
+        async with open_server(hub, "127.0.0.1", 0) as server:
+            registry = registry_for(server)
+            registry.register(BridgeCollector(bridge, [source]))
+            endpoint = MetricsEndpoint(server, registry)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(bridge.run_source, source)
+                with trio.fail_after(10):
+                    await source.wait_acknowledged(3)  # the last batch's lag: nothing left
+                nursery.cancel_scope.cancel()
+            status, _, body = endpoint.respond("GET", "/metrics")
+    text = body.decode()
+    assert status == 200
+    assert 'tickwire_source_consumed_total{source="orders"} 3.0' in text
+    assert 'tickwire_source_published_total{source="orders"} 2.0' in text
+    assert 'tickwire_source_dead_lettered_total{source="orders"} 1.0' in text
+    assert 'tickwire_source_lag{source="orders",stream="in"} 0.0' in text

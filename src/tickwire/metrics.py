@@ -17,7 +17,7 @@ caller's nursery, so it cannot die silently as a thread would.
 from __future__ import annotations
 
 import http
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
 import attrs
@@ -33,9 +33,16 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from tickwire.server import Server
+from tickwire.sources.bridge import Bridge
 from tickwire.statistics import HistogramStatistics
 
-__all__ = ["MetricsEndpoint", "ServerCollector", "registry_for", "serve_metrics"]
+__all__ = [
+    "BridgeCollector",
+    "MetricsEndpoint",
+    "ServerCollector",
+    "registry_for",
+    "serve_metrics",
+]
 
 REQUEST_TIMEOUT: Final = 10.0  # seconds a client has to send each request
 MAX_REQUEST_BYTES: Final = 8 * 1024
@@ -182,6 +189,45 @@ def _histogram(name: str, doc: str, h: HistogramStatistics) -> HistogramMetricFa
 def _go_float(bound: float) -> str:
     """A bucket bound as Prometheus writes it: ``+Inf``, ``0.005``, ``1.0``."""
     return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+_SOURCE_COUNTERS: Final = {
+    "consumed": "Messages a source took from its broker",
+    "published": "Messages published (or recognised as published already) and acknowledged",
+    "redelivered": "Messages the broker delivered again (a bridge died before its ack)",
+    "dead_lettered": "Messages set aside with a reason (no route, a bad payload or value)",
+    "retries": "Publishes retried because tickwire could not take them then",
+}
+
+
+class BridgeCollector(Collector):
+    """A collector of a :class:`~tickwire.sources.Bridge`'s figures per source, and of
+    each source's lag (messages in the broker not yet read, where the broker says):
+    ``registry.register(BridgeCollector(bridge, [source]))``."""
+
+    def __init__(self, bridge: Bridge, sources: Sequence[Any] = ()) -> None:
+        self.bridge = bridge
+        self.sources = list(sources)
+
+    def collect(self) -> Iterator[Metric]:
+        for field, doc in _SOURCE_COUNTERS.items():
+            family = CounterMetricFamily(f"tickwire_source_{field}", doc, labels=["source"])
+            for name, stats in sorted(self.bridge.statistics.items()):
+                family.add_metric([name], getattr(stats, field))
+            yield family
+        lag = GaugeMetricFamily(
+            "tickwire_source_lag",
+            "Messages in the broker not yet read by the bridge, at the last look",
+            labels=["source", "stream"],
+        )
+        for source in self.sources:
+            value = getattr(source, "lag", None)
+            if isinstance(value, dict):
+                for stream, count in sorted(value.items()):
+                    lag.add_metric([source.name, stream], count)
+            elif isinstance(value, int):
+                lag.add_metric([source.name, ""], value)
+        yield lag
 
 
 def registry_for(server: Server) -> CollectorRegistry:

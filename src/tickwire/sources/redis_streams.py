@@ -110,7 +110,6 @@ class RedisStreamSource(Acknowledging):
                 await self._claim(client, handle)
                 next_claim = trio.current_time() + self.claim_after / 2
             await self._read(client, handle, ">")
-            await self._measure_lag(client)
 
     async def _read(self, client: Any, handle: Handler, start: str) -> None:
         """Read and handle entries: from *start* "0", this consumer's pending ones until
@@ -121,6 +120,8 @@ class RedisStreamSource(Acknowledging):
             got = await client.xreadgroup(
                 self.group, self.consumer, last, count=self.batch, block=block
             )
+            if start != "0" and got:
+                await self._measure_lag(client)  # what is left behind this batch
             entries = 0
             for stream, items in (got or {}).items():
                 for entry in items:
