@@ -8,6 +8,7 @@ import functools
 import itertools
 import json
 import os
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -599,3 +600,99 @@ async def test_each_source_has_its_figures_and_lag_on_metrics() -> None:
     assert 'tickwire_source_published_total{source="orders"} 2.0' in text
     assert 'tickwire_source_dead_lettered_total{source="orders"} 1.0' in text
     assert 'tickwire_source_lag{source="orders",stream="in"} 0.0' in text
+
+
+# -- tickwire bridge --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("", "no [bridge] table"),
+        ('[bridge]\nredis = "x"', "bridge.redis: the backplane's redis:// URL is needed"),
+        ('[bridge]\nredis = "redis://h"\nroutes = [{match="a", topic="a"}]', "bridge.sources"),
+        (
+            '[bridge]\nredis = "redis://h"\n[[bridge.sources]]\ntype = "kafka"\n'
+            '[[bridge.routes]]\nmatch = "a"\ntopic = "a"',
+            "bridge.sources[0].type: one of redis_streams, nats_jetstream, rabbitmq",
+        ),
+        (
+            '[bridge]\nredis = "redis://h"\n[[bridge.sources]]\ntype = "redis_streams"\n'
+            'url = "redis://h"\nstreams = ["s"]\nstream = "s"\n'
+            '[[bridge.routes]]\nmatch = "a"\ntopic = "a"',
+            "bridge.sources[0]: unknown settings for redis_streams: stream",
+        ),
+        (
+            '[bridge]\nredis = "redis://h"\n[[bridge.sources]]\ntype = "redis_streams"\n'
+            'url = "redis://h"\nstreams = ["s"]\n[[bridge.routes]]\nmatch = "a"\ntopic = "a"\n'
+            'key = "id"',
+            "table routes through a backplane are not supported yet",
+        ),
+        ('[bridge]\nredis = "redis://h"\nworkers = 2', "bridge: unknown settings: workers"),
+    ],
+)
+def test_bridge_settings_are_checked_naming_what_is_wrong(toml: str, message: str) -> None:
+    import tomllib
+
+    from tickwire.sources.config import load_bridge
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_bridge(tomllib.loads(toml))
+
+
+@needs_redis
+async def test_tickwire_bridge_feeds_the_cluster_from_a_redis_stream(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    from tickwire.backplane import RedisBackplane
+
+    with redis_server() as redis:
+        config = tmp_path / "bridge.toml"
+        config.write_text(
+            f'[bridge]\nredis = "{redis.url}"\n\n[[bridge.sources]]\ntype = "redis_streams"\n'
+            f'url = "{redis.url}"\nstreams = ["feed.ACME"]\nblock = 0.05\n\n'
+            '[[bridge.routes]]\nmatch = "feed.*"\ntopic = "trades.{2}"\n'
+        )
+        hub = Hub(backplane=RedisBackplane(redis.url))
+        async with open_server(hub, "127.0.0.1", 0) as server:
+            assert isinstance(hub.backplane, RedisBackplane)
+            with trio.fail_after(10):
+                await hub.backplane.wait_connected()
+            async with connect(server.port) as client:
+                await _subscribe(client, "trades.ACME")
+                bridge = await trio.lowlevel.open_process(
+                    [sys.executable, "-m", "tickwire", "bridge", "--config", str(config)],
+                    stderr=subprocess.PIPE,
+                )
+                try:
+                    await _add(redis.url, "feed.ACME", [json.dumps(i).encode() for i in range(20)])
+                    got = []
+                    with trio.fail_after(30):
+                        while len(got) < 20:
+                            event = await client.receive()
+                            if isinstance(event, Data):
+                                got.append(event.payload)
+                    assert got == list(range(20))
+                finally:
+                    bridge.terminate()  # the process this test started, by its id
+                    await bridge.wait()
+                    assert bridge.stderr is not None
+                    said = (await bridge.stderr.receive_some(65536)).decode()
+    assert "tickwire bridge: redis -> redis://" in said
+
+
+def test_tickwire_bridge_refuses_a_bad_file_with_status_2(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "bridge.toml"
+    config.write_text('[bridge]\nredis = "nope"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "tickwire", "bridge", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "bridge.redis: the backplane's redis:// URL is needed" in done.stderr

@@ -579,6 +579,28 @@ def _bench(args: argparse.Namespace) -> int:
     return subprocess.call(command)
 
 
+def _bridge(args: argparse.Namespace) -> int:
+    from tickwire.sources.config import read_bridge, run_bridge
+
+    try:
+        settings = read_bridge(args.config)
+    except ValueError as exc:
+        print(f"tickwire bridge: {exc}", file=sys.stderr)
+        return 2
+    names = ", ".join(source.name for source in settings.sources)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_bridge, settings)
+            print(f"tickwire bridge: {names} -> {settings.redis}", file=sys.stderr, flush=True)
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = argparse.ArgumentParser(prog="tickwire", description=__doc__.splitlines()[0])
@@ -593,6 +615,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_setting_arguments(p)
     p.set_defaults(run=_serve)
+    p = sub.add_parser(
+        "bridge",
+        help="feed topics from message brokers into the servers' Redis backplane",
+        description="Consume the sources of the [bridge] table of a TOML file (Redis "
+        "Streams, NATS JetStream, RabbitMQ) and publish each message, at least once and "
+        "published once, into the cluster that shares the backplane at bridge.redis "
+        "(docs/sources.md).",
+    )
+    p.add_argument("--config", required=True, type=Path, help="the TOML file")
+    p.set_defaults(run=_bridge)
     p = sub.add_parser(
         "tail",
         help="subscribe and print the updates of topics as they arrive",
