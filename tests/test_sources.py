@@ -202,16 +202,20 @@ async def test_a_bad_entry_goes_to_the_dead_letter_stream_with_its_reason() -> N
         assert await _pending(redis.url, "in", "tickwire") == 0
 
 
-class _DiesAfter:
-    """A handler that publishes *count* messages, then dies before acknowledging the next
-    one: a bridge killed in the middle of a batch."""
+class _DiesOnce:
+    """A bridge killed in the middle of a batch: publishes *count* messages, then the next
+    one, then dies before acknowledging it; from then on it fails at once (a source's
+    supervisor may retry it)."""
 
     def __init__(self, bridge: Bridge, count: int) -> None:
-        self.bridge, self.left = bridge, count
+        self.bridge, self.left, self.dead = bridge, count, trio.Event()
 
     async def __call__(self, delivery: Delivery) -> Published | Dead:
+        if self.dead.is_set():
+            raise RuntimeError("dead")
         outcome = await self.bridge.handle(delivery)
         if self.left == 0:
+            self.dead.set()
             raise RuntimeError("killed after publishing, before the acknowledgement")
         self.left -= 1
         return outcome
@@ -227,7 +231,7 @@ async def test_a_bridge_that_dies_before_acknowledging_loses_and_duplicates_noth
         source = RedisStreamSource(redis.url, ["t"], block=0.05, batch=10, consumer="b1")
         died: list[BaseException] = []
         try:
-            await source.run(_DiesAfter(first, 14))  # 15 published, 14 acknowledged
+            await source.run(_DiesOnce(first, 14))  # 15 published, 14 acknowledged
         except* RuntimeError as group:  # through coredis's task group
             died += group.exceptions
         assert [str(e) for e in died] == ["killed after publishing, before the acknowledgement"]
@@ -390,24 +394,6 @@ async def test_a_bad_jetstream_message_is_dead_lettered_with_its_reason(
     dead = await _nats(read_dead)
     assert dead.data == b"{broken"
     assert dead.headers["Tickwire-Reason"].startswith("not json")
-
-
-class _DiesOnce:
-    """Publishes *count* messages, then the next one, then dies before acknowledging it;
-    from then on it fails at once (the source's supervisor would retry it)."""
-
-    def __init__(self, bridge: Bridge, count: int) -> None:
-        self.bridge, self.left, self.dead = bridge, count, trio.Event()
-
-    async def __call__(self, delivery: Delivery) -> Published | Dead:
-        if self.dead.is_set():
-            raise RuntimeError("dead")
-        outcome = await self.bridge.handle(delivery)
-        if self.left == 0:
-            self.dead.set()
-            raise RuntimeError("killed after publishing, before the acknowledgement")
-        self.left -= 1
-        return outcome
 
 
 @needs_nats

@@ -1155,15 +1155,16 @@ class Hub:
         self, subscriber: Subscriber, data: bytes, *, topic_id: int = 0, optional: bool = False
     ) -> None:
         """``deliver_nowait`` to one subscriber, whose failure is its own."""
-        try:
-            subscriber.deliver_nowait(data, topic_id=topic_id, optional=optional)
-        except Exception as exc:
-            self._subscriber_failed(subscriber, exc)
+        self._tell(
+            subscriber, subscriber.deliver_nowait, data, topic_id=topic_id, optional=optional
+        )
 
-    def _tell(self, subscriber: Subscriber, call: Callable[[Topic, int], None], *args: Any) -> None:
+    def _tell(
+        self, subscriber: Subscriber, call: Callable[..., object], *args: Any, **kwargs: Any
+    ) -> None:
         """*call* (one of *subscriber*'s methods) with *args*; its failure is its own."""
         try:
-            call(*args)
+            call(*args, **kwargs)
         except Exception as exc:
             self._subscriber_failed(subscriber, exc)
 
@@ -1199,11 +1200,8 @@ class Hub:
             if not self._bursts:
                 self.corking = False
                 corked, self._corked = self._corked, []
-                for subscriber in corked:
-                    try:
-                        subscriber.uncork()
-                    except Exception as exc:  # never the publisher, never the others
-                        self._subscriber_failed(subscriber, exc)
+                for subscriber in corked:  # never the publisher, never the others
+                    self._tell(subscriber, subscriber.uncork)
 
     def cork(self, subscriber: Subscriber) -> None:
         """*subscriber* kept a message for the end of the :meth:`burst`: call its

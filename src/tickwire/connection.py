@@ -660,12 +660,7 @@ class ServerConnection:
                     core.tick(now, os.urandom(4))
                     await self._process(now)
         except Exception:  # a bug in this connection: it alone goes
-            log.exception(
-                "connection %s failed; closing it with 1011",
-                self.id,
-                extra={"conn": self.id, "remote": self.remote},
-            )
-            self.finish(1011, "internal error")
+            self._crashed("")
         finally:
             self._scope = None
             self._nursery = None  # no writer starts any more
@@ -681,6 +676,16 @@ class ServerConnection:
             self._ended = True
             if self._closed is not None:
                 self._closed.set()
+
+    def _crashed(self, where: str) -> None:
+        """A bug in this connection (the exception being handled): log it, close with 1011."""
+        log.exception(
+            "connection %s failed%s; closing it with 1011",
+            self.id,
+            where,
+            extra={"conn": self.id, "remote": self.remote},
+        )
+        self.finish(1011, "internal error")
 
     @property
     def closed(self) -> trio.Event:
@@ -778,12 +783,7 @@ class ServerConnection:
             with trio.CancelScope() as self._writer_scope:
                 await self._write_backlog()
         except Exception:
-            log.exception(
-                "connection %s failed in its writer; closing it with 1011",
-                self.id,
-                extra={"conn": self.id, "remote": self.remote},
-            )
-            self.finish(1011, "internal error")
+            self._crashed(" in its writer")
         finally:
             self._writing = False
             self._writer_scope = None

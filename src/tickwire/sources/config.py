@@ -23,6 +23,7 @@ Every key of a source table but ``type`` is an argument of that source's class
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import tomllib
 from collections.abc import Mapping
@@ -59,8 +60,7 @@ def _source(index: int, table: Mapping[str, Any]) -> Any:
     if kind not in SOURCE_TYPES:
         raise ValueError(f"{where}.type: one of {', '.join(SOURCE_TYPES)}, not {kind!r}")
     module_name, class_name = SOURCE_TYPES[kind]
-    module = __import__(module_name, fromlist=[class_name])
-    cls = getattr(module, class_name)
+    cls = getattr(importlib.import_module(module_name), class_name)
     accepted = set(inspect.signature(cls).parameters)
     arguments = {k: v for k, v in table.items() if k != "type"}
     unknown = sorted(set(arguments) - accepted)
