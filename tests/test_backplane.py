@@ -361,3 +361,40 @@ async def test_scripts_flushed_from_redis_are_loaded_again_and_nothing_is_publis
             assert await publisher.publish("flushed", "after") == 2
             got = await take(updates, 2)
             assert got == [Message("flushed", 1, "before"), Message("flushed", 2, "after")]
+
+
+async def test_publish_many_shares_round_trips_keeps_order_and_answers_each(
+    redis: RedisServer,
+) -> None:
+    from tickwire.errors import InvalidValue
+
+    async with open_publisher(redis.url) as publisher:
+        assert isinstance(publisher.backplane, RedisBackplane)
+        await publisher.backplane.wait_connected()
+        items: list[tuple[str, Any, str | None]] = []
+        for i in range(300):
+            items.append((f"t{i % 3}", i, f"key{i}"))
+        items.insert(150, ("t0", float("inf"), None))  # refused, the rest goes on
+        before = publisher.backplane.statistics().round_trips
+        answers = await publisher.publish_many(items)
+        trips = publisher.backplane.statistics().round_trips - before
+        assert isinstance(answers.pop(150), InvalidValue)
+        assert answers == [i // 3 + 1 for i in range(300)]  # each topic's offsets, in order
+        assert trips < 30  # not one round trip per message
+        # Published again (a redelivery): the original offsets, nothing new.
+        again = await publisher.publish_many([(f"t{i % 3}", i, f"key{i}") for i in range(300)])
+        assert again == answers
+        assert await publisher.publish("t0", "next") == 101
+
+
+async def test_publish_many_refuses_the_tail_it_cannot_queue(redis: RedisServer) -> None:
+    from tests.realredis import free_port
+
+    nowhere = RedisBackplane(f"redis://127.0.0.1:{free_port()}", reconnect_interval=0.05)
+    hub = Hub(backplane=nowhere)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hub.run)
+        answers = await hub.publish_many([("t", 1, None), ("t", 2, None)], timeout=0.05)
+        nursery.cancel_scope.cancel()
+    assert [type(a) for a in answers] == [BackplaneUnavailable, BackplaneUnavailable]
+    assert nowhere.statistics().published == 0

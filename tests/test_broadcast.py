@@ -245,3 +245,28 @@ def test_a_subscriber_that_fails_when_told_of_a_topic_is_dropped_alone() -> None
     assert bad not in hub.topic("t.a").subscribers
     assert good in hub.topic("t.a").subscribers
     assert len(good.frames) == 1
+
+
+async def test_publish_many_publishes_in_order_and_answers_each_message() -> None:
+    from decimal import Decimal
+
+    from tickwire.errors import InvalidValue
+    from tickwire.sansio.table import Field, Schema
+
+    hub = Hub()
+    hub.table("quotes", Schema("symbol", [Field.fixed("bid", 2)]))
+    answers = await hub.publish_many(
+        [
+            ("a", 1, "k1"),
+            ("a", float("nan"), None),  # refused by the value gate: nothing published
+            ("quotes", {"bid": Decimal("1.00")}, None),  # a table: refused
+            ("b", 2, None),
+            ("a", 1, "k1"),  # the same key again: the original offset
+            ("a", 3, None),
+        ]
+    )
+    assert answers[0] == 1
+    assert isinstance(answers[1], InvalidValue)
+    assert isinstance(answers[2], ValueError) and "table topic" in str(answers[2])
+    assert answers[3:] == [1, 1, 2]
+    assert [e.payload for e in hub.topic("a").history] == [1, 3]

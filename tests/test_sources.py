@@ -203,22 +203,27 @@ async def test_a_bad_entry_goes_to_the_dead_letter_stream_with_its_reason() -> N
 
 
 class _DiesOnce:
-    """A bridge killed in the middle of a batch: publishes *count* messages, then the next
-    one, then dies before acknowledging it; from then on it fails at once (a source's
-    supervisor may retry it)."""
+    """A bridge killed in the middle of its work: acknowledges *count* messages' worth of
+    batches, then dies with the next batch unacknowledged, after publishing it (or, not
+    *publish_last*, before); from then on it fails at once (a source's supervisor may
+    retry it)."""
 
-    def __init__(self, bridge: Bridge, count: int) -> None:
+    def __init__(self, bridge: Bridge, count: int, *, publish_last: bool = True) -> None:
         self.bridge, self.left, self.dead = bridge, count, trio.Event()
+        self.publish_last = publish_last
 
-    async def __call__(self, delivery: Delivery) -> Published | Dead:
+    async def __call__(self, deliveries: Any) -> list[Published | Dead]:
         if self.dead.is_set():
             raise RuntimeError("dead")
-        outcome = await self.bridge.handle(delivery)
-        if self.left == 0:
+        last = self.left < len(deliveries)
+        outcomes = (
+            [] if last and not self.publish_last else await self.bridge.handle_many(deliveries)
+        )
+        if last:
             self.dead.set()
             raise RuntimeError("killed after publishing, before the acknowledgement")
-        self.left -= 1
-        return outcome
+        self.left -= len(deliveries)
+        return outcomes
 
 
 @needs_redis
@@ -231,25 +236,25 @@ async def test_a_bridge_that_dies_before_acknowledging_loses_and_duplicates_noth
         source = RedisStreamSource(redis.url, ["t"], block=0.05, batch=10, consumer="b1")
         died: list[BaseException] = []
         try:
-            await source.run(_DiesOnce(first, 14))  # 15 published, 14 acknowledged
+            await source.run(_DiesOnce(first, 10))  # 20 published, 10 acknowledged
         except* RuntimeError as group:  # through coredis's task group
             died += group.exceptions
         assert [str(e) for e in died] == ["killed after publishing, before the acknowledgement"]
-        assert hub.topic("t").offset == 15
-        assert await _pending(redis.url, "t", "tickwire") == 6  # the rest of its batch
+        assert hub.topic("t").offset == 20
+        assert await _pending(redis.url, "t", "tickwire") == 10  # its second batch
         # The same consumer, restarted: its pending entries first, as redeliveries.
         second = Bridge(hub, routing)
         again = RedisStreamSource(redis.url, ["t"], block=0.05, batch=10, consumer="b1")
         async with trio.open_nursery() as nursery:
             await nursery.start(second.run_source, again)
             with trio.fail_after(10):
-                await again.wait_acknowledged(6 + 10)  # its pending entries, then the 10 unread
+                await again.wait_acknowledged(10 + 10)  # its pending entries, then the unread
             nursery.cancel_scope.cancel()
         assert await _pending(redis.url, "t", "tickwire") == 0
         topic = hub.topic("t")
         assert topic.offset == 30  # 30 entries, 30 messages: none twice, none lost
         assert [e.offset for e in topic.history] == list(range(1, 31))
-        assert second.statistics["redis"].redelivered == 6
+        assert second.statistics["redis"].redelivered == 10
 
 
 @needs_redis
@@ -412,25 +417,29 @@ async def test_a_jetstream_bridge_that_dies_before_acknowledging_publishes_once(
         await js.add_stream(name=stream, subjects=[f"{prefix}.t"])
 
     await _nats(create)
-    await _publish_nats([(f"{prefix}.t", json.dumps(i).encode()) for i in range(30)])
-    handler = _DiesOnce(first, 14)
+    await _publish_nats([(f"{prefix}.t", json.dumps(i).encode()) for i in range(25)])
+    handler = _DiesOnce(first, 20, publish_last=False)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(functools.partial(dying.run, handler))
         with trio.fail_after(20):
             await handler.dead.wait()
-        nursery.cancel_scope.cancel()  # killed: 15 published, 14 acknowledged
-    assert hub.topic("t").offset == 15
+        nursery.cancel_scope.cancel()  # killed: its last batch read, neither published nor
+    assert hub.topic("t").offset == 20  # acknowledged
+    assert dying.acknowledged == 20
+    # Newer messages arrive while the last batch waits out its ack wait: they must not be
+    # published before it.
+    await _publish_nats([(f"{prefix}.t", json.dumps(i).encode()) for i in range(25, 30)])
     second = Bridge(hub, routing)
     again = NatsJetStreamSource(NATS_URL, stream, [f"{prefix}.t"], batch=10, ack_wait=1.0)
     async with trio.open_nursery() as nursery:
         await nursery.start(second.run_source, again)
         with trio.fail_after(30):
-            while hub.topic("t").offset < 30:
-                await again.wait_acknowledged(again.acknowledged + 1)
+            await again.wait_acknowledged(10)  # the 5 redelivered, then the 5 new
         nursery.cancel_scope.cancel()
     topic = hub.topic("t")
     assert topic.offset == 30  # none lost, none twice
     assert [e.offset for e in topic.history] == list(range(1, 31))
+    assert [e.payload for e in topic.history] == list(range(30))  # in order
     assert second.statistics["nats"].redelivered >= 1
 
 
@@ -545,14 +554,14 @@ async def test_a_rabbitmq_bridge_that_dies_before_acknowledging_publishes_once(
         nursery.start_soon(functools.partial(dying.run, handler))
         with trio.fail_after(20):
             await handler.dead.wait()
-        nursery.cancel_scope.cancel()  # killed: 15 published, 14 acknowledged
-    assert hub.topic("t").offset == 15
+        nursery.cancel_scope.cancel()  # killed: its last batch published, not acknowledged
+    assert hub.topic("t").offset > dying.acknowledged
     second = Bridge(hub, routing)
     again = RabbitMqSource(AMQP_URL, queue, [(exchange, "t")], prefetch=10)
     async with trio.open_nursery() as nursery:
         await nursery.start(second.run_source, again)
-        with trio.fail_after(20):
-            await again.wait_acknowledged(16)  # RabbitMQ put back what was not acknowledged
+        with trio.fail_after(20):  # RabbitMQ put back what was not acknowledged
+            await again.wait_acknowledged(30 - dying.acknowledged)
         nursery.cancel_scope.cancel()
     topic = hub.topic("t")
     assert topic.offset == 30  # none lost, none twice

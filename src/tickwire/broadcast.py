@@ -319,6 +319,12 @@ class Backplane(Protocol):
             DuplicateKey: *key* was used for another payload.
         """
 
+    async def publish_many(
+        self, messages: Sequence[tuple[str, bytes, str | None]], *, timeout: float
+    ) -> list[int | BaseException]:
+        """Publish stream messages (topic, packed, key) in order, sharing round trips;
+        each one's offset or error, in order (see RedisBackplane.publish_many)."""
+
     async def join(self, pattern: str, *, create: bool, client: bool) -> None:
         """Follow the topics *pattern* names in this process (as local topics of the hub),
         creating a topic name cluster-wide if *create*.
@@ -1369,6 +1375,54 @@ class Hub:
         offset = self.publish_nowait(topic, payload, key=key)
         assert offset is not None  # no backplane
         return offset
+
+    async def publish_many(
+        self, messages: Sequence[tuple[str, Any, str | None]], *, timeout: float = 10.0
+    ) -> list[int | Exception]:
+        """:meth:`publish` of several stream messages, (topic, payload, idempotency key)
+        each, in this order; returns once every one is published or refused: its offset,
+        or the exception :meth:`publish` would have raised, in the same order.
+
+        With a backplane the messages are queued for Redis in order and share its round
+        trips (one call can publish hundreds in one), instead of one round trip each. A
+        message refused by its checks (a bad value, a table topic) is skipped and the
+        others go on; once one finds no room within *timeout* (Redis unreachable), every
+        one after it is refused too (BackplaneUnavailable), so that publishing that tail
+        again keeps the order; a message once queued waits for Redis as long as it takes.
+        Without a backplane it is :meth:`publish` of each in turn.
+        """
+        if self.backplane is None:
+            done: list[int | Exception] = []
+            for topic, payload, key in messages:
+                try:
+                    done.append(await self.publish(topic, payload, key=key, timeout=timeout))
+                except (ValueError, TypeError, DuplicateKey, Overloaded) as exc:
+                    done.append(exc)  # InvalidValue is a ValueError
+            return done
+        results: list[int | Exception | None] = [None] * len(messages)
+        checked: list[tuple[str, bytes, str | None]] = []
+        where: list[int] = []
+        for index, (topic, payload, key) in enumerate(messages):
+            try:
+                existing = self._topics.get(topic)
+                if existing is not None and existing.table is not None:
+                    raise ValueError(
+                        f"{topic!r} is a table topic: use upsert(), delete() or update()"
+                    )
+                if existing is None:
+                    self._check_name(topic)
+                if key is not None and not isinstance(key, str):
+                    raise TypeError("an idempotency key is a str")
+                checked.append((topic, self.check_payload(payload), key))
+                where.append(index)
+            except (ValueError, TypeError) as exc:  # InvalidValue is a ValueError
+                results[index] = exc
+        answers = await self.backplane.publish_many(checked, timeout=timeout)
+        for index, answer in zip(where, answers, strict=True):
+            if not isinstance(answer, int | Exception):
+                raise answer  # a cancellation, not a refusal
+            results[index] = answer
+        return [r for r in results if r is not None]
 
     # -- the backplane -------------------------------------------------------------------------
 

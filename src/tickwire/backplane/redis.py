@@ -396,6 +396,51 @@ class RedisBackplane:
             raise message.error
         return message.offset
 
+    async def publish_many(
+        self, messages: Sequence[tuple[str, bytes, str | None]], *, timeout: float
+    ) -> list[int | BaseException]:
+        """Publish stream messages (topic, packed payload, idempotency key) in this order:
+        each is queued for Redis behind the one before it, so that they share round trips,
+        and the call returns once every one is answered, with its offset or its error in
+        the same order. Once one cannot be queued within *timeout* (no room, Redis
+        unreachable), neither is any after it: those fail with BackplaneUnavailable, and
+        a retry of that tail keeps the order. A queued message waits for Redis as long as
+        it takes (it is never failed for its age, which could let one after it through
+        first); what waits is bounded by *max_pending* and *max_pending_bytes*."""
+        deadline = trio.current_time() + timeout
+        taken: list[_Message | BaseException] = []
+        refused: BaseException | None = None
+        for topic, packed, key in messages:
+            if refused is None and not (self.ready and self._has_room(len(packed))):
+                # Waits only when it must: queued without a checkpoint in between, the
+                # messages go to Redis together.
+                with trio.move_on_at(deadline):
+                    while not self._has_room(len(packed)):
+                        await self._room.wait()
+                    await self._connected.wait()
+                if not self.ready or not self._has_room(len(packed)):
+                    refused = BackplaneUnavailable(
+                        "the backplane could not take the message within "
+                        f"{timeout:g} s (Redis is unreachable or slow)"
+                    )
+            if refused is not None:
+                taken.append(refused)
+                continue
+            message = self._message(topic, packed, key, deadline=math.inf)
+            message.done = trio.Event()
+            self._take(message)
+            taken.append(message)
+        await trio.lowlevel.checkpoint()
+        results: list[int | BaseException] = []
+        for item in taken:
+            if isinstance(item, _Message):
+                assert item.done is not None
+                await item.done.wait()
+                results.append(item.offset if item.error is None else item.error)
+            else:
+                results.append(item)
+        return results
+
     def _message(
         self, topic: str, packed: bytes, key: str | None, *, deadline: float | None = None
     ) -> _Message:

@@ -3,19 +3,24 @@
 Imports: trio, attrs, tickwire.broadcast, tickwire.errors, tickwire.sources.mapping.
 
 Theory of operation. A source (:mod:`tickwire.sources.redis_streams`, ...) consumes its
-broker and calls :meth:`Bridge.handle` for each message, in order, one at a time; it
-acknowledges the message only after ``handle`` returns, and what ``handle`` returns says
-how: published (or recognised as published already), or dead-lettered with a reason, which
-the source writes to its dead-letter destination before acknowledging.
+broker and hands each batch it reads to :meth:`Bridge.handle_many`, in order, one batch at
+a time; it acknowledges the batch's messages only after ``handle_many`` returns, and what
+it returns says how for each: published (or recognised as published already), or
+dead-lettered with a reason, which the source writes to its dead-letter destination before
+acknowledging. A batch's messages are published together, in order: with a backplane they
+share Redis round trips (:meth:`Hub.publish_many`), so a bridge is not bound to one round
+trip per message.
 
 - **At least once**: nothing is acknowledged before the hub has published it (with a
-  backplane, before Redis has it: ``Hub.publish`` returns then). A bridge that dies between
+  backplane, before Redis has it: ``Hub.publish_many`` returns then). A bridge that dies between
   the two gets the message again from its broker.
 - **Published once**: every stream message is published with the idempotency key
   ``<source>:<message id>``. A redelivered message carries the same id, the hub (or the
   backplane, for the whole cluster) recognises the key and publishes nothing new. A table
   row is an upsert: the same row twice changes nothing the second time.
-- **Backpressure**: ``handle`` waits while tickwire cannot take more (``Hub.publish``
+- **Order**: each topic gets a source's messages in the order the source read them; what
+  tickwire could not take yet is tried again, with what follows it, before anything newer.
+- **Backpressure**: ``handle_many`` waits while tickwire cannot take more (``Hub.publish``
   waits for room at every subscriber; the backplane unreachable is retried with backoff),
   and the source reads nothing more meanwhile: its prefetch bounds what is in flight.
 - **Bad messages** (no route, not JSON, a value the hub's gate refuses, no such table) are
@@ -24,8 +29,9 @@ the source writes to its dead-letter destination before acknowledging.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import attrs
@@ -87,7 +93,8 @@ class Dead:
     reason: str
 
 
-Handler = Callable[[Delivery], Awaitable["Published | Dead"]]
+# What a source calls with each batch it read, in order: what to do with each message.
+Handler = Callable[[Sequence[Delivery]], Awaitable[list["Published | Dead"]]]
 
 
 class Source(Protocol):
@@ -98,8 +105,9 @@ class Source(Protocol):
     async def run(
         self, handle: Handler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Consume until cancelled: *handle* each message in order, acknowledge it after
-        (dead-lettering it first when told to); ``task_status.started()`` once consuming."""
+        """Consume until cancelled: *handle* each batch of messages read, in order, and
+        acknowledge them after (dead-lettering first those it says to);
+        ``task_status.started()`` once consuming."""
 
 
 @attrs.define(eq=False)
@@ -109,14 +117,14 @@ class Settled:
     count: int = 0
     _changed: trio.Event = attrs.field(init=False, factory=trio.Event)
 
-    def add(self) -> None:
-        self.count += 1
+    def add(self, count: int = 1) -> None:
+        self.count += count
         self._changed.set()
         self._changed = trio.Event()
 
-    async def add_async(self) -> None:
+    async def add_async(self, count: int = 1) -> None:
         """:meth:`add`, for a source's asyncio side (through ``call_trio``)."""
-        self.add()
+        self.add(count)
 
     async def wait(self, count: int) -> None:
         """Wait until *count* messages have been settled."""
@@ -188,60 +196,99 @@ class Bridge:
         self, source: Source, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         self.statistics.setdefault(source.name, SourceStatistics())
-        await source.run(self.handle, task_status=task_status)
+        await source.run(self.handle_many, task_status=task_status)
 
     async def handle(self, delivery: Delivery) -> Published | Dead:
         """Publish one message; return when it may be acknowledged (see the module)."""
-        stats = self.statistics.setdefault(delivery.source, SourceStatistics())
-        stats.consumed += 1
-        stats.redelivered += delivery.redelivered
-        decision = self.routing.decide(delivery.subject, delivery.payload)
-        outcome = await self._publish(delivery, decision, stats)
-        if isinstance(outcome, Dead):
-            stats.dead_lettered += 1
-            log.warning(
-                "source %s: message %s dead-lettered: %s",
-                delivery.source,
-                delivery.id,
-                outcome.reason,
-                extra={"source": delivery.source, "subject": delivery.subject},
-            )
-        else:
-            stats.published += 1
-        return outcome
+        return (await self.handle_many([delivery]))[0]
 
-    async def _publish(
-        self, delivery: Delivery, decision: ToStream | ToTable | DeadLetter, stats: SourceStatistics
-    ) -> Published | Dead:
-        if isinstance(decision, DeadLetter):
-            return Dead(decision.reason)
+    async def handle_many(self, deliveries: Sequence[Delivery]) -> list[Published | Dead]:
+        """Publish a batch of messages, in order; return, once every one may be
+        acknowledged, what to do with each, in the same order. With a backplane the
+        batch's stream messages are queued for Redis together and share its round trips
+        (:meth:`Hub.publish_many`), which is what makes a bridge fast: a source hands over
+        what it read at once and acknowledges it at once."""
+        outcomes: list[Published | Dead | None] = [None] * len(deliveries)
+        streams: list[tuple[int, Delivery, ToStream]] = []
+        for index, delivery in enumerate(deliveries):
+            stats = self._statistics(delivery)
+            stats.consumed += 1
+            stats.redelivered += delivery.redelivered
+            decision = self.routing.decide(delivery.subject, delivery.payload)
+            if isinstance(decision, DeadLetter):
+                outcomes[index] = Dead(decision.reason)
+            elif isinstance(decision, ToTable):
+                outcomes[index] = self._refusing(functools.partial(self._upsert, decision))
+            else:
+                topic = self.hub.topic_by_name(decision.topic)
+                if topic is not None and topic.table is not None:
+                    reason = f"{decision.topic} is a table topic: route it with a key field"
+                    outcomes[index] = Dead(f"ValueError: {reason}")
+                else:
+                    streams.append((index, delivery, decision))
+        await self._publish_streams(streams, outcomes)
+        done: list[Published | Dead] = []
+        for delivery, outcome in zip(deliveries, outcomes, strict=True):
+            assert outcome is not None
+            stats = self._statistics(delivery)
+            if isinstance(outcome, Dead):
+                stats.dead_lettered += 1
+                log.warning(
+                    "source %s: message %s dead-lettered: %s",
+                    delivery.source,
+                    delivery.id,
+                    outcome.reason,
+                    extra={"source": delivery.source, "subject": delivery.subject},
+                )
+            else:
+                stats.published += 1
+            done.append(outcome)
+        return done
+
+    def _statistics(self, delivery: Delivery) -> SourceStatistics:
+        return self.statistics.setdefault(delivery.source, SourceStatistics())
+
+    async def _publish_streams(
+        self,
+        streams: list[tuple[int, Delivery, ToStream]],
+        outcomes: list[Published | Dead | None],
+    ) -> None:
+        """Publish *streams* in order, into *outcomes*; what tickwire cannot take now (the
+        backplane unreachable, a listener full) is kept, unacknowledged, and tried again
+        with backoff, consuming nothing more meanwhile."""
         delay = self.retry_delay
-        while True:
-            try:
-                if isinstance(decision, ToTable):
-                    return self._upsert(decision)
-                return await self._publish_stream(delivery, decision)
-            except (BackplaneUnavailable, Overloaded) as exc:
-                # tickwire cannot take it now: keep it (unacknowledged), consume nothing
-                # more, and try again.
-                stats.retries += 1
-                log.info("source %s: waiting to publish: %s", delivery.source, exc)
+        while streams:
+            answers = await self.hub.publish_many(
+                [(d.topic, d.payload, f"{m.source}:{m.id}") for _, m, d in streams],
+                timeout=self.publish_timeout,
+            )
+            again = []
+            for (index, delivery, decision), answer in zip(streams, answers, strict=True):
+                if isinstance(answer, int):
+                    outcomes[index] = Published(decision.topic, answer)
+                elif isinstance(answer, BackplaneUnavailable | Overloaded):
+                    again.append((index, delivery, decision))
+                    self._statistics(delivery).retries += 1
+                elif isinstance(answer, _REFUSALS):
+                    outcomes[index] = Dead(f"{type(answer).__name__}: {answer}")
+                else:
+                    raise answer
+            if again:
+                log.info(
+                    "source %s: waiting to publish %d messages: %s",
+                    again[0][1].source,
+                    len(again),
+                    answers[next(i for i, a in enumerate(answers) if not isinstance(a, int))],
+                )
                 await trio.sleep(delay)
                 delay = min(self.max_retry_delay, delay * 2)
-            except (InvalidValue, ValueTooLarge, DuplicateKey, TooManyTopics) as exc:
-                return Dead(f"{type(exc).__name__}: {exc}")
-            except (KeyError, TypeError, ValueError) as exc:
-                return Dead(f"{type(exc).__name__}: {exc}")
+            streams = again
 
-    async def _publish_stream(self, delivery: Delivery, decision: ToStream) -> Published:
-        topic = self.hub.topic_by_name(decision.topic)
-        if topic is not None and topic.table is not None:
-            raise ValueError(f"{decision.topic} is a table topic: route it with a key field")
-        key = f"{delivery.source}:{delivery.id}"
-        offset = await self.hub.publish(
-            decision.topic, decision.payload, key=key, timeout=self.publish_timeout
-        )
-        return Published(decision.topic, offset)
+    def _refusing(self, publish: Callable[[], Published]) -> Published | Dead:
+        try:
+            return publish()
+        except _REFUSALS as exc:
+            return Dead(f"{type(exc).__name__}: {exc}")
 
     def _upsert(self, decision: ToTable) -> Published:
         topic = self.hub.topic_by_name(decision.topic)
@@ -249,3 +296,15 @@ class Bridge:
             raise KeyError(f"no table topic {decision.topic!r}: declare it with Hub.table()")
         offset = self.hub.upsert(decision.topic, decision.key, decision.fields)
         return Published(decision.topic, offset)
+
+
+# What publishing refuses for good: dead letters, never retried.
+_REFUSALS = (
+    InvalidValue,
+    ValueTooLarge,
+    DuplicateKey,
+    TooManyTopics,
+    KeyError,
+    TypeError,
+    ValueError,
+)

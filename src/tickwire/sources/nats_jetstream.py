@@ -9,19 +9,25 @@ to the bridge in trio. The source pulls at most *batch* messages at a time from 
 durable consumer *durable* on *subjects* of stream *stream*, with explicit
 acknowledgement:
 
-- a message is acknowledged (``ack_sync``: JetStream confirms it) only after the bridge
-  published it, or after it was dead-lettered (published to *dead_letters* with the reason
+- each pulled batch is handed to the bridge at once; a message is acknowledged only
+  after the bridge published it (the acknowledgements are flushed to NATS before the
+  next pull), or after it was dead-lettered (published to *dead_letters* with the reason
   in the ``Tickwire-Reason`` header, then terminated: ``term``, never redelivered);
 - unacknowledged messages come again after *ack_wait* seconds, from this consumer or any
   other bridge on the same durable (a bridge killed mid-batch); JetStream's delivery count
   marks them as redelivered, and the idempotency key ``<stream>:<stream sequence>``
   publishes each once;
+- a bridge that starts while messages are pending acknowledgement (its predecessor died
+  with them) waits one ack wait before its first pull, so that those come again before any
+  new message and the order per subject is kept (JetStream would otherwise deliver new
+  messages while the old ones' ack wait runs);
 - while the bridge waits to publish, nothing more is pulled: the batch bounds what is in
   flight.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +37,8 @@ from tickwire.sources._asyncio import AsyncioSource, call_trio, close_despite_ca
 from tickwire.sources.bridge import Dead, Delivery, Handler, Settled
 
 __all__ = ["NatsJetStreamSource"]
+
+log = logging.getLogger("tickwire.sources")
 
 
 @attrs.define(eq=False)
@@ -86,35 +94,62 @@ class NatsJetStreamSource(AsyncioSource):
             subscription = await js.pull_subscribe(
                 "", durable=self.durable, stream=self.stream, config=config
             )
+            await self._wait_for_redeliveries(js)
             await call_trio(token, started)
             while True:
                 try:
                     messages = await subscription.fetch(self.batch, timeout=1.0)
                 except nats.errors.TimeoutError:
                     continue
-                for message in messages:
-                    await self._one(nc, token, handle, message)
-                    await call_trio(token, self.settled.add_async)
+                await self._batch(nc, token, handle, messages)
+                await call_trio(token, self.settled.add_async, len(messages))
                 self.lag = messages[-1].metadata.num_pending if messages else 0
         finally:
             await close_despite_cancel(nc.close)
 
-    async def _one(self, nc: Any, token: Any, handle: Handler, message: Any) -> None:
-        meta = message.metadata
-        delivery = Delivery(
-            self.name,
-            f"{meta.stream}:{meta.sequence.stream}",
-            message.subject,
-            bytes(message.data),
-            meta.num_delivered > 1,
-        )
-        outcome = await call_trio(token, handle, delivery)
-        if isinstance(outcome, Dead):
-            headers = {"Tickwire-Reason": outcome.reason, "Tickwire-Id": delivery.id}
-            await nc.publish(
-                self.dead_letters.format(subject=message.subject), message.data, headers=headers
+    async def _wait_for_redeliveries(self, js: Any) -> None:
+        """Messages a dead bridge left unacknowledged come again only after their ack wait,
+        and JetStream delivers new ones meanwhile: fetching at once would publish those
+        new ones first. So a start that finds messages pending acknowledgement waits one
+        ack wait first: then the redeliveries, which JetStream serves before new messages,
+        come first, in order."""
+        import asyncio
+
+        info = await js.consumer_info(self.stream, self.durable)
+        if info.num_ack_pending:
+            wait = info.config.ack_wait or self.ack_wait
+            log.info(
+                "source %s: %d messages left unacknowledged; waiting %.1f s for them first",
+                self.name,
+                info.num_ack_pending,
+                wait,
             )
-            await nc.flush()
-            await message.term()
-        else:
-            await message.ack_sync()
+            await asyncio.sleep(wait)
+
+    async def _batch(self, nc: Any, token: Any, handle: Handler, messages: list[Any]) -> None:
+        """Hand a pulled batch to the bridge at once; dead-letter and terminate what it
+        says to, acknowledge the rest, and flush: the acknowledgements have reached NATS
+        before the next pull (one that is lost only means a redelivery, published once)."""
+        deliveries = []
+        for message in messages:
+            meta = message.metadata
+            deliveries.append(
+                Delivery(
+                    self.name,
+                    f"{meta.stream}:{meta.sequence.stream}",
+                    message.subject,
+                    bytes(message.data),
+                    meta.num_delivered > 1,
+                )
+            )
+        outcomes = await call_trio(token, handle, deliveries)
+        for message, delivery, outcome in zip(messages, deliveries, outcomes, strict=True):
+            if isinstance(outcome, Dead):
+                headers = {"Tickwire-Reason": outcome.reason, "Tickwire-Id": delivery.id}
+                subject = self.dead_letters.format(subject=message.subject)
+                await nc.publish(subject, message.data, headers=headers)
+                await nc.flush()
+                await message.term()
+            else:
+                await message.ack()
+        await nc.flush()

@@ -9,6 +9,8 @@ is asyncio-only; it runs on its own loop in a worker thread
 source declares its durable queue *queue*, binds it to topic exchanges (*bindings*), and
 consumes with manual acknowledgement and a prefetch of *prefetch*:
 
+- what has arrived is handed to the bridge as one batch (up to *prefetch*), and
+  acknowledged at once with one multiple ``basic.ack``;
 - a message is acknowledged only after the bridge published it, or after it was
   dead-lettered (published, with publisher confirms, to the durable queue *dead_letters*
   with the reason in the ``tickwire-reason`` header);
@@ -22,6 +24,7 @@ consumes with manual acknowledgement and a prefetch of *prefetch*:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
 from typing import Any
@@ -76,32 +79,44 @@ class RabbitMqSource(AsyncioSource):
                 )
                 await queue.bind(exchange, routing_key)
             await call_trio(token, started)
-            async with queue.iterator() as messages:
-                async for message in messages:
-                    await self._one(channel, dead, token, handle, message)
-                    await call_trio(token, self.settled.add_async)
+            arrived: asyncio.Queue[Any] = asyncio.Queue()
+            await queue.consume(arrived.put)
+            while True:
+                batch = [await arrived.get()]  # then what has arrived already, in order
+                while len(batch) < self.prefetch and not arrived.empty():
+                    batch.append(arrived.get_nowait())
+                await self._batch(channel, dead, token, handle, batch)
+                await call_trio(token, self.settled.add_async, len(batch))
         finally:
             await close_despite_cancel(connection.close)
 
-    async def _one(
-        self, channel: Any, dead: str, token: Any, handle: Handler, message: Any
+    async def _batch(
+        self, channel: Any, dead: str, token: Any, handle: Handler, batch: list[Any]
     ) -> None:
+        """Hand what has arrived to the bridge at once; dead-letter what it says to
+        (confirmed), then acknowledge the whole batch with one ``basic.ack`` (multiple:
+        every delivery up to the last of the batch, all of them settled)."""
         import aio_pika
 
-        subject = message.routing_key or ""
-        body = bytes(message.body)
-        identifier = (
-            message.message_id
-            or "sha256:" + hashlib.sha256(subject.encode() + b"\0" + body).hexdigest()[:32]
-        )
-        delivery = Delivery(self.name, identifier, subject, body, bool(message.redelivered))
-        outcome = await call_trio(token, handle, delivery)
-        if isinstance(outcome, Dead):
-            headers = {
-                "tickwire-reason": outcome.reason,
-                "tickwire-id": identifier,
-                "tickwire-routing-key": subject,
-            }
-            letter = aio_pika.Message(body, headers=headers, delivery_mode=2)
-            await channel.default_exchange.publish(letter, routing_key=dead)  # confirmed
-        await message.ack()
+        deliveries = []
+        for message in batch:
+            subject = message.routing_key or ""
+            body = bytes(message.body)
+            identifier = (
+                message.message_id
+                or "sha256:" + hashlib.sha256(subject.encode() + b"\0" + body).hexdigest()[:32]
+            )
+            deliveries.append(
+                Delivery(self.name, identifier, subject, body, bool(message.redelivered))
+            )
+        outcomes = await call_trio(token, handle, deliveries)
+        for delivery, outcome in zip(deliveries, outcomes, strict=True):
+            if isinstance(outcome, Dead):
+                headers: dict[str, Any] = {
+                    "tickwire-reason": outcome.reason,
+                    "tickwire-id": delivery.id,
+                    "tickwire-routing-key": delivery.subject,
+                }
+                letter = aio_pika.Message(delivery.payload, headers=headers, delivery_mode=2)
+                await channel.default_exchange.publish(letter, routing_key=dead)  # confirmed
+        await batch[-1].ack(multiple=True)

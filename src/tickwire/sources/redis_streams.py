@@ -14,8 +14,10 @@ first). So a bridge killed in the middle of a batch leaves those entries pending
 - entries pending at another consumer for longer than *claim_after* seconds (a bridge that
   never came back) are claimed (``XAUTOCLAIM``) and handled the same way.
 
-Backpressure: at most *batch* entries are read at a time, and the next read waits until
-every one of them is handled; a bridge that cannot publish stops reading. Each entry's
+Each batch read is handed to the bridge at once (published together, sharing Redis round
+trips when there is a backplane) and acknowledged at once. Backpressure: at most *batch*
+entries are read at a time, and the next read waits until every one of them is handled; a
+bridge that cannot publish stops reading. Each entry's
 payload is its field *field* (``data``); the subject the routes match is the stream's key.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -75,6 +78,7 @@ class RedisStreamSource(Acknowledging):
     name: str = "redis"
     retry_delay: float = 1.0
     lag: dict[str, int] = attrs.field(init=False, factory=dict)  # entries not yet read
+    _next_lag: float = attrs.field(init=False, default=-math.inf)
     settled: Settled = attrs.field(init=False, factory=Settled)  # entries acknowledged
 
     async def run(
@@ -120,16 +124,13 @@ class RedisStreamSource(Acknowledging):
             got = await client.xreadgroup(
                 self.group, self.consumer, last, count=self.batch, block=block
             )
-            if start != "0" and got:
-                await self._measure_lag(client)  # what is left behind this batch
-            entries = 0
-            for stream, items in (got or {}).items():
-                for entry in items:
-                    entries += 1
-                    await self._handle(client, handle, _text(stream), entry, start == "0")
-                    if start == "0":
-                        last[_text(stream)] = _text(entry.identifier)
-            if start != "0" or not entries:
+            if start != "0":
+                await self._note_lag(client, got or {})
+            batch = [(_text(stream), e) for stream, items in (got or {}).items() for e in items]
+            await self._handle(client, handle, batch, start == "0")
+            for stream, entry in batch:
+                last[stream] = _text(entry.identifier)
+            if start != "0" or not batch:
                 return
 
     async def _claim(self, client: Any, handle: Handler) -> None:
@@ -143,37 +144,69 @@ class RedisStreamSource(Acknowledging):
                     stream, self.group, self.consumer, idle, cursor, count=self.batch
                 )
                 cursor, claimed = _text(reply[0]), reply[1]
-                for entry in claimed:
-                    await self._handle(client, handle, stream, entry, True)
+                await self._handle(client, handle, [(stream, entry) for entry in claimed], True)
                 if cursor == "0-0" or not claimed:
                     break
 
     async def _handle(
-        self, client: Any, handle: Handler, stream: str, entry: Any, redelivered: bool
+        self, client: Any, handle: Handler, batch: list[tuple[str, Any]], redelivered: bool
     ) -> None:
-        identifier = _text(entry.identifier)
-        values = entry.field_values
-        if values is None:  # deleted (XDEL) while pending: nothing to publish
-            await client.xack(stream, self.group, [identifier])
-            self.settled.add()
+        """Hand a batch to the bridge at once, dead-letter what it says to, then
+        acknowledge the whole batch (one XACK per stream)."""
+        if not batch:
             return
-        payload = values.get(self.field.encode())
-        if payload is None:
-            outcome: Any = Dead(f"no field {self.field!r} in the entry")
-        else:
-            delivery = Delivery(self.name, f"{stream}:{identifier}", stream, payload, redelivered)
-            outcome = await handle(delivery)
-        if isinstance(outcome, Dead):
-            dead = {b"reason": outcome.reason.encode(), b"stream": stream.encode()}
-            dead[b"id"] = identifier.encode()
-            dead.update({k: v for k, v in values.items() if k not in dead})
-            await client.xadd(self.dead_letters.format(stream=stream), dead)
-        await client.xack(stream, self.group, [identifier])
-        self.settled.add()
+        outcomes: list[Any] = [None] * len(batch)
+        deliveries, where = [], []
+        for index, (stream, entry) in enumerate(batch):
+            values = entry.field_values
+            if values is None:  # deleted (XDEL) while pending: nothing to publish
+                continue
+            payload = values.get(self.field.encode())
+            if payload is None:
+                outcomes[index] = Dead(f"no field {self.field!r} in the entry")
+                continue
+            identifier = _text(entry.identifier)
+            deliveries.append(
+                Delivery(self.name, f"{stream}:{identifier}", stream, payload, redelivered)
+            )
+            where.append(index)
+        handled = await handle(deliveries) if deliveries else []
+        for index, outcome in zip(where, handled, strict=True):
+            outcomes[index] = outcome
+        dead = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, Dead)]
+        if dead:
+            async with client.pipeline(transaction=False) as pipe:
+                for index, outcome in dead:
+                    stream, entry = batch[index]
+                    fields = {b"reason": outcome.reason.encode(), b"stream": stream.encode()}
+                    fields[b"id"] = _text(entry.identifier).encode()
+                    fields.update({k: v for k, v in entry.field_values.items() if k not in fields})
+                    pipe.xadd(self.dead_letters.format(stream=stream), fields)
+        by_stream: dict[str, list[str]] = {}
+        for stream, entry in batch:
+            by_stream.setdefault(stream, []).append(_text(entry.identifier))
+        for stream, identifiers in by_stream.items():
+            await client.xack(stream, self.group, identifiers)
+        self.settled.add(len(batch))
 
-    async def _measure_lag(self, client: Any) -> None:
-        """Entries not yet read by the group, per stream (Redis 7's XINFO GROUPS lag)."""
+    async def _note_lag(self, client: Any, got: Any) -> None:
+        """What is left behind a read of new entries, per stream: nothing where the read
+        returned less than a batch; else Redis 7's XINFO GROUPS lag, asked once a second
+        at most (a round trip per stream)."""
+        returned = {_text(stream): len(items) for stream, items in got.items()}
+        full = []
         for stream in self.streams:
+            if returned.get(stream, 0) < self.batch:
+                self.lag[stream] = 0
+            else:
+                full.append(stream)
+        if full and trio.current_time() >= self._next_lag:
+            self._next_lag = trio.current_time() + 1.0
+            await self._measure_lag(client, full)
+
+    async def _measure_lag(self, client: Any, streams: Sequence[str]) -> None:
+        """Entries not yet read by the group, per stream (Redis 7's XINFO GROUPS lag)."""
+        for stream in streams:
             for group in await client.xinfo_groups(stream):
                 info = {_text(k): v for k, v in group.items()}
                 if _text(info.get("name", "")) == self.group:
