@@ -267,6 +267,7 @@ async def test_publish_many_publishes_in_order_and_answers_each_message() -> Non
     )
     assert answers[0] == 1
     assert isinstance(answers[1], InvalidValue)
-    assert isinstance(answers[2], ValueError) and "table topic" in str(answers[2])
+    assert isinstance(answers[2], ValueError)
+    assert "table topic" in str(answers[2])
     assert answers[3:] == [1, 1, 2]
     assert [e.payload for e in hub.topic("a").history] == [1, 3]

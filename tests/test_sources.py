@@ -3,6 +3,7 @@ redis-server of the test's own, into a real server's subscribers."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import itertools
@@ -140,6 +141,16 @@ async def _add(url: str, stream: str, payloads: list[bytes]) -> None:
     async with client:
         for payload in payloads:
             await client.xadd(stream, {b"data": payload})
+
+
+async def _unread(url: str, stream: str, group: str) -> int:
+    """Entries of *stream* that *group* has not read yet (Redis 7's lag)."""
+    import coredis
+
+    client = coredis.Redis.from_url(url, decode_responses=True)
+    async with client:
+        (info,) = await client.xinfo_groups(stream)
+        return int(info["lag"])
 
 
 async def _pending(url: str, stream: str, group: str) -> int:
@@ -607,9 +618,9 @@ async def test_each_source_has_its_figures_and_lag_on_metrics() -> None:
         ('[bridge]\nredis = "x"', "bridge.redis: the backplane's redis:// URL is needed"),
         ('[bridge]\nredis = "redis://h"\nroutes = [{match="a", topic="a"}]', "bridge.sources"),
         (
-            '[bridge]\nredis = "redis://h"\n[[bridge.sources]]\ntype = "kafka"\n'
+            '[bridge]\nredis = "redis://h"\n[[bridge.sources]]\ntype = "mqtt"\n'
             '[[bridge.routes]]\nmatch = "a"\ntopic = "a"',
-            "bridge.sources[0].type: one of redis_streams, nats_jetstream, rabbitmq",
+            "bridge.sources[0].type: one of redis_streams, nats_jetstream, rabbitmq, kafka",
         ),
         (
             '[bridge]\nredis = "redis://h"\n[[bridge.sources]]\ntype = "redis_streams"\n'
@@ -635,6 +646,31 @@ def test_bridge_settings_are_checked_naming_what_is_wrong(toml: str, message: st
         load_bridge(tomllib.loads(toml))
 
 
+async def _line(stream: Any) -> str:
+    """The first line a process writes on *stream*."""
+    data = b""
+    with trio.fail_after(60):
+        while b"\n" not in data:
+            chunk = await stream.receive_some(4096)
+            assert chunk, f"the process ended having said {data!r}"
+            data += chunk
+    return data.decode().splitlines()[0]
+
+
+async def _get(url: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    def get() -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    return await trio.to_thread.run_sync(get)
+
+
 @needs_redis
 async def test_tickwire_bridge_feeds_the_cluster_from_a_redis_stream(tmp_path: Any) -> None:
     import subprocess
@@ -645,9 +681,9 @@ async def test_tickwire_bridge_feeds_the_cluster_from_a_redis_stream(tmp_path: A
     with redis_server() as redis:
         config = tmp_path / "bridge.toml"
         config.write_text(
-            f'[bridge]\nredis = "{redis.url}"\n\n[[bridge.sources]]\ntype = "redis_streams"\n'
-            f'url = "{redis.url}"\nstreams = ["feed.ACME"]\nblock = 0.05\n\n'
-            '[[bridge.routes]]\nmatch = "feed.*"\ntopic = "trades.{2}"\n'
+            f'[bridge]\nredis = "{redis.url}"\nmetrics_port = 0\n\n[[bridge.sources]]\n'
+            f'type = "redis_streams"\nurl = "{redis.url}"\nstreams = ["feed.ACME"]\n'
+            'block = 0.05\n\n[[bridge.routes]]\nmatch = "feed.*"\ntopic = "trades.{2}"\n'
         )
         hub = Hub(backplane=RedisBackplane(redis.url))
         async with open_server(hub, "127.0.0.1", 0) as server:
@@ -661,6 +697,10 @@ async def test_tickwire_bridge_feeds_the_cluster_from_a_redis_stream(tmp_path: A
                     stderr=subprocess.PIPE,
                 )
                 try:
+                    assert bridge.stderr is not None
+                    said = await _line(bridge.stderr)
+                    metrics = re.search(r"metrics on (http://\S+)/metrics", said)
+                    assert metrics, said
                     await _add(redis.url, "feed.ACME", [json.dumps(i).encode() for i in range(20)])
                     got = []
                     with trio.fail_after(30):
@@ -669,12 +709,67 @@ async def test_tickwire_bridge_feeds_the_cluster_from_a_redis_stream(tmp_path: A
                             if isinstance(event, Data):
                                 got.append(event.payload)
                     assert got == list(range(20))
+                    status, text = await _get(metrics[1] + "/metrics")
+                    assert status == 200
+                    assert 'tickwire_source_published_total{source="redis"} 20.0' in text
+                    assert 'tickwire_source_lag{source="redis",stream="feed.ACME"} 0.0' in text
+                    assert await _get(metrics[1] + "/readyz") == (200, "ready\n")
                 finally:
                     bridge.terminate()  # the process this test started, by its id
                     await bridge.wait()
-                    assert bridge.stderr is not None
-                    said = (await bridge.stderr.receive_some(65536)).decode()
-    assert "tickwire bridge: redis -> redis://" in said
+    assert said.startswith("tickwire bridge: redis -> redis://")
+
+
+@needs_redis
+async def test_tickwire_serve_runs_the_sources_of_its_own_file(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    with redis_server() as redis:
+        config = tmp_path / "serve.toml"
+        config.write_text(
+            'unknown_topics = "wait"\n\n[[bridge.sources]]\ntype = "redis_streams"\n'
+            f'url = "{redis.url}"\nstreams = ["feed.ACME"]\nblock = 0.05\nname = "feed"\n\n'
+            '[[bridge.routes]]\nmatch = "feed.*"\ntopic = "trades.{2}"\n'
+        )
+        serve = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "tickwire", "serve", "--config", str(config), "--port", "0",
+             "--metrics-port", "0"],
+            stdout=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            assert serve.stdout is not None
+            said = ""
+            with trio.fail_after(60):
+                while "feeding topics from feed" not in said:
+                    said += (await serve.stdout.receive_some(4096)).decode()
+            port = int(re.search(r"serving on ws://127\.0\.0\.1:(\d+)/", said)[1])  # type: ignore[index]
+            metrics = re.search(r"metrics on (http://\S+)/metrics", said)[1]  # type: ignore[index]
+            async with connect(port) as client:
+                await _subscribe(client, "trades.ACME")
+                await _add(redis.url, "feed.ACME", [json.dumps(i).encode() for i in range(5)])
+                got = []
+                with trio.fail_after(30):
+                    while len(got) < 5:
+                        event = await client.receive()
+                        if isinstance(event, Data):
+                            got.append(event.payload)
+            assert got == list(range(5))
+            _status, text = await _get(metrics + "/metrics")
+            assert 'tickwire_source_published_total{source="feed"} 5.0' in text
+            assert "tickwire_connections_opened" in text  # the server's own, beside
+        finally:
+            serve.terminate()  # the process this test started, by its id
+            await serve.wait()
+
+
+def test_a_bridge_table_in_the_serve_file_is_checked(tmp_path: Any) -> None:
+    from tickwire.settings import SettingsError, load
+
+    config = tmp_path / "serve.toml"
+    config.write_text('[bridge]\nredis = "redis://127.0.0.1:1"\n')
+    with pytest.raises(SettingsError, match="bridge: unknown settings: redis"):
+        load(argparse.Namespace(config=str(config)), environ={})
 
 
 def test_tickwire_bridge_refuses_a_bad_file_with_status_2(tmp_path: Any) -> None:
@@ -691,3 +786,154 @@ def test_tickwire_bridge_refuses_a_bad_file_with_status_2(tmp_path: Any) -> None
     )
     assert done.returncode == 2
     assert "bridge.redis: the backplane's redis:// URL is needed" in done.stderr
+
+
+# -- Kafka: no broker runs on this machine (none in Debian's packages or on PyPI); what can
+# be tested without one is: the records to deliveries and the offsets committed after them,
+# the settings, and the real client against a closed port, retried, never a crash.
+
+
+def _record(topic: str, partition: int, offset: int, value: bytes) -> Any:
+    from aiokafka.structs import ConsumerRecord
+
+    return ConsumerRecord(topic, partition, offset, 0, 0, None, value, None, 0, len(value), [])
+
+
+def test_kafka_records_become_deliveries_and_commit_the_offset_after_the_last() -> None:
+    from aiokafka.structs import TopicPartition
+
+    from tickwire.sources.kafka import deliveries_of, in_partition_order, offsets_to_commit
+
+    got = {
+        TopicPartition("ticks", 1): [_record("ticks", 1, 7, b"c"), _record("ticks", 1, 8, b"d")],
+        TopicPartition("ticks", 0): [_record("ticks", 0, 41, b"a"), _record("ticks", 0, 42, b"b")],
+    }
+    records = in_partition_order(got)
+    assert [(r.partition, r.offset) for r in records] == [(0, 41), (0, 42), (1, 7), (1, 8)]
+    assert deliveries_of("k", records)[:2] == [
+        Delivery("k", "ticks:0:41", "ticks", b"a"),
+        Delivery("k", "ticks:0:42", "ticks", b"b"),
+    ]
+    # Kafka's committed offset is the next one to read: after a crash before this commit,
+    # the group reads 41.. again, and the keys above publish each record once.
+    assert offsets_to_commit(records) == {("ticks", 0): 43, ("ticks", 1): 9}
+
+
+def test_a_kafka_source_is_configured_like_the_others() -> None:
+    import tomllib
+
+    from tickwire.sources.config import load_bridge
+    from tickwire.sources.kafka import KafkaSource
+
+    settings = load_bridge(
+        tomllib.loads(
+            '[bridge]\nredis = "redis://127.0.0.1:6379"\n[[bridge.sources]]\ntype = "kafka"\n'
+            'bootstrap_servers = "127.0.0.1:9092"\ntopics = ["ticks"]\ngroup = "ws"\n'
+            '[[bridge.routes]]\nmatch = "ticks"\ntopic = "ticks"\n'
+        )
+    )
+    (source,) = settings.sources
+    assert isinstance(source, KafkaSource)
+    assert (source.topics, source.group, source.batch, source.name) == (
+        ("ticks",),
+        "ws",
+        500,
+        "kafka",
+    )
+    with pytest.raises(ValueError, match=r"start.*'newest'"):
+        KafkaSource("127.0.0.1:9092", ["ticks"], start="newest")
+
+
+async def test_a_kafka_source_retries_an_unreachable_broker_without_crashing() -> None:
+    import logging
+
+    from tests.realredis import free_port
+    from tickwire.sources.kafka import KafkaSource
+
+    failures: list[str] = []
+    twice = trio.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "Kafka failed" in record.getMessage():
+                failures.append(record.getMessage())
+                if len(failures) == 2:
+                    twice.set()
+
+    handler = Seen()
+    logging.getLogger("tickwire.sources").addHandler(handler)
+    try:
+        source = KafkaSource(f"127.0.0.1:{free_port()}", ["ticks"], retry_delay=0.01)
+        bridge = Bridge(Hub(), Routing([Route(match="ticks", topic="ticks")]))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(bridge.run, source)
+            with trio.fail_after(30):
+                await twice.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        logging.getLogger("tickwire.sources").removeHandler(handler)
+    assert "Unable to bootstrap" in failures[0]
+    assert source.acknowledged == 0
+
+
+@needs_redis
+async def test_while_the_backplane_is_down_the_bridge_stops_consuming_and_loses_nothing() -> None:
+    import logging
+
+    from tickwire.backplane import open_publisher
+
+    waiting = trio.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "waiting to publish" in record.getMessage():
+                waiting.set()
+
+    handler = Seen()
+    logger = logging.getLogger("tickwire.sources")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)  # "waiting to publish" is said at INFO
+    outcomes: list[Any] = []
+    try:
+        with redis_server() as broker, redis_server() as backplane_redis:
+            async with open_publisher(
+                backplane_redis.url, probe_interval=0.2, probe_timeout=1.0
+            ) as hub:
+                bridge = Bridge(
+                    hub, Routing([Route(match="t", topic="t")]), publish_timeout=0.2,
+                    retry_delay=0.05, max_retry_delay=0.2,
+                )  # fmt: skip
+                source = RedisStreamSource(broker.url, ["t"], batch=10, block=0.05)
+
+                async def handle(deliveries: Any) -> Any:
+                    done = await bridge.handle_many(deliveries)
+                    outcomes.extend(done)
+                    return done
+
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(source.run, handle)
+                    await _add(broker.url, "t", [json.dumps(i).encode() for i in range(5)])
+                    with trio.fail_after(20):
+                        await source.wait_acknowledged(5)
+                    backplane_redis.kill()  # Redis down, with no goodbye
+                    await _add(broker.url, "t", [json.dumps(i).encode() for i in range(5, 50)])
+                    with trio.fail_after(20):
+                        await waiting.wait()
+                    # One batch held, unacknowledged; the rest not even read.
+                    assert source.acknowledged == 5
+                    held = await _pending(broker.url, "t", "tickwire")
+                    assert 1 <= held <= 10
+                    assert await _unread(broker.url, "t", "tickwire") == 45 - held
+                    backplane_redis.start()  # back (empty: a new epoch for the topic)
+                    with trio.fail_after(30):
+                        await source.wait_acknowledged(50)
+                    nursery.cancel_scope.cancel()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert all(isinstance(o, Published) for o in outcomes)
+    offsets = [o.offset for o in outcomes]
+    assert offsets[:5] == [1, 2, 3, 4, 5]
+    assert offsets[5:] == list(range(offsets[5], offsets[5] + 45))  # none lost, in order
+    assert bridge.statistics["redis"].retries >= 1

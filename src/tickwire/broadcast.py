@@ -1350,14 +1350,7 @@ class Hub:
             BackplaneUnavailable: with a backplane, Redis did not take the message within
                 *timeout*.
         """
-        existing = self._topics.get(topic)
-        if existing is not None and existing.table is not None:
-            raise ValueError(f"{topic!r} is a table topic: use upsert(), delete() or update()")
-        if existing is None:
-            self._check_name(topic)
-        if key is not None and not isinstance(key, str):
-            raise TypeError("an idempotency key is a str")
-        packed = self.check_payload(payload)  # refused before waiting for anyone
+        packed = self._check_stream_message(topic, payload, key)  # before waiting for anyone
         if self.backplane is not None:
             return await self.backplane.publish(topic, packed, key=key, timeout=timeout)
         t = self.topic(topic)
@@ -1375,6 +1368,18 @@ class Hub:
         offset = self.publish_nowait(topic, payload, key=key)
         assert offset is not None  # no backplane
         return offset
+
+    def _check_stream_message(self, topic: str, payload: Any, key: str | None) -> bytes:
+        """The packed payload of a stream message for :meth:`publish`, or what it is
+        refused with (ValueError, TypeError, InvalidValue)."""
+        existing = self._topics.get(topic)
+        if existing is not None and existing.table is not None:
+            raise ValueError(f"{topic!r} is a table topic: use upsert(), delete() or update()")
+        if existing is None:
+            self._check_name(topic)
+        if key is not None and not isinstance(key, str):
+            raise TypeError("an idempotency key is a str")
+        return self.check_payload(payload)
 
     async def publish_many(
         self, messages: Sequence[tuple[str, Any, str | None]], *, timeout: float = 10.0
@@ -1404,16 +1409,7 @@ class Hub:
         where: list[int] = []
         for index, (topic, payload, key) in enumerate(messages):
             try:
-                existing = self._topics.get(topic)
-                if existing is not None and existing.table is not None:
-                    raise ValueError(
-                        f"{topic!r} is a table topic: use upsert(), delete() or update()"
-                    )
-                if existing is None:
-                    self._check_name(topic)
-                if key is not None and not isinstance(key, str):
-                    raise TypeError("an idempotency key is a str")
-                checked.append((topic, self.check_payload(payload), key))
+                checked.append((topic, self._check_stream_message(topic, payload, key), key))
                 where.append(index)
             except (ValueError, TypeError) as exc:  # InvalidValue is a ValueError
                 results[index] = exc

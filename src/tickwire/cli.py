@@ -22,11 +22,13 @@ import ssl
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 from rich import box
 from rich.console import Console
@@ -40,14 +42,14 @@ from tickwire.broadcast import Hub, TopicConfig
 from tickwire.config import Limits
 from tickwire.errors import BackplaneUnavailable, TickwireError
 from tickwire.logs import configure as configure_logging
-from tickwire.metrics import MetricsEndpoint, serve_metrics
+from tickwire.metrics import BridgeCollector, MetricsEndpoint, registry_for, serve_metrics
 from tickwire.sansio import envelope
 from tickwire.sansio.compression import CompressionConfig, Dictionary
 from tickwire.sansio.events import KIND_OF
 from tickwire.sansio.negotiation import MSGPACK_ZSTD, Negotiated
 from tickwire.sansio.session import decode_message
 from tickwire.server import Server
-from tickwire.settings import ServeSettings, SettingsError
+from tickwire.settings import ServeSettings, SettingsError, topic_tables
 from tickwire.settings import add_arguments as add_setting_arguments
 from tickwire.settings import load as load_settings
 from tickwire.sim import ENTITY_SCHEMA, QUOTE_SCHEMA, GameWorld, MarketFeed, quote_row
@@ -323,12 +325,26 @@ async def _serve_async(settings: ServeSettings) -> None:
     authenticate = JWTAuth(key=settings.jwt_secret) if settings.jwt_secret else None
     server = Server(hub, config=settings.server, authenticate=authenticate)
     host = settings.host
+    registry = registry_for(server)
+    bridge = None
+    if settings.bridge is not None:  # the file's [bridge] sources feed this hub
+        from tickwire.sources import Bridge
+
+        try:
+            bridge = Bridge(hub, settings.bridge.routing)
+        except ValueError as exc:
+            raise _StartupError(f"bridge: {exc}") from None
+        registry.register(BridgeCollector(bridge, settings.bridge.sources))
     async with trio.open_nursery() as nursery:
         # The metrics endpoint outlives the server's drain: /readyz says 503 meanwhile.
         endpoint: MetricsEndpoint | None = None
         if settings.metrics_port is not None:
             try:
-                endpoint = await nursery.start(serve_metrics, server, host, settings.metrics_port)
+                endpoint = await nursery.start(
+                    functools.partial(
+                        serve_metrics, server, host, settings.metrics_port, registry=registry
+                    )
+                )
             except OSError as exc:
                 raise _CannotListen(host, settings.metrics_port, "metrics_port", exc) from None
         async with trio.open_nursery() as serving:
@@ -370,6 +386,12 @@ async def _serve_async(settings: ServeSettings) -> None:
                 serving.start_soon(_demo_ticker, hub, settings.rate, settings.symbols)
             elif settings.demo == "game" and feeds:
                 serving.start_soon(_demo_game, hub, settings.tick_rate, settings.entities)
+            if bridge is not None:
+                assert settings.bridge is not None
+                for source in settings.bridge.sources:
+                    serving.start_soon(bridge.run_source, source)
+                names = ", ".join(source.name for source in settings.bridge.sources)
+                print(f"feeding topics from {names}", flush=True)
             serving.start_soon(_summarise, server)
             # SIGTERM (what orchestrators send) shuts down as gracefully as Ctrl+C: the
             # server says 1001 to every client and drains within shutdown_timeout.
@@ -553,7 +575,7 @@ def _dict_train(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHES = ("codecs", "fanout", "wire", "deliver", "scaleout")
+BENCHES = ("codecs", "fanout", "wire", "deliver", "scaleout", "ingest")
 
 
 def _bench_dir() -> Path | None:
@@ -579,23 +601,53 @@ def _bench(args: argparse.Namespace) -> int:
     return subprocess.call(command)
 
 
+def _port_or_off(text: str) -> int:
+    """A port number, or -1 for "off"."""
+    if text.lower() == "off":
+        return -1
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError(text)
+    return port
+
+
 def _bridge(args: argparse.Namespace) -> int:
     from tickwire.sources.config import read_bridge, run_bridge
 
     try:
         settings = read_bridge(args.config)
-    except ValueError as exc:
+        table = tomllib.loads(args.config.read_text()).get("topics")
+        if table is not None:  # [topics."pattern"], as in tickwire serve's file
+            settings = attrs.evolve(settings, topics=topic_tables(table, str(args.config)))
+    except (ValueError, SettingsError) as exc:
         print(f"tickwire bridge: {exc}", file=sys.stderr)
         return 2
+    if args.metrics_port is not None:
+        port = None if args.metrics_port < 0 else args.metrics_port
+        settings = attrs.evolve(settings, metrics_port=port)
     names = ", ".join(source.name for source in settings.sources)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            await nursery.start(run_bridge, settings)
-            print(f"tickwire bridge: {names} -> {settings.redis}", file=sys.stderr, flush=True)
+            try:
+                with unwrapped():
+                    running = await nursery.start(run_bridge, settings)
+            except OSError as exc:
+                raise _CannotListen(
+                    settings.metrics_host, settings.metrics_port or 0, "metrics_port", exc
+                ) from None
+            said = f"tickwire bridge: {names} -> {settings.redis}"
+            if running.metrics is not None:
+                where = _hostport(settings.metrics_host, running.metrics.port)
+                said += f" (metrics on http://{where}/metrics)"
+            print(said, file=sys.stderr, flush=True)
 
     try:
-        trio.run(main)
+        with unwrapped():
+            trio.run(main)
+    except _StartupError as exc:
+        print(f"tickwire bridge: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0
@@ -619,11 +671,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bridge",
         help="feed topics from message brokers into the servers' Redis backplane",
         description="Consume the sources of the [bridge] table of a TOML file (Redis "
-        "Streams, NATS JetStream, RabbitMQ) and publish each message, at least once and "
+        "Streams, NATS JetStream, RabbitMQ, Kafka) and publish each message, at least once and "
         "published once, into the cluster that shares the backplane at bridge.redis "
         "(docs/sources.md).",
     )
     p.add_argument("--config", required=True, type=Path, help="the TOML file")
+    p.add_argument(
+        "--metrics-port",
+        type=_port_or_off,
+        metavar="PORT|off",
+        help="serve /metrics, /healthz and /readyz here (over bridge.metrics_port)",
+    )
     p.set_defaults(run=_bridge)
     p = sub.add_parser(
         "tail",
@@ -652,8 +710,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(run=_tail)
     p = sub.add_parser(
         "bench",
-        help="run a bench script (codecs, fanout, wire, deliver, scaleout) with progress bars "
-        "and tables",
+        help="run a bench script (codecs, fanout, wire, deliver, scaleout, ingest) with "
+        "progress bars and tables",
         description="Run bench/<which>.py from the source checkout. Options after the name "
         "go to the script: --quick (small, as CI runs it), --json PATH, --plot PATH.png "
         "(codecs, fanout; needs the plot extra). Results and how to read them: "

@@ -17,7 +17,7 @@ caller's nursery, so it cannot die silently as a thread would.
 from __future__ import annotations
 
 import http
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 import attrs
@@ -41,6 +41,7 @@ __all__ = [
     "MetricsEndpoint",
     "ServerCollector",
     "registry_for",
+    "serve_bridge_metrics",
     "serve_metrics",
 ]
 
@@ -239,12 +240,18 @@ def registry_for(server: Server) -> CollectorRegistry:
 
 @attrs.define(eq=False)
 class MetricsEndpoint:
-    """The running HTTP endpoint: the ports it listens on."""
+    """The running HTTP endpoint: the ports it listens on.
 
-    server: Server
+    ``/readyz`` answers for *server* (accepting connections, its backplane connected), or,
+    for a process without one (``tickwire bridge``), *readiness*: a function returning
+    None when ready, else why not.
+    """
+
+    server: Server | None
     registry: CollectorRegistry
     max_connections: int = MAX_CONNECTIONS
     ports: list[int] = attrs.field(factory=list)
+    readiness: Callable[[], str | None] | None = None
     _open: int = attrs.field(init=False, default=0)
 
     @property
@@ -266,13 +273,23 @@ class MetricsEndpoint:
         if path == "/healthz":
             return 200, "text/plain", b"ok\n"
         if path == "/readyz":
-            backplane = self.server.hub.backplane
-            if not self.server.ready:
-                return 503, "text/plain", b"not ready: starting or draining\n"
-            if backplane is not None and not backplane.ready:
-                return 503, "text/plain", b"not ready: the backplane is not connected to Redis\n"
+            why = self._not_ready()
+            if why is not None:
+                return 503, "text/plain", f"not ready: {why}\n".encode()
             return 200, "text/plain", b"ready\n"
         return 404, "text/plain", b"not found: try /metrics, /healthz or /readyz\n"
+
+    def _not_ready(self) -> str | None:
+        if self.readiness is not None:
+            return self.readiness()
+        if self.server is None:
+            return None
+        if not self.server.ready:
+            return "starting or draining"
+        backplane = self.server.hub.backplane
+        if backplane is not None and not backplane.ready:
+            return "the backplane is not connected to Redis"
+        return None
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         if self._open >= self.max_connections:
@@ -364,6 +381,37 @@ async def serve_metrics(
     *max_connections* at once, a connection is answered 503 and closed.
     """
     endpoint = MetricsEndpoint(server, registry or registry_for(server), max_connections)
+    await _serve(endpoint, host, port, task_status)
+
+
+async def serve_bridge_metrics(
+    bridge: Bridge,
+    sources: Sequence[Any],
+    host: str,
+    port: int,
+    *,
+    max_connections: int = MAX_CONNECTIONS,
+    task_status: trio.TaskStatus[MetricsEndpoint] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``/metrics`` (the :class:`BridgeCollector` of *bridge* and *sources*),
+    ``/healthz`` and ``/readyz`` for a process that runs a bridge and no server
+    (``tickwire bridge``): ready while the bridge's backplane, if any, is connected."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BridgeCollector(bridge, sources))
+
+    def readiness() -> str | None:
+        backplane = bridge.hub.backplane
+        if backplane is not None and not backplane.ready:
+            return "the backplane is not connected to Redis"
+        return None
+
+    endpoint = MetricsEndpoint(None, registry, max_connections, readiness=readiness)
+    await _serve(endpoint, host, port, task_status)
+
+
+async def _serve(
+    endpoint: MetricsEndpoint, host: str, port: int, task_status: trio.TaskStatus[MetricsEndpoint]
+) -> None:
     listeners = await trio.open_tcp_listeners(port, host=host)
     endpoint.ports = [listener.socket.getsockname()[1] for listener in listeners]
     task_status.started(endpoint)

@@ -257,6 +257,7 @@ class ServeSettings:
     server: ServerConfig
     sources: Mapping[str, str]  # setting -> where its value came from
     topics: tuple[tuple[str, TopicConfig], ...] = ()  # [topics."pattern"] tables, in order
+    bridge: Any = None  # the [bridge] table: tickwire.sources.config.BridgeSettings, or None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -307,10 +308,19 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
     sources: dict[str, str] = {}
     path = getattr(args, "config", None) or environ.get("TICKWIRE_CONFIG")
     topics: tuple[tuple[str, TopicConfig], ...] = ()
+    bridge = None
     if path:
         for name, value in _read_toml(path).items():
             if name == "topics":
-                topics = _topics(value, path)
+                topics = topic_tables(value, path)
+                continue
+            if name == "bridge":  # sources feeding this server's hub (docs/sources.md)
+                from tickwire.sources.config import load_bridge
+
+                try:
+                    bridge = load_bridge({"bridge": value}, embedded=True)
+                except ValueError as exc:
+                    raise SettingsError(f"{path}: {exc}") from None
                 continue
             setting = SETTINGS.get(name)
             if setting is None:
@@ -336,14 +346,14 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
             raise SettingsError(
                 f"{name} (from {sources[name]}): {value!r} is not one of {', '.join(choices)}"
             )
-    return attrs.evolve(_build(values, sources), topics=topics)
+    return attrs.evolve(_build(values, sources), topics=topics, bridge=bridge)
 
 
 _TOPIC_FIELDS: Final = {f.name: f for f in attrs.fields(TopicConfig)}
 _OPTIONAL_TOPIC_FIELDS: Final = ("batch_window", "keyframe_interval")
 
 
-def _topics(table: Any, path: str) -> tuple[tuple[str, TopicConfig], ...]:
+def topic_tables(table: Any, path: str) -> tuple[tuple[str, TopicConfig], ...]:
     """``[topics."pattern"]`` tables: a TopicConfig for each pattern, in the file's order
     (the first pattern that matches a topic wins)."""
     if not isinstance(table, dict):

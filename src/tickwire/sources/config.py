@@ -9,7 +9,7 @@ The file::
     redis = "redis://127.0.0.1:6379"   # the backplane the servers share: where it publishes
 
     [[bridge.sources]]
-    type = "redis_streams"             # or "nats_jetstream", "rabbitmq"
+    type = "redis_streams"             # or "nats_jetstream", "rabbitmq", "kafka"
     url = "redis://127.0.0.1:6379"
     streams = ["trades.ACME"]
 
@@ -36,22 +36,29 @@ import trio
 from tickwire.sources.bridge import Bridge, Source
 from tickwire.sources.mapping import Routing
 
-__all__ = ["BridgeSettings", "load_bridge", "read_bridge", "run_bridge"]
+__all__ = ["BridgeSettings", "RunningBridge", "load_bridge", "read_bridge", "run_bridge"]
 
 SOURCE_TYPES = {
     "redis_streams": ("tickwire.sources.redis_streams", "RedisStreamSource"),
     "nats_jetstream": ("tickwire.sources.nats_jetstream", "NatsJetStreamSource"),
     "rabbitmq": ("tickwire.sources.rabbitmq", "RabbitMqSource"),
+    "kafka": ("tickwire.sources.kafka", "KafkaSource"),
 }
 
 
 @attrs.frozen
 class BridgeSettings:
-    """What ``tickwire bridge`` runs: where it publishes, its sources and routes."""
+    """What ``tickwire bridge`` runs: where it publishes, its sources and routes, and
+    where it serves its metrics (None: nowhere)."""
 
-    redis: str
+    redis: str | None  # None: the hub of the `tickwire serve` that embeds it
     routing: Routing
     sources: tuple[Any, ...]
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    # [topics."pattern"] tables of the same file (tickwire.settings.topic_tables): the
+    # settings of the topics it publishes, such as how much history Redis keeps of them.
+    topics: tuple[tuple[str, Any], ...] = ()
 
 
 def _source(index: int, table: Mapping[str, Any]) -> Any:
@@ -77,8 +84,13 @@ def _source(index: int, table: Mapping[str, Any]) -> Any:
         raise ValueError(f"{where}: {exc}") from None
 
 
-def load_bridge(data: Mapping[str, Any]) -> BridgeSettings:
+def load_bridge(data: Mapping[str, Any], *, embedded: bool = False) -> BridgeSettings:
     """The settings in *data* (a parsed TOML document).
+
+    *embedded*: the ``[bridge]`` table of ``tickwire serve``'s own file, whose sources feed
+    that server's hub (and its cluster, with its ``redis`` setting): ``redis`` and the
+    metrics settings are the server's own there, and table routes are allowed (a hub
+    without a backplane upserts at once; with one, the bridge refuses them at start).
 
     Raises:
         ValueError: something is missing or malformed; the message names it.
@@ -86,12 +98,32 @@ def load_bridge(data: Mapping[str, Any]) -> BridgeSettings:
     bridge = data.get("bridge")
     if not isinstance(bridge, dict):
         raise ValueError("no [bridge] table")
-    unknown = sorted(set(bridge) - {"redis", "sources", "routes"})
+    known = (
+        {"sources", "routes"}
+        if embedded
+        else {"redis", "sources", "routes", "metrics_host", "metrics_port"}
+    )
+    unknown = sorted(set(bridge) - known)
     if unknown:
-        raise ValueError(f"bridge: unknown settings: {', '.join(unknown)}")
+        why = " (in tickwire serve's file the server's own redis and metrics settings apply)"
+        raise ValueError(
+            f"bridge: unknown settings: {', '.join(unknown)}" + (why if embedded else "")
+        )
     redis = bridge.get("redis")
-    if not isinstance(redis, str) or not redis.startswith(("redis://", "rediss://")):
+    if not embedded and (
+        not isinstance(redis, str) or not redis.startswith(("redis://", "rediss://"))
+    ):
         raise ValueError("bridge.redis: the backplane's redis:// URL is needed")
+    metrics_host = bridge.get("metrics_host", "127.0.0.1")
+    if not isinstance(metrics_host, str):
+        raise ValueError('bridge.metrics_host: an address, such as "127.0.0.1"')
+    metrics_port = bridge.get("metrics_port")
+    if metrics_port is not None and (
+        isinstance(metrics_port, bool)
+        or not isinstance(metrics_port, int)
+        or not 0 <= metrics_port <= 65535
+    ):
+        raise ValueError(f"bridge.metrics_port: a port number, not {metrics_port!r}")
     sources = bridge.get("sources") or []
     if not sources:
         raise ValueError("bridge.sources: at least one [[bridge.sources]] table is needed")
@@ -99,13 +131,13 @@ def load_bridge(data: Mapping[str, Any]) -> BridgeSettings:
     if not routes:
         raise ValueError("bridge.routes: at least one [[bridge.routes]] table is needed")
     routing = Routing.from_config(routes)
-    if any(route.key for route in routing.routes):
+    if not embedded and any(route.key for route in routing.routes):
         raise ValueError("bridge.routes: table routes through a backplane are not supported yet")
     made = tuple(_source(i, table) for i, table in enumerate(sources))
     names = [source.name for source in made]
     if len(set(names)) != len(names):
         raise ValueError("bridge.sources: two sources share a name; give each its own `name`")
-    return BridgeSettings(redis, routing, made)
+    return BridgeSettings(redis, routing, made, metrics_host, metrics_port)
 
 
 def read_bridge(path: Path) -> BridgeSettings:
@@ -116,15 +148,39 @@ def read_bridge(path: Path) -> BridgeSettings:
         raise ValueError(f"{path}: {exc}") from None
 
 
-async def run_bridge(
-    settings: BridgeSettings, *, task_status: trio.TaskStatus[Bridge] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """Publish into the cluster at ``settings.redis`` from the sources, until cancelled."""
-    from tickwire.backplane import open_publisher
+@attrs.frozen
+class RunningBridge:
+    """What :func:`run_bridge` started: the bridge, and its metrics endpoint if any."""
 
+    bridge: Bridge
+    metrics: Any = None  # tickwire.metrics.MetricsEndpoint
+
+
+async def run_bridge(
+    settings: BridgeSettings,
+    *,
+    task_status: trio.TaskStatus[RunningBridge] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Publish into the cluster at ``settings.redis`` from the sources, until cancelled,
+    serving ``/metrics`` on ``settings.metrics_port`` if set."""
+    from tickwire.backplane import open_publisher
+    from tickwire.metrics import serve_bridge_metrics
+
+    assert settings.redis is not None, "an embedded bridge runs in its server's hub"
     async with open_publisher(settings.redis) as hub, trio.open_nursery() as nursery:
+        for pattern, config in settings.topics:  # before anything is published
+            hub.configure(pattern, config)
         bridge = Bridge(hub, settings.routing)
         sources: tuple[Source, ...] = settings.sources
+        endpoint = None
+        if settings.metrics_port is not None:
+            endpoint = await nursery.start(
+                serve_bridge_metrics,
+                bridge,
+                sources,
+                settings.metrics_host,
+                settings.metrics_port,
+            )
         for source in sources:
             await nursery.start(bridge.run_source, source)
-        task_status.started(bridge)
+        task_status.started(RunningBridge(bridge, endpoint))
