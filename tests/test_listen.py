@@ -109,3 +109,19 @@ async def test_receive_waits_for_a_message() -> None:
             hub.publish_nowait("jobs", "a")
             hub.publish_nowait("jobs", "b")
         assert got == ["a", "b"]
+
+
+async def test_publish_many_refuses_the_tail_after_a_full_listener(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    hub = Hub()
+    with hub.listen("jobs", max_buffered=1) as jobs:
+        answers = await hub.publish_many(
+            [("jobs", "a", None), ("jobs", "b", None), ("other", "c", None)], timeout=1.0
+        )
+        assert answers[0] == 1
+        # "b" found no room: neither it nor what follows it was published, so publishing
+        # that tail again keeps the order.
+        assert [type(a) for a in answers[1:]] == [Overloaded, Overloaded]
+        assert hub.topic_by_name("other") is None
+        assert len(jobs) == 1

@@ -1394,14 +1394,22 @@ class Hub:
         others go on; once one finds no room within *timeout* (Redis unreachable), every
         one after it is refused too (BackplaneUnavailable), so that publishing that tail
         again keeps the order; a message once queued waits for Redis as long as it takes.
-        Without a backplane it is :meth:`publish` of each in turn.
+        Without a backplane it is :meth:`publish` of each in turn, and once one finds a
+        listener full (Overloaded) every one after it is refused the same way.
         """
         if self.backplane is None:
             done: list[int | Exception] = []
+            full: Overloaded | None = None
             for topic, payload, key in messages:
+                if full is not None:  # the tail, refused as the backplane's would be
+                    done.append(full)
+                    continue
                 try:
                     done.append(await self.publish(topic, payload, key=key, timeout=timeout))
-                except (ValueError, TypeError, DuplicateKey, Overloaded) as exc:
+                except Overloaded as exc:
+                    full = exc
+                    done.append(exc)
+                except (ValueError, TypeError, DuplicateKey) as exc:
                     done.append(exc)  # InvalidValue is a ValueError
             return done
         results: list[int | Exception | None] = [None] * len(messages)
