@@ -1,0 +1,2 @@
+export { Client, ConnectionClosed, RequestError, SUBPROTOCOL, Subscription, connect } from "./client.js";
+export { KIND, ProtocolError, decodeMessage, encodeMessage } from "./codec.js";
