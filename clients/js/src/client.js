@@ -52,6 +52,7 @@ export class Client {
     this._requests = new Map(); // request id -> {resolve, reject, subscription?}
     this._topics = new Map(); // topic id -> {name, epoch, offset, subscription}
     this._subscriptions = new Map(); // pattern -> Subscription
+    this._byRequest = new Map(); // a SUBSCRIBE's request id -> its Subscription, while it lasts
     this.hello = null;
     this.closed = null;
     this._opened = new Promise((resolve, reject) => {
@@ -79,10 +80,13 @@ export class Client {
     const subscription = new Subscription(this, pattern, onUpdate);
     this._subscriptions.set(pattern, subscription);
     const position = resume ? [resume.epoch, resume.offset] : null;
-    return this._request(KIND.SUBSCRIBE, [pattern, position, {}], { subscription }).then(
+    const id = this._nextId; // the request's: later SUBSCRIBEDs of the pattern carry it
+    this._byRequest.set(id, subscription);
+    return this._request(KIND.SUBSCRIBE, [pattern, position, {}]).then(
       () => subscription,
       (error) => {
         this._subscriptions.delete(pattern);
+        this._byRequest.delete(id);
         throw error;
       },
     );
@@ -158,7 +162,7 @@ export class Client {
   }
 
   _subscribed([requestId, topicId, name, epoch, offset, outcome]) {
-    const subscription = this._requests.get(requestId)?.subscription ?? this._byTopic(name);
+    const subscription = this._byRequest.get(requestId);
     if (subscription === undefined) return;
     for (const [id, topic] of this._topics) {
       if (topic.name === name && id !== topicId) this._topics.delete(id); // a new id (§4.4)
@@ -167,11 +171,6 @@ export class Client {
     if (before && outcome === 2) this._lost({ name, subscription }, before.offset + 1, null, "not recovered");
     this._topics.set(topicId, { name, epoch, offset, subscription });
     subscription.positions.set(name, { epoch, offset });
-  }
-
-  _byTopic(name) {
-    for (const topic of this._topics.values()) if (topic.name === name) return topic.subscription;
-    return undefined;
   }
 
   _data(topicId, first, payloads) {

@@ -111,6 +111,19 @@ describe("publishing with acknowledgement (--client-publish chat.*)", () => {
     }
   });
 
+  test("a pattern delivers a topic that appears after it was subscribed", async () => {
+    const client = await connect(server.url);
+    try {
+      const seen = until(1);
+      await client.subscribe("chat.*", seen.onUpdate);
+      await client.publish("chat.later", { text: "new" });
+      const [update] = await seen.arrived;
+      assert.deepEqual([update.type, update.topic, update.offset], ["message", "chat.later", 1]);
+    } finally {
+      client.close();
+    }
+  });
+
   test("publishing outside the allowed patterns is refused with 403", async () => {
     const client = await connect(server.url);
     try {
