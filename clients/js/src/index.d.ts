@@ -71,3 +71,9 @@ export declare function connect(
 export declare const KIND: Readonly<Record<string, number>>;
 export declare function decodeMessage(bytes: Uint8Array): unknown[];
 export declare function encodeMessage(kind: number, ...positions: unknown[]): Uint8Array;
+
+export declare class ZstdDecoder {
+  addDictionary(id: number, bytes: Uint8Array): void;
+  decompress(body: Uint8Array, id: number, limit: number): Uint8Array;
+}
+export declare function loadDecoder(bytes?: Uint8Array): Promise<ZstdDecoder>;
