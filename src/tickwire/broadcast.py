@@ -37,7 +37,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import attrs
 import trio
@@ -1426,7 +1426,7 @@ class Hub:
             if not isinstance(answer, int | Exception):
                 raise answer  # a cancellation, not a refusal
             results[index] = answer
-        return [r for r in results if r is not None]
+        return cast(list[int | Exception], results)  # every one is answered by now
 
     # -- the backplane -------------------------------------------------------------------------
 

@@ -378,16 +378,10 @@ class RedisBackplane:
             DuplicateKey: *key* was used for another payload.
         """
         deadline = trio.current_time() + timeout
-        with trio.move_on_at(deadline):
-            while not self._has_room(len(packed)):
-                await self._room.wait()
-            await self._connected.wait()
+        refused = await self._wait_to_queue(len(packed), deadline, timeout)
         await trio.lowlevel.checkpoint()
-        if not self.ready or not self._has_room(len(packed)):
-            raise BackplaneUnavailable(
-                "the backplane could not take the message within "
-                f"{timeout:g} s (Redis is unreachable or slow)"
-            )
+        if refused is not None:
+            raise refused
         message = self._message(topic, packed, key, deadline=min(deadline, math.inf))
         message.done = trio.Event()
         self._take(message)
@@ -411,18 +405,8 @@ class RedisBackplane:
         taken: list[_Message | BaseException] = []
         refused: BaseException | None = None
         for topic, packed, key in messages:
-            if refused is None and not (self.ready and self._has_room(len(packed))):
-                # Waits only when it must: queued without a checkpoint in between, the
-                # messages go to Redis together.
-                with trio.move_on_at(deadline):
-                    while not self._has_room(len(packed)):
-                        await self._room.wait()
-                    await self._connected.wait()
-                if not self.ready or not self._has_room(len(packed)):
-                    refused = BackplaneUnavailable(
-                        "the backplane could not take the message within "
-                        f"{timeout:g} s (Redis is unreachable or slow)"
-                    )
+            if refused is None:
+                refused = await self._wait_to_queue(len(packed), deadline, timeout)
             if refused is not None:
                 taken.append(refused)
                 continue
@@ -440,6 +424,25 @@ class RedisBackplane:
             else:
                 results.append(item)
         return results
+
+    async def _wait_to_queue(
+        self, size: int, deadline: float, timeout: float
+    ) -> BackplaneUnavailable | None:
+        """Wait, until *deadline*, for Redis and for room for *size* more bytes; None once
+        a message may be queued, else why not. Waits only when it must (no checkpoint when
+        there is room), so that messages queued one after another go to Redis together."""
+        if self.ready and self._has_room(size):
+            return None
+        with trio.move_on_at(deadline):
+            while not self._has_room(size):
+                await self._room.wait()
+            await self._connected.wait()
+        if self.ready and self._has_room(size):
+            return None
+        return BackplaneUnavailable(
+            "the backplane could not take the message within "
+            f"{timeout:g} s (Redis is unreachable or slow)"
+        )
 
     def _message(
         self, topic: str, packed: bytes, key: str | None, *, deadline: float | None = None
