@@ -30,19 +30,25 @@ export class ZstdDecoder {
   constructor(exports) {
     this._z = exports;
     this._dctx = exports.ZSTD_createDCtx();
-    this._dictionaries = new Map(); // dict id (1-15) -> DDict pointer
+    this._dictionaries = new Map(); // dict id (1-15) -> {ddict: a DDict pointer, digest}
     this._src = { pointer: 0, size: 0 };
     this._dst = { pointer: 0, size: 0 };
   }
 
-  /** Make dictionary `id` (1-15) usable: `bytes` as the server sent it (DICT_DATA). */
-  addDictionary(id, bytes) {
-    if (this._dictionaries.has(id)) return;
+  /**
+   * Make dictionary `id` (1-15) usable: `bytes` as the server sent it (DICT_DATA). An id
+   * the server reuses for a new dictionary (another `digest`) replaces the old one; the
+   * old one's memory is not given back (a rotation costs a dictionary's size).
+   */
+  addDictionary(id, bytes, digest = null) {
+    const held = this._dictionaries.get(id);
+    if (held !== undefined && held.digest === digest) return;
     const pointer = this._z.malloc(bytes.length);
+    if (!pointer) throw new ProtocolError(1009, "out of memory for a dictionary");
     new Uint8Array(this._z.memory.buffer).set(bytes, pointer);
     const ddict = this._z.ZSTD_createDDict(pointer, bytes.length);
-    if (!ddict) throw new Error(`dictionary ${id} could not be loaded`);
-    this._dictionaries.set(id, ddict);
+    if (!ddict) throw new ProtocolError(1007, `dictionary ${id} could not be loaded`);
+    this._dictionaries.set(id, { ddict, digest });
   }
 
   /**
@@ -52,7 +58,7 @@ export class ZstdDecoder {
    *   dictionary)
    */
   decompress(body, id, limit) {
-    const ddict = id === 0 ? 0 : this._dictionaries.get(id);
+    const ddict = id === 0 ? 0 : this._dictionaries.get(id)?.ddict;
     if (ddict === undefined) throw new ProtocolError(4002, `unknown dictionary ${id}`);
     const src = this._room(this._src, body.length + 4);
     let memory = new Uint8Array(this._z.memory.buffer);

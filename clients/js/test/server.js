@@ -6,7 +6,8 @@ import { spawn } from "node:child_process";
 const PYTHON = process.env.TICKWIRE_PYTHON ?? "python";
 
 export async function startServer(...args) {
-  const child = spawn(PYTHON, ["-m", "tickwire", "serve", "--port", "0", "--metrics-port", "off", ...args], {
+  const anyPort = args.includes("--port") ? [] : ["--port", "0"];
+  const child = spawn(PYTHON, ["-m", "tickwire", "serve", ...anyPort, "--metrics-port", "off", ...args], {
     stdio: ["ignore", "pipe", "inherit"],
   });
   let said = "";
@@ -24,6 +25,13 @@ export async function startServer(...args) {
   });
   return {
     url: `ws://127.0.0.1:${port}/`,
+    port,
+    /** Kill it at once (SIGKILL), as a crash would. */
+    async kill() {
+      const ended = new Promise((resolve) => child.on("exit", resolve));
+      child.kill("SIGKILL");
+      await ended;
+    },
     async stop() {
       const ended = new Promise((resolve) => child.on("exit", resolve));
       child.kill("SIGTERM");
