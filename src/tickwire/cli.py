@@ -40,6 +40,7 @@ from tickwire._version import __version__
 from tickwire.auth import JWTAuth
 from tickwire.broadcast import Hub, TopicConfig
 from tickwire.config import Limits
+from tickwire.dashboard import VIEWS, Dashboard
 from tickwire.errors import BackplaneUnavailable, TickwireError
 from tickwire.logs import configure as configure_logging
 from tickwire.metrics import BridgeCollector, MetricsEndpoint, registry_for, serve_metrics
@@ -224,7 +225,9 @@ async def _demo_ticker(hub: Hub, rate: float, symbols: int) -> None:
     hub.table("quotes", QUOTE_SCHEMA)
     await _joined(hub, ["quotes"])
     outage = _Outage()
-    feed = MarketFeed(seed=int(time.time()), symbols=symbols, rate=rate)
+    # The quotes' timestamps start now and advance with the windows, which are paced in
+    # real time: a subscriber's "now - ts" is the latency from the tick to it.
+    feed = MarketFeed(seed=int(time.time()), symbols=symbols, rate=rate, start_ns=time.time_ns())
     start = trio.current_time()
     for tick, batch in enumerate(feed.batches(WINDOW), start=1):
         if hub.backplane is None:
@@ -338,11 +341,20 @@ async def _serve_async(settings: ServeSettings) -> None:
     async with trio.open_nursery() as nursery:
         # The metrics endpoint outlives the server's drain: /readyz says 503 meanwhile.
         endpoint: MetricsEndpoint | None = None
+        dashboard = None
+        if settings.dashboard == "on" or (settings.dashboard == "auto" and settings.demo):
+            view = VIEWS.get(settings.demo or "")
+            dashboard = Dashboard(port=0, scheme="wss" if context else "ws", view=view)
         if settings.metrics_port is not None:
             try:
                 endpoint = await nursery.start(
                     functools.partial(
-                        serve_metrics, server, host, settings.metrics_port, registry=registry
+                        serve_metrics,
+                        server,
+                        host,
+                        settings.metrics_port,
+                        registry=registry,
+                        dashboard=dashboard,
                     )
                 )
             except OSError as exc:
@@ -377,6 +389,9 @@ async def _serve_async(settings: ServeSettings) -> None:
                     "(and /healthz, /readyz)",
                     flush=True,
                 )
+                if dashboard is not None:
+                    dashboard.port = server.port
+                    print(f"dashboard on http://{_hostport(host, endpoint.port)}/", flush=True)
             if backplane is not None:
                 print(f"sharing topics through {_redacted(settings.redis)}", flush=True)
             if settings.demo == "ticker":

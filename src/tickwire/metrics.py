@@ -8,7 +8,9 @@ Imports: trio, h11, prometheus_client, tickwire.server.
   scrape time by a custom collector (nothing is counted twice on the hot path);
 - ``GET /healthz``: 200 while the process runs its event loop (alive);
 - ``GET /readyz``: 200 while the server accepts connections, 503 before it starts and
-  while it drains (load balancers stop sending new clients).
+  while it drains (load balancers stop sending new clients);
+- with a :class:`~tickwire.dashboard.Dashboard`, ``GET /``: the live dashboard's page, its
+  ``/assets/`` and ``/dashboard.json``.
 
 Every request is bounded in size (8 KiB of headers) and time; the endpoint runs in the
 caller's nursery, so it cannot die silently as a thread would.
@@ -32,6 +34,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from tickwire.dashboard import Dashboard
 from tickwire.server import Server
 from tickwire.sources.bridge import Bridge
 from tickwire.statistics import HistogramStatistics
@@ -252,6 +255,7 @@ class MetricsEndpoint:
     max_connections: int = MAX_CONNECTIONS
     ports: list[int] = attrs.field(factory=list)
     readiness: Callable[[], str | None] | None = None
+    dashboard: Dashboard | None = None
     _open: int = attrs.field(init=False, default=0)
 
     @property
@@ -265,19 +269,36 @@ class MetricsEndpoint:
 
     def respond(self, method: str, target: str) -> tuple[int, str, bytes]:
         """(status, content type, body) for a request."""
+        status, headers, body = self.answer(method, target)
+        return status, dict(headers)["content-type"], body
+
+    def answer(
+        self, method: str, target: str, request_headers: Sequence[tuple[bytes, bytes]] = ()
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """(status, headers, body) for a request."""
         path = target.split("?", 1)[0]
+
+        def text(status: int, body: str) -> tuple[int, list[tuple[str, str]], bytes]:
+            return status, [("content-type", "text/plain")], body.encode()
+
         if method not in ("GET", "HEAD"):
-            return 405, "text/plain", b"only GET and HEAD\n"
+            return text(405, "only GET and HEAD\n")
         if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+            return 200, [("content-type", CONTENT_TYPE_LATEST)], generate_latest(self.registry)
         if path == "/healthz":
-            return 200, "text/plain", b"ok\n"
+            return text(200, "ok\n")
         if path == "/readyz":
             why = self._not_ready()
             if why is not None:
-                return 503, "text/plain", f"not ready: {why}\n".encode()
-            return 200, "text/plain", b"ready\n"
-        return 404, "text/plain", b"not found: try /metrics, /healthz or /readyz\n"
+                return text(503, f"not ready: {why}\n")
+            return text(200, "ready\n")
+        if self.dashboard is not None:
+            accept = b",".join(v for k, v in request_headers if k.lower() == b"accept-encoding")
+            found = self.dashboard.respond(path, accept_gzip=_accepts_gzip(accept))
+            if found is not None:
+                return found
+            return text(404, "not found: try /, /metrics, /healthz or /readyz\n")
+        return text(404, "not found: try /metrics, /healthz or /readyz\n")
 
     def _not_ready(self) -> str | None:
         if self.readiness is not None:
@@ -316,11 +337,12 @@ class MetricsEndpoint:
                     request = await _next_request(conn, stream)
                 if scope.cancelled_caught or request is None:
                     return
-                status, content_type, body = self.respond(
+                status, headers, body = self.answer(
                     request.method.decode("ascii", "replace"),
                     request.target.decode("ascii", "replace"),
+                    request.headers,
                 )
-                headers = [("content-type", content_type), ("content-length", str(len(body)))]
+                headers = [*headers, ("content-length", str(len(body)))]
                 reason = http.HTTPStatus(status).phrase.encode()
                 data = conn.send(h11.Response(status_code=status, headers=headers, reason=reason))
                 if request.method != b"HEAD":
@@ -344,6 +366,20 @@ class MetricsEndpoint:
             pass
         finally:
             await trio.aclose_forcefully(stream)
+
+
+def _accepts_gzip(accept_encoding: bytes) -> bool:
+    """Whether an Accept-Encoding value takes gzip (``gzip``, ``*``, with a q above 0)."""
+    for part in accept_encoding.decode("latin-1").lower().split(","):
+        coding, _, params = part.partition(";")
+        if coding.strip() not in ("gzip", "*"):
+            continue
+        q = params.strip().removeprefix("q=") if params.strip().startswith("q=") else "1"
+        try:
+            return float(q) > 0
+        except ValueError:
+            return False
+    return False
 
 
 async def _next_request(conn: h11.Connection, stream: trio.abc.Stream) -> h11.Request | None:
@@ -371,6 +407,7 @@ async def serve_metrics(
     *,
     registry: CollectorRegistry | None = None,
     max_connections: int = MAX_CONNECTIONS,
+    dashboard: Dashboard | None = None,
     task_status: trio.TaskStatus[MetricsEndpoint] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``/metrics``, ``/healthz`` and ``/readyz`` for *server* on *host*:*port*
@@ -378,9 +415,12 @@ async def serve_metrics(
 
     Pass *registry* to expose your own metrics with tickwire's (register a
     :class:`ServerCollector` in it); by default only the server's. Beyond
-    *max_connections* at once, a connection is answered 503 and closed.
+    *max_connections* at once, a connection is answered 503 and closed. With *dashboard*,
+    ``/`` serves the live dashboard (:mod:`tickwire.dashboard`).
     """
-    endpoint = MetricsEndpoint(server, registry or registry_for(server), max_connections)
+    endpoint = MetricsEndpoint(
+        server, registry or registry_for(server), max_connections, dashboard=dashboard
+    )
     await _serve(endpoint, host, port, task_status)
 
 

@@ -127,6 +127,14 @@ _OWN: Final = [
         8766,
     ),
     Setting("demo", str, _S, "publish a simulated feed", None, ("ticker", "game")),
+    Setting(
+        "dashboard",
+        str,
+        _S,
+        "serve the live dashboard at / on the metrics port (auto: with demo)",
+        "auto",
+        ("auto", "on", "off"),
+    ),
     Setting("rate", _number, _N, "ticker updates a second", 5000.0),
     Setting("symbols", _int, _I, "ticker symbols", 500),
     Setting("tick_rate", _number, _N, "game ticks a second", 20.0),
@@ -240,6 +248,7 @@ class ServeSettings:
     port: int
     metrics_port: int | None
     demo: str | None
+    dashboard: str
     rate: float
     symbols: int
     tick_rate: float

@@ -669,6 +669,11 @@ export class Subscription {
     return state && state.epoch !== 0 ? { epoch: state.epoch, offset: state.offset } : null;
   }
 
+  /** A table topic's schema ({key, names}: the key field and the others), or null. */
+  schema(topic = this.pattern) {
+    return this.topics.get(topic)?.table?.schema ?? null;
+  }
+
   /** A table topic's rows (a plain object, key -> row), or null for a stream topic. */
   rows(topic = this.pattern) {
     return this.topics.get(topic)?.table?.rows ?? null;

@@ -133,6 +133,8 @@ export declare class Subscription {
   /** The server's note on a topic that may deliver nothing yet (one that does not exist). */
   readonly notes: Map<string, string>;
   position(topic?: string): Position | null;
+  /** A table topic's schema (its key field and the others), or null for a stream topic. */
+  schema(topic?: string): Schema | null;
   /** A table topic's rows, or null for a stream topic. */
   rows(topic?: string): Rows | null;
 }
