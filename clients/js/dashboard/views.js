@@ -177,8 +177,16 @@ export class ChartView {
   offer(keys) {
     const sorted = [...keys].sort();
     this.select.replaceChildren(...sorted.map((k) => h("option", { value: k }, k)));
-    if (this.key === null && sorted.length) this.choose(sorted[0], { chosen: false });
-    else this.select.value = this.key;
+    if (this.key !== null && sorted.includes(this.key)) {
+      this.select.value = this.key;
+    } else if (sorted.length) {
+      // The first offer, or a table that no longer has the key (a new server's): start
+      // again from the first key, and follow the busiest once it is known.
+      this.chosen = false;
+      this.counts = new Map();
+      this.seen = 0;
+      this.choose(sorted[0], { chosen: false });
+    }
   }
 
   /**
