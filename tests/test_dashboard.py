@@ -354,8 +354,15 @@ def test_ticker_dashboard_in_chromium(browser: Any) -> None:
         page.wait_for_timeout(3000)  # N seconds of live updates
         epoch, offset = _same_as_server(page, f)
         assert offset > 0
-        rows = page.locator("table.rows tbody tr")
-        assert rows.count() == 60
+        # One HTML row per row of the table (symbols appear with their first quote).
+        _wait(
+            "the page's rows",
+            lambda: (
+                page.locator("table.rows tbody tr").count()
+                == len(page.evaluate("() => window.tickwire.state().rows"))
+                > 40
+            ),
+        )
         points = page.evaluate("() => window.tickwire.chart.points")
         _wait(
             "the chart to move",

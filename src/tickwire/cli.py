@@ -590,7 +590,7 @@ def _dict_train(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHES = ("codecs", "fanout", "wire", "deliver", "scaleout", "ingest")
+BENCHES = ("codecs", "fanout", "wire", "deliver", "scaleout", "ingest", "browser")
 
 
 def _bench_dir() -> Path | None:
@@ -725,7 +725,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(run=_tail)
     p = sub.add_parser(
         "bench",
-        help="run a bench script (codecs, fanout, wire, deliver, scaleout, ingest) with "
+        help="run a bench script (codecs, fanout, wire, deliver, scaleout, ingest, browser) with "
         "progress bars and tables",
         description="Run bench/<which>.py from the source checkout. Options after the name "
         "go to the script: --quick (small, as CI runs it), --json PATH, --plot PATH.png "
