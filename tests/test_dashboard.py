@@ -452,3 +452,26 @@ def test_game_dashboard_in_chromium(browser: Any) -> None:
         )
         _screenshot(page, "dashboard-game.png")
     assert errors == []
+
+
+def test_origin_check_in_chromium(browser: Any) -> None:
+    """A server that checks Origin serves the page when its allowed_origins lists the
+    metrics port's origin, and the page says why when it does not."""
+    port, metrics_port = _free_port(), _free_port()
+    page_origin = f"http://127.0.0.1:{metrics_port}"
+    page = browser.new_page()
+    with _serve("game", port, metrics_port, "--allowed-origins", page_origin):
+        page.goto(f"{page_origin}/")
+        _wait("the page to connect", lambda: page.evaluate("() => window.tickwire?.state?.()"))
+    port, metrics_port = _free_port(), _free_port()
+    with _serve("game", port, metrics_port, "--allowed-origins", "https://app.example.com"):
+        page.goto(f"http://127.0.0.1:{metrics_port}/")
+        message = _wait(
+            "the page to say why",
+            lambda: (
+                "allowed_origins" in (page.text_content("#message") or "")
+                and page.text_content("#message")
+            ),
+        )
+        assert f"http://127.0.0.1:{metrics_port}" in message
+        assert page.evaluate("() => window.tickwire.client") is None  # never connected
