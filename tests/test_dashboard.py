@@ -475,3 +475,17 @@ def test_origin_check_in_chromium(browser: Any) -> None:
         )
         assert f"http://127.0.0.1:{metrics_port}" in message
         assert page.evaluate("() => window.tickwire.client") is None  # never connected
+
+
+def test_any_topic_in_chromium(browser: Any) -> None:
+    """?topic= shows any topic: a stream pattern as its latest messages."""
+    port, metrics_port = _free_port(), _free_port()
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    with _serve("ticker", port, metrics_port, "--rate", "500"):
+        page.goto(f"http://127.0.0.1:{metrics_port}/?topic=trades.*")
+        _wait("trades", lambda: page.locator("ol.stream li").count() >= 5)
+        first = page.text_content("ol.stream li") or ""
+        assert re.match(r"trades\.\w+ #\d+ \{", first), first
+    assert errors == []
