@@ -351,7 +351,10 @@ def test_ticker_dashboard_in_chromium(browser: Any) -> None:
         _wait("the page to connect", lambda: page.evaluate("() => window.tickwire?.state?.()"))
         assert page.evaluate("() => window.tickwire.client.subprotocol") == "tickwire.v2+zstd"
         assert page.text_content("#status") == "connected (tickwire.v2+zstd)"
-        page.wait_for_timeout(3000)  # N seconds of live updates
+        # N seconds of live updates, counted in updates (the feed's 500 a second), not slept.
+        _wait(
+            "3 s of updates", lambda: page.evaluate("() => window.tickwire.state().offset") >= 1500
+        )
         epoch, offset = _same_as_server(page, f)
         assert offset > 0
         # One HTML row per row of the table (symbols appear with their first quote).
