@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
@@ -63,9 +64,13 @@ def test_feed_prints_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
 CLI = [sys.executable, "-m", "tickwire.cli"]
 
 
-def read_until_closed(ws: websockets.sync.client.ClientConnection) -> None:
-    while True:
+def read_until_closed(ws: websockets.sync.client.ClientConnection, within: float = 60) -> None:
+    """Read until the server closes (ConnectionClosed); AssertionError if it goes on
+    sending for *within* seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
         ws.recv(timeout=10)
+    raise AssertionError(f"the server was still sending after {within} s")
 
 
 def test_serve_demo_ticker_end_to_end() -> None:
