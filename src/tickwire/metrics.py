@@ -1,6 +1,7 @@
 """Prometheus metrics, health and readiness over HTTP, served by the trio program itself.
 
-Imports: trio, h11, prometheus_client, tickwire.server.
+Imports: trio, h11, attrs, prometheus_client, tickwire.server, tickwire.dashboard,
+tickwire.sources.bridge, tickwire.statistics.
 
 ``server_endpoint = await nursery.start(serve_metrics, server, "127.0.0.1", 9100)`` serves
 
