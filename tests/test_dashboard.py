@@ -375,9 +375,15 @@ def test_ticker_dashboard_in_chromium(browser: Any) -> None:
             "updates/s",
             lambda: (page.evaluate("() => window.tickwire.figures") or {}).get("updatesPerSecond"),
         )
-        figures = page.evaluate("() => window.tickwire.figures")
+        def with_latency() -> Any:
+            figures = page.evaluate("() => window.tickwire.figures") or {}
+            return figures if figures.get("latencyMs") is not None else None
+
+        figures = _wait("a latency", with_latency)
         assert figures["ratio"] > 1  # zstd with the server's dictionary
         assert figures["gaps"] == 0
+        # The same clock stamps the quotes and reads them: no quote arrives before its time.
+        assert figures["latencyMs"] >= 0
         _wait("a marked cell", lambda: page.locator("td.mark-up, td.mark-down").count() > 0)
         _screenshot(page, "dashboard-ticker.png")
         process.kill()  # a crash: no goodbye to the page

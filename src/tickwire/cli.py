@@ -24,7 +24,7 @@ import sys
 import time
 import tomllib
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +218,16 @@ def _demo_dictionary(demo: str, *, symbols: int, entities: int) -> Dictionary:
     return scratch.train_dictionary(size=16 * 1024)
 
 
+def _windows(feed: MarketFeed, start_ns: int) -> Iterator[tuple[float, list[dict[str, Any]]]]:
+    """The feed's updates by :data:`WINDOW`, each batch with the time its window ends, in
+    seconds after *start_ns* (the feed's first timestamp): empty windows are skipped, so
+    the end comes from the timestamps, not from counting batches."""
+    window_ns = int(WINDOW * 1e9)  # as MarketFeed.batches counts it
+    for batch in feed.batches(WINDOW):
+        index = (batch[-1]["ts"] - start_ns) // window_ns
+        yield (index + 1) * window_ns / 1e9, batch
+
+
 async def _demo_ticker(hub: Hub, rate: float, symbols: int) -> None:
     """Publish the simulated market in real time (:func:`_market_topics`); with a
     backplane, into the cluster, riding out Redis outages (:class:`_Outage`). The
@@ -226,15 +236,17 @@ async def _demo_ticker(hub: Hub, rate: float, symbols: int) -> None:
     await _joined(hub, ["quotes"])
     outage = _Outage()
     # The quotes' timestamps start now and advance with the windows, which are paced in
-    # real time: a subscriber's "now - ts" is the latency from the tick to it.
-    feed = MarketFeed(seed=int(time.time()), symbols=symbols, rate=rate, start_ns=time.time_ns())
+    # real time; a window's quotes go out when it has ended, so that none is stamped later
+    # than it is sent and a subscriber's "now - ts" is the latency from the tick to it.
+    start_ns = time.time_ns()
+    feed = MarketFeed(seed=int(time.time()), symbols=symbols, rate=rate, start_ns=start_ns)
     start = trio.current_time()
-    for tick, batch in enumerate(feed.batches(WINDOW), start=1):
+    for ends, batch in _windows(feed, start_ns):
+        await trio.sleep_until(start + ends)
         if hub.backplane is None:
             _publish_market(hub, batch)
         else:
             outage.publish(hub, batch)
-        await trio.sleep_until(start + tick * WINDOW)
 
 
 async def _demo_game(hub: Hub, tick_rate: float, entities: int) -> None:
