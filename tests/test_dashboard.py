@@ -366,6 +366,9 @@ def test_ticker_dashboard_in_chromium(browser: Any) -> None:
                 > 40
             ),
         )
+        # The ticker's columns (dashboard.json's view): the key, then all but seq.
+        header = page.locator("table.rows thead th").all_text_contents()
+        assert header == ["symbol", "bid", "ask", "bid_size", "ask_size", "ts"]
         points = page.evaluate("() => window.tickwire.chart.points")
         _wait(
             "the chart to move",
@@ -375,6 +378,7 @@ def test_ticker_dashboard_in_chromium(browser: Any) -> None:
             "updates/s",
             lambda: (page.evaluate("() => window.tickwire.figures") or {}).get("updatesPerSecond"),
         )
+
         def with_latency() -> Any:
             figures = page.evaluate("() => window.tickwire.figures") or {}
             return figures if figures.get("latencyMs") is not None else None

@@ -78,7 +78,7 @@ async function main() {
   let handle = null;
   if (view.kind === "ticker") {
     dashboard.chart = new ChartView(container, { fields: view.chart ?? ["bid", "ask"] });
-    dashboard.table = new TableView(container, { topic: view.topic, onSelect: (key) => dashboard.chart.choose(key) });
+    dashboard.table = new TableView(container, { topic: view.topic, columns: view.columns ?? null, onSelect: (key) => dashboard.chart.choose(key) });
     handle = (update, subscription) => {
       dashboard.table.update(update, subscription);
       const now = Date.now();

@@ -43,8 +43,9 @@ function painter(draw) {
  * marked for a moment (green up, red down, blue otherwise). `onSelect(key)` on a click.
  */
 export class TableView {
-  constructor(container, { topic, onSelect = null, maxRows = 2000 }) {
+  constructor(container, { topic, columns = null, onSelect = null, maxRows = 2000 }) {
     this.topic = topic;
+    this.only = columns; // the fields shown after the key, in this order (null: all)
     this.maxRows = maxRows;
     this.element = h("table", { class: "rows", "data-topic": topic });
     this.head = h("thead");
@@ -69,7 +70,8 @@ export class TableView {
   update(update, subscription) {
     if (update.type === "reset") {
       const schema = subscription.schema(this.topic);
-      this.columns = [schema.key, ...schema.names];
+      const names = this.only ? this.only.filter((name) => schema.names.includes(name)) : schema.names;
+      this.columns = [schema.key, ...names];
       this.head.replaceChildren(h("tr", {}, ...this.columns.map((c) => h("th", {}, c))));
       this.body.replaceChildren();
       this.rows.clear();

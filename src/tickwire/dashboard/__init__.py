@@ -47,7 +47,13 @@ CONTENT_SECURITY_POLICY: Final = (
 )
 
 VIEWS: Final[Mapping[str, Mapping[str, Any]]] = {
-    "ticker": {"kind": "ticker", "topic": "quotes", "chart": ["bid", "ask"]},
+    # The quote table without seq, which the demo's quotes do not carry.
+    "ticker": {
+        "kind": "ticker",
+        "topic": "quotes",
+        "chart": ["bid", "ask"],
+        "columns": ["bid", "ask", "bid_size", "ask_size", "ts"],
+    },
     "game": {"kind": "world", "topic": "world"},
 }
 """What the dashboard shows for each demo (``view`` in ``/dashboard.json``)."""
