@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 
 import pytest
 
@@ -46,6 +47,25 @@ def test_market_batches_follow_the_window() -> None:
     assert 35 < sum(sizes) / len(sizes) < 65  # 5,000/s in 10 ms windows: about 50
     for batch in batches:
         assert batch[-1]["ts"] - batch[0]["ts"] < 10_000_000
+
+
+@pytest.mark.parametrize("rate", [5.0, 2000.0])
+def test_market_windows_end_after_their_updates(rate: float) -> None:
+    # At 5 updates/s most 10 ms windows are empty: a window's end comes from the
+    # timestamps, not from counting batches (which would run ahead of them). The ticker
+    # demo sends each batch when its window ends, so none goes out before its time.
+    window = 0.010
+    start_ns = 1_800_000_000_000_000_000
+    feed = MarketFeed(seed=3, symbols=20, rate=rate, start_ns=start_ns)
+    last = 0.0
+    for ends_ns, batch in itertools.islice(feed.windows(window), 300):
+        ends = (ends_ns - start_ns) / 1e9
+        assert ends > last
+        stamps = [(update["ts"] - start_ns) / 1e9 for update in batch]
+        # every quote is sent once its timestamp has passed, within the window it is in
+        assert all(ends - window <= stamp < ends for stamp in stamps), (ends, stamps)
+        last = ends
+    assert last > 300 * window if rate < 100 else last == pytest.approx(300 * window)
 
 
 def test_game_world_keeps_its_population_and_sends_only_changes() -> None:

@@ -24,7 +24,7 @@ import sys
 import time
 import tomllib
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -218,16 +218,6 @@ def _demo_dictionary(demo: str, *, symbols: int, entities: int) -> Dictionary:
     return scratch.train_dictionary(size=16 * 1024)
 
 
-def _windows(feed: MarketFeed, start_ns: int) -> Iterator[tuple[float, list[dict[str, Any]]]]:
-    """The feed's updates by :data:`WINDOW`, each batch with the time its window ends, in
-    seconds after *start_ns* (the feed's first timestamp): empty windows are skipped, so
-    the end comes from the timestamps, not from counting batches."""
-    window_ns = int(WINDOW * 1e9)  # as MarketFeed.batches counts it
-    for batch in feed.batches(WINDOW):
-        index = (batch[-1]["ts"] - start_ns) // window_ns
-        yield (index + 1) * window_ns / 1e9, batch
-
-
 async def _demo_ticker(hub: Hub, rate: float, symbols: int) -> None:
     """Publish the simulated market in real time (:func:`_market_topics`); with a
     backplane, into the cluster, riding out Redis outages (:class:`_Outage`). The
@@ -241,8 +231,8 @@ async def _demo_ticker(hub: Hub, rate: float, symbols: int) -> None:
     start_ns = time.time_ns()
     feed = MarketFeed(seed=int(time.time()), symbols=symbols, rate=rate, start_ns=start_ns)
     start = trio.current_time()
-    for ends, batch in _windows(feed, start_ns):
-        await trio.sleep_until(start + ends)
+    for ends_ns, batch in feed.windows(WINDOW):
+        await trio.sleep_until(start + (ends_ns - start_ns) / 1e9)
         if hub.backplane is None:
             _publish_market(hub, batch)
         else:

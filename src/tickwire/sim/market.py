@@ -157,6 +157,12 @@ class MarketFeed:
 
     def batches(self, window: float = 0.010) -> Iterator[list[Update]]:
         """Updates grouped by *window* seconds of simulated time (empty windows skipped)."""
+        for _, batch in self.windows(window):
+            yield batch
+
+    def windows(self, window: float = 0.010) -> Iterator[tuple[int, list[Update]]]:
+        """As :meth:`batches`, each batch with the timestamp (ns) at which its window ends:
+        the time to send it in real time, every update in it being older."""
         window_ns = int(window * 1e9)
         edge = self._now_ns + window_ns
         batch: list[Update] = []
@@ -164,7 +170,7 @@ class MarketFeed:
             update = self.next()
             while update["ts"] >= edge:
                 if batch:
-                    yield batch
+                    yield edge, batch
                     batch = []
                 edge += window_ns
             batch.append(update)
